@@ -1,0 +1,276 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/plugins"
+	"github.com/credbroker/credbroker/plugins/postgres"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// App is a whole broker assembled from a Config: SVID source, lease store,
+// database plugins, lease manager and gRPC server. cmd/credbroker and the
+// end-to-end tests build it the same way.
+type App struct {
+	log      *slog.Logger
+	source   identity.Source
+	closers  []func()
+	runners  []func(context.Context) error
+	store    lease.Store
+	dbs      map[string]*Database
+	manager  *lease.Manager
+	grpc     *grpc.Server
+	health   *health.Server
+	listener net.Listener
+}
+
+// AppOptions are the parts a test (or cmd) may inject.
+type AppOptions struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// Listener, if set, is served instead of listening on Config.Listen.
+	Listener net.Listener
+	// Source, if set, replaces the SVID source named in the config.
+	Source identity.Source
+}
+
+// NewApp builds every component; it starts no goroutine. Run starts them.
+func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err error) {
+	a := &App{log: opts.Logger, dbs: map[string]*Database{}}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+
+	a.source = opts.Source
+	if a.source == nil {
+		if a.source, err = a.openSource(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+
+	store, err := lease.OpenBolt(cfg.LeaseStore.Path)
+	if err != nil {
+		return nil, fmt.Errorf("lease store: %w", err)
+	}
+	a.store = store
+	a.closers = append(a.closers, func() { _ = store.Close() })
+
+	for _, name := range sortedKeys(cfg.Databases) {
+		d, err := openDatabase(ctx, name, cfg.Databases[name])
+		if err != nil {
+			return nil, err
+		}
+		if d.ping != nil {
+			if err := d.ping.Ping(ctx); err != nil {
+				// Not fatal: leases on other databases must keep being served
+				// and revoked; issuance here answers UNAVAILABLE until it is back.
+				a.log.Warn("database unreachable at startup", "database", name, "error", err)
+			}
+		}
+		a.dbs[name] = d
+		a.closers = append(a.closers, d.DB.Close)
+	}
+
+	roles := make(map[string]*Role, len(cfg.Roles))
+	for name, rc := range cfg.Roles {
+		r := &Role{
+			Name:                 name,
+			Database:             a.dbs[rc.Database],
+			DefaultTTL:           rc.DefaultTTL.Duration,
+			MaxTTL:               rc.MaxTTL.Duration,
+			CreationStatements:   rc.CreationStatements,
+			RevocationStatements: rc.RevocationStatements,
+		}
+		for _, p := range rc.AllowedSPIFFEIDs {
+			r.Allowed = append(r.Allowed, identity.MustParsePattern(p))
+		}
+		roles[name] = r
+	}
+
+	a.manager, err = lease.NewManager(lease.Config{
+		Store:             store,
+		Backend:           backend{dbs: a.dbs},
+		Now:               opts.Now,
+		Logger:            a.log,
+		RevokeConcurrency: cfg.Revocation.Concurrency,
+		RevokeRate:        cfg.Revocation.RatePerSec,
+		BackoffBase:       cfg.Revocation.BackoffBase.Duration,
+		BackoffMax:        cfg.Revocation.BackoffMax.Duration,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := a.manager.Load(ctx); err != nil {
+		return nil, fmt.Errorf("restore leases: %w", err)
+	}
+	a.runners = append(a.runners, a.manager.Run)
+
+	var admins []spiffeid.ID
+	for _, s := range cfg.Admins {
+		admins = append(admins, spiffeid.RequireFromString(s))
+	}
+	srv := NewServer(ServerConfig{
+		Roles:  roles,
+		Leases: a.manager,
+		Admins: identity.NewAdminSet(admins),
+		Now:    opts.Now,
+		Logger: a.log,
+	})
+	a.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(a.source, td))),
+		grpc.ChainUnaryInterceptor(srv.UnaryAuth),
+		grpc.ChainStreamInterceptor(srv.StreamAuth),
+	)
+	srv.Register(a.grpc)
+	a.health = health.NewServer()
+	healthpb.RegisterHealthServer(a.grpc, a.health)
+	reflection.Register(a.grpc)
+
+	a.listener = opts.Listener
+	if a.listener == nil {
+		if a.listener, err = (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+	}
+	return a, nil
+}
+
+func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, error) {
+	if sock := cfg.SVID.WorkloadAPISocket; sock != "" {
+		src, err := identity.NewWorkloadAPISource(ctx, sock)
+		if err != nil {
+			return nil, fmt.Errorf("svid: workload api: %w", err)
+		}
+		a.closers = append(a.closers, func() { _ = src.Close() })
+		return src, nil
+	}
+	src, err := identity.NewFileSource(identity.FileSourceConfig{
+		CertFile:     cfg.SVID.CertFile,
+		KeyFile:      cfg.SVID.KeyFile,
+		BundleFile:   cfg.SVID.BundleFile,
+		TrustDomain:  spiffeid.RequireTrustDomainFromString(cfg.TrustDomain),
+		PollInterval: cfg.SVID.ReloadInterval.Duration,
+		Logger:       a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("svid: %w", err)
+	}
+	a.runners = append(a.runners, src.Run)
+	return src, nil
+}
+
+func openDatabase(ctx context.Context, name string, dc DatabaseConfig) (*Database, error) {
+	pw, err := dc.AdminPassword()
+	if err != nil {
+		return nil, fmt.Errorf("databases.%s: %w", name, err)
+	}
+	var db plugins.Database
+	switch dc.Plugin {
+	case "postgres":
+		db, err = postgres.New(ctx, postgres.Config{
+			Host:           dc.Host,
+			Port:           dc.Port,
+			Database:       dc.Database,
+			Username:       dc.Username,
+			Password:       pw,
+			SSLMode:        dc.SSLMode,
+			MaxConns:       int32(dc.MaxConnections),
+			ConnectTimeout: dc.ConnectTimeout.Duration,
+			Prefix:         dc.UsernamePrefix,
+			Lazy:           true,
+		})
+	default:
+		err = fmt.Errorf("unknown plugin %q", dc.Plugin)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("databases.%s: %w", name, err)
+	}
+	ping, _ := db.(pinger)
+	return &Database{
+		ping:    ping,
+		Name:    name,
+		Plugin:  dc.Plugin,
+		Host:    dc.Host,
+		Port:    dc.Port,
+		DBName:  dc.Database,
+		SSLMode: dc.SSLMode,
+		DB:      plugins.Sanitized(db),
+	}, nil
+}
+
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Addr is where the gRPC server listens.
+func (a *App) Addr() net.Addr { return a.listener.Addr() }
+
+// Manager exposes the lease manager (tests, admin tooling).
+func (a *App) Manager() *lease.Manager { return a.manager }
+
+// Run serves until ctx ends, then stops accepting calls, lets running calls
+// finish for a short grace period, waits for every component and closes the
+// store and pools.
+func (a *App) Run(ctx context.Context) error {
+	defer a.close()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, run := range a.runners {
+		g.Go(func() error { return run(gctx) })
+	}
+	g.Go(func() error {
+		a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		for _, svc := range []string{pb.CredentialService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
+			a.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+		}
+		a.log.Info("serving", "addr", a.listener.Addr().String())
+		if err := a.grpc.Serve(a.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		a.health.Shutdown()
+		stopped := make(chan struct{})
+		go func() { a.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			a.grpc.Stop()
+		}
+		return nil
+	})
+	err := g.Wait()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (a *App) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+	a.closers = nil
+}

@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+)
+
+const goodConfig = `
+listen: 127.0.0.1:8443
+trust_domain: example.org
+svid: {cert_file: s.pem, key_file: k.pem, bundle_file: b.pem}
+admins: [spiffe://example.org/ops/admin]
+lease_store: {path: /tmp/leases.db}
+databases:
+  orders:
+    plugin: postgres
+    host: 127.0.0.1
+    port: 5432
+    database: orders
+    username: credbroker
+    password_env: PW
+roles:
+  orders-readonly:
+    database: orders
+    default_ttl: 1h
+    max_ttl: 24h
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}} IN ROLE orders_reader;
+`
+
+func TestParseConfigGood(t *testing.T) {
+	c, err := ParseConfig([]byte(goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Roles["orders-readonly"].MaxTTL.Hours() != 24 || c.Databases["orders"].SSLMode != "prefer" || c.Databases["orders"].UsernamePrefix != "cb" {
+		t.Fatalf("unexpected parse: %+v", c)
+	}
+}
+
+func TestParseConfigRefusals(t *testing.T) {
+	cases := []struct {
+		name    string
+		old     string
+		new     string
+		wantKey string
+	}{
+		{"inline password", "password_env: PW", "password: hunter2", "databases.orders.password"},
+		{"no password reference", "password_env: PW", "", "databases.orders"},
+		{"both password references", "password_env: PW", "password_env: PW\n    password_file: /x", "databases.orders"},
+		{"unknown key", "listen:", "lisen:", "lisen"},
+		{"bad listen", "127.0.0.1:8443", "nowhere", "listen"},
+		{"bad trust domain", "trust_domain: example.org", "trust_domain: 'Ex ample'", "trust_domain"},
+		{"admin outside trust domain", "spiffe://example.org/ops/admin", "spiffe://other.org/ops/admin", "admins[0]"},
+		{"admin not an id", "spiffe://example.org/ops/admin", "ops-admin", "admins[0]"},
+		{"both svid sources", "svid: {", "svid: {workload_api_socket: unix:///x, ", "svid"},
+		{"no svid source", "svid: {cert_file: s.pem, key_file: k.pem, bundle_file: b.pem}", "", "svid"},
+		{"missing key file", "key_file: k.pem, ", "", "svid.key_file"},
+		{"no lease store", "lease_store: {path: /tmp/leases.db}", "", "lease_store.path"},
+		{"unknown plugin", "plugin: postgres", "plugin: oracle", "databases.orders.plugin"},
+		{"bad port", "port: 5432", "port: 70000", "databases.orders.port"},
+		{"role on unknown database", "    database: orders\n    default_ttl", "    database: nope\n    default_ttl", "roles.orders-readonly.database"},
+		{"max below default", "max_ttl: 24h", "max_ttl: 1m", "roles.orders-readonly.max_ttl"},
+		{"bad duration", "default_ttl: 1h", "default_ttl: soon", "default_ttl"},
+		{"no patterns", `allowed_spiffe_ids: ["spiffe://example.org/orders/*"]`, "allowed_spiffe_ids: []", "roles.orders-readonly.allowed_spiffe_ids"},
+		{"foreign pattern", "spiffe://example.org/orders/*", "spiffe://evil.org/orders/*", "roles.orders-readonly.allowed_spiffe_ids[0]"},
+		{"wildcard mid-path", "spiffe://example.org/orders/*", "spiffe://example.org/*/api", "roles.orders-readonly.allowed_spiffe_ids[0]"},
+		{"unknown placeholder", "{{expiration}}", "{{expiry}}", "roles.orders-readonly.creation_statements"},
+		{"no name placeholder", "CREATE ROLE {{name}}", "CREATE ROLE fixed", "roles.orders-readonly.creation_statements"},
+		{"bad role name", "  orders-readonly:", "  'Orders Readonly':", "roles.Orders Readonly"},
+		{"bad prefix", "password_env: PW", "password_env: PW\n    username_prefix: 'x-y'", "databases.orders.username_prefix"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(goodConfig, tc.old) {
+				t.Fatalf("test case does not apply: %q not in config", tc.old)
+			}
+			_, err := ParseConfig([]byte(strings.Replace(goodConfig, tc.old, tc.new, 1)))
+			if err == nil {
+				t.Fatal("bad config accepted")
+			}
+			if !strings.Contains(err.Error(), tc.wantKey) {
+				t.Fatalf("error %q does not name key %q", err, tc.wantKey)
+			}
+		})
+	}
+}
+
+func TestRevocationStatementsOnlyName(t *testing.T) {
+	cfg := strings.Replace(goodConfig, "IN ROLE orders_reader;\n", "IN ROLE orders_reader;\n    revocation_statements: [\"ALTER ROLE {{name}} PASSWORD {{password}}\"]\n", 1)
+	_, err := ParseConfig([]byte(cfg))
+	if err == nil || !strings.Contains(err.Error(), "revocation_statements") {
+		t.Fatalf("got %v, want a revocation_statements error", err)
+	}
+}

@@ -1,0 +1,325 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/testenv"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+var (
+	td       = spiffeid.RequireTrustDomainFromString("example.org")
+	serverID = spiffeid.RequireFromPath(td, "/credbroker")
+	ordersID = spiffeid.RequireFromPath(td, "/orders/api")
+	evilID   = spiffeid.RequireFromPath(td, "/orders-evil/x")
+	otherID  = spiffeid.RequireFromPath(td, "/orders/worker")
+	adminID  = spiffeid.RequireFromPath(td, "/ops/admin")
+)
+
+// syncBuffer collects the broker's log so tests can prove no secret is in it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// env is one broker, in process, on a real PostgreSQL with real mTLS.
+type env struct {
+	t      *testing.T
+	ca     *identity.DevCA
+	app    *broker.App
+	addr   string
+	log    *syncBuffer
+	admin  *pgx.Conn // superuser connection for checks
+	pgHost string
+	pgPort string
+	prefix string
+	reader string // group role
+	table  string // readable through the group role
+	secret string // readable by nobody
+}
+
+func randHex(t testing.TB, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// newEnv starts a broker whose roles are:
+//
+//	reader      group-role template, allowed spiffe://example.org/orders/*
+//	grantor     per-user GRANT template, same pattern
+//	shortlived  like reader with max_ttl 3s
+//	down        a database on a closed port
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	dsn := testenv.PostgresDSN(t)
+	cfgPG, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatalf("parse test dsn: %v", err)
+	}
+	admin, err := pgx.ConnectConfig(ctx, cfgPG)
+	if err != nil {
+		t.Fatalf("connect as admin: %v", err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+
+	suffix := randHex(t, 4)
+	e := &env{
+		t:      t,
+		log:    &syncBuffer{},
+		admin:  admin,
+		pgHost: cfgPG.Host,
+		pgPort: fmt.Sprint(cfgPG.Port),
+		prefix: "e" + suffix[:6],
+		reader: "reader_" + suffix,
+		table:  "orders_" + suffix,
+		secret: "payments_" + suffix,
+	}
+	for _, q := range []string{
+		fmt.Sprintf("CREATE TABLE %s (id int)", e.table),
+		fmt.Sprintf("INSERT INTO %s VALUES (1), (2)", e.table),
+		fmt.Sprintf("CREATE TABLE %s (id int)", e.secret),
+		fmt.Sprintf("CREATE ROLE %s NOLOGIN", e.reader),
+		fmt.Sprintf("GRANT SELECT ON %s TO %s", e.table, e.reader),
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatalf("setup %q: %v", q, err)
+		}
+	}
+	t.Cleanup(func() {
+		// Every user of this env must be gone by now; drop objects after.
+		for _, q := range []string{"DROP TABLE " + e.table, "DROP TABLE " + e.secret, "DROP ROLE " + e.reader} {
+			_, _ = admin.Exec(context.Background(), q)
+		}
+	})
+
+	e.ca, err = identity.NewDevCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDBROKER_TEST_ADMIN_PW", cfgPG.Password)
+	closed := closedPort(t)
+	yaml := fmt.Sprintf(`
+listen: 127.0.0.1:0
+trust_domain: example.org
+svid: {cert_file: unused, key_file: unused, bundle_file: unused}
+admins: [spiffe://example.org/ops/admin]
+lease_store: {path: %[1]s/leases.db}
+revocation: {backoff_base: 100ms, backoff_max: 1s}
+databases:
+  main:
+    plugin: postgres
+    host: %[2]s
+    port: %[3]s
+    database: %[4]s
+    username: %[5]s
+    password_env: CREDBROKER_TEST_ADMIN_PW
+    sslmode: disable
+    username_prefix: %[6]s
+  down:
+    plugin: postgres
+    host: 127.0.0.1
+    port: %[7]d
+    database: postgres
+    username: postgres
+    password_env: CREDBROKER_TEST_ADMIN_PW
+    sslmode: disable
+    connect_timeout: 2s
+    username_prefix: %[6]s
+roles:
+  reader:
+    database: main
+    default_ttl: 1m
+    max_ttl: 10m
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}} IN ROLE %[8]s;
+  grantor:
+    database: main
+    default_ttl: 1m
+    max_ttl: 10m
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}};
+      - GRANT SELECT ON %[9]s TO {{name}};
+    revocation_statements:
+      - REVOKE ALL ON %[9]s FROM {{name}};
+  shortlived:
+    database: main
+    default_ttl: 1s
+    max_ttl: 3s
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} IN ROLE %[8]s;
+  down:
+    database: down
+    default_ttl: 1m
+    max_ttl: 10m
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}};
+`, t.TempDir(), e.pgHost, e.pgPort, cfgPG.Database, cfgPG.User, e.prefix, closed, e.reader, e.table)
+	cfg, err := broker.ParseConfig([]byte(yaml))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	src, err := e.ca.Source(serverID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addr = lis.Addr().String()
+	logger := slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.app, err = broker.NewApp(ctx, cfg, broker.AppOptions{Logger: logger, Listener: lis, Source: src})
+	if err != nil {
+		t.Fatalf("new app: %v", err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.app.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("broker run: %v", err)
+		}
+		// Nothing this broker created may outlive the test.
+		if n := e.countUsers(); n != 0 {
+			t.Errorf("%d users with prefix %s left after the test", n, e.prefix)
+			e.dropAllUsers()
+		}
+	})
+	return e
+}
+
+// closedPort returns a loopback port nothing listens on.
+func closedPort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return p
+}
+
+// conn dials the broker as id over mTLS.
+func (e *env) conn(id spiffeid.ID) *grpc.ClientConn {
+	e.t.Helper()
+	src, err := e.ca.Source(id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, serverID))))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func (e *env) creds(id spiffeid.ID) pb.CredentialServiceClient {
+	return pb.NewCredentialServiceClient(e.conn(id))
+}
+
+func (e *env) adminClient(id spiffeid.ID) pb.AdminServiceClient {
+	return pb.NewAdminServiceClient(e.conn(id))
+}
+
+func (e *env) countUsers() int {
+	var n int
+	err := e.admin.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", e.prefix+"\\_%").Scan(&n)
+	if err != nil {
+		e.t.Fatalf("count users: %v", err)
+	}
+	return n
+}
+
+func (e *env) userExists(name string) bool {
+	var n int
+	if err := e.admin.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname = $1", name).Scan(&n); err != nil {
+		e.t.Fatalf("user exists: %v", err)
+	}
+	return n == 1
+}
+
+func (e *env) validUntil(name string) time.Time {
+	var ts time.Time
+	if err := e.admin.QueryRow(context.Background(), "SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", name).Scan(&ts); err != nil {
+		e.t.Fatalf("valid until: %v", err)
+	}
+	return ts
+}
+
+func (e *env) dropAllUsers() {
+	rows, err := e.admin.Query(context.Background(), "SELECT rolname FROM pg_roles WHERE rolname LIKE $1", e.prefix+"\\_%")
+	if err != nil {
+		return
+	}
+	names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	for _, n := range names {
+		_, _ = e.admin.Exec(context.Background(), "DROP OWNED BY "+pgx.Identifier{n}.Sanitize())
+		_, _ = e.admin.Exec(context.Background(), "DROP ROLE "+pgx.Identifier{n}.Sanitize())
+	}
+}
+
+// login connects with a credential's DSN (the real password check: the
+// throwaway cluster uses scram-sha-256 on host connections).
+func login(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	return pgx.Connect(ctx, dsn)
+}
+
+// assertNoSecret fails if s appears in the broker's log.
+func (e *env) assertNoSecret(secret string) {
+	e.t.Helper()
+	if secret != "" && strings.Contains(e.log.String(), secret) {
+		e.t.Fatal("a password appears in the broker's log")
+	}
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}

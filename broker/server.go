@@ -1,0 +1,254 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/failpoint"
+	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/plugins"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// Role is a resolved role template.
+type Role struct {
+	Name                 string
+	Database             *Database
+	DefaultTTL, MaxTTL   time.Duration
+	Allowed              []identity.Pattern
+	CreationStatements   []string
+	RevocationStatements []string
+}
+
+// Leases is the part of lease.Manager the gRPC layer uses.
+type Leases interface {
+	Begin(ctx context.Context, l lease.Lease) error
+	Activate(ctx context.Context, id string) (lease.Lease, error)
+	Abort(ctx context.Context, id string, cause error) error
+	Discard(ctx context.Context, id string) error
+	Renew(ctx context.Context, id string, increment time.Duration) (lease.Lease, error)
+	Revoke(ctx context.Context, id string) (lease.Lease, error)
+	Get(id string) (lease.Lease, bool)
+	List(filter func(lease.Lease) bool) []lease.Lease
+}
+
+// Server implements CredentialService and AdminService.
+type Server struct {
+	roles  map[string]*Role
+	leases Leases
+	policy identity.Authorizer
+	admins identity.AdminSet
+	now    func() time.Time
+	log    *slog.Logger
+}
+
+// ServerConfig builds a Server.
+type ServerConfig struct {
+	Roles  map[string]*Role
+	Leases Leases
+	Admins identity.AdminSet
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// NewServer builds the gRPC services; it starts nothing.
+func NewServer(c ServerConfig) *Server {
+	pats := make(map[string][]identity.Pattern, len(c.Roles))
+	for name, r := range c.Roles {
+		pats[name] = r.Allowed
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return &Server{
+		roles:  c.Roles,
+		leases: c.Leases,
+		policy: identity.NewRolePolicy(pats),
+		admins: c.Admins,
+		now:    c.Now,
+		log:    c.Logger,
+	}
+}
+
+// Register adds both services to g.
+func (s *Server) Register(g *grpc.Server) {
+	pb.RegisterCredentialServiceServer(g, credentialService{Server: s})
+	pb.RegisterAdminServiceServer(g, adminService{Server: s})
+}
+
+var requestRoleRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// issue runs the crash-safe issuance sequence: durable intent, user, durable
+// ACTIVE, and only then the credential.
+func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration) (lease.Lease, *pb.Credential, error) {
+	if roleName == "" {
+		return lease.Lease{}, nil, invalidArg("role is required")
+	}
+	if !requestRoleRE.MatchString(roleName) {
+		return lease.Lease{}, nil, invalidArg("role is not a valid role name")
+	}
+	if ttl < 0 {
+		return lease.Lease{}, nil, invalidArg("ttl must be positive")
+	}
+	role, ok := s.roles[roleName]
+	if !ok {
+		return lease.Lease{}, nil, identity.ErrUnknownRole
+	}
+	if err := s.policy(caller, roleName); err != nil {
+		return lease.Lease{}, nil, err
+	}
+	if ttl == 0 {
+		ttl = role.DefaultTTL
+	}
+	if ttl < time.Second {
+		return lease.Lease{}, nil, invalidArg("ttl must be at least 1s")
+	}
+	ttl = min(ttl, role.MaxTTL)
+
+	db := role.Database.DB
+	username, err := db.GenerateUsername(roleName)
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	password, err := plugins.GeneratePassword()
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	id, err := lease.NewID()
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	now := s.now().UTC()
+	l := lease.Lease{
+		ID:                   id,
+		Role:                 roleName,
+		Owner:                caller.String(),
+		Database:             role.Database.Name,
+		Username:             username,
+		IssueTime:            now,
+		ExpireTime:           now.Add(ttl),
+		MaxExpireTime:        now.Add(role.MaxTTL),
+		State:                lease.StateCreating,
+		RevocationStatements: role.RevocationStatements,
+	}
+	if err := s.leases.Begin(ctx, l); err != nil {
+		return lease.Lease{}, nil, err
+	}
+	failpoint.Hit("issue-after-intent")
+	err = db.NewUser(ctx, plugins.NewUserRequest{
+		Username:   username,
+		Password:   password,
+		Expiration: l.ExpireTime,
+		Statements: role.CreationStatements,
+	})
+	if errors.Is(err, plugins.ErrNotCreated) {
+		// Nothing exists on the server: forget the intent, leave nothing.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if derr := s.leases.Discard(dctx, id); derr != nil {
+			s.log.Warn("issuance cleanup queued for retry", "lease_id", id, "username", username, "error", derr)
+		}
+		return lease.Lease{}, nil, err
+	}
+	if err == nil {
+		failpoint.Hit("issue-after-create-user")
+		l, err = s.leases.Activate(ctx, id)
+	}
+	if err != nil {
+		// The caller may have gone; cleaning up must not depend on it.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if aerr := s.leases.Abort(actx, id, err); aerr != nil {
+			s.log.Warn("issuance cleanup queued for retry", "lease_id", id, "username", username, "error", aerr)
+		}
+		return lease.Lease{}, nil, err
+	}
+	failpoint.Hit("issue-after-activate")
+	d := role.Database
+	return l, &pb.Credential{
+		Username: username,
+		Password: password,
+		Database: d.Name,
+		Host:     d.Host,
+		Port:     uint32(d.Port),
+		DbName:   d.DBName,
+		Dsn:      d.dsn(username, password),
+	}, nil
+}
+
+// ownLease returns the caller's lease; someone else's is reported as absent
+// so its existence is not revealed.
+func (s *Server) ownLease(caller spiffeid.ID, id string) (lease.Lease, error) {
+	if !lease.ValidID(id) {
+		return lease.Lease{}, invalidArg("lease_id is malformed")
+	}
+	l, ok := s.leases.Get(id)
+	if !ok || l.Owner != caller.String() || l.State == lease.StateCreating {
+		return lease.Lease{}, lease.ErrNotFound
+	}
+	return l, nil
+}
+
+func (s *Server) renewIncrement(l lease.Lease, inc time.Duration) (time.Duration, error) {
+	if inc < 0 {
+		return 0, invalidArg("increment must be positive")
+	}
+	if inc > 0 {
+		return inc, nil
+	}
+	if r, ok := s.roles[l.Role]; ok {
+		return r.DefaultTTL, nil
+	}
+	// The role was removed since issue: renew by the lease's original ttl.
+	return l.ExpireTime.Sub(l.IssueTime), nil
+}
+
+// revokeAll revokes every lease matching keep, with bounded concurrency, and
+// returns the final leases. A lease that is already gone counts as revoked
+// by someone else and is not reported.
+func (s *Server) revokeAll(ctx context.Context, keep func(lease.Lease) bool) ([]lease.Lease, error) {
+	targets := s.leases.List(func(l lease.Lease) bool { return l.State != lease.StateCreating && keep(l) })
+	type result struct {
+		l   lease.Lease
+		err error
+	}
+	results := make([]result, len(targets))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, t := range targets {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			l, err := s.leases.Revoke(ctx, t.ID)
+			results[i] = result{l, err}
+		})
+	}
+	wg.Wait()
+	var out []lease.Lease
+	var firstErr error
+	for _, r := range results {
+		switch {
+		case r.err == nil:
+			out = append(out, r.l)
+		case isNotFound(r.err):
+		default:
+			if firstErr == nil {
+				firstErr = r.err
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, firstErr
+}

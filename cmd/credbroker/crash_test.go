@@ -1,0 +1,401 @@
+package main_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/testenv"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// binary is the broker built with failpoints compiled in (test builds only).
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "credbroker-crash")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "credbroker")
+	build := exec.Command("go", "build", "-tags", "failpoints", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build broker with failpoints:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+// proc is one broker subprocess sharing a config, certs and lease store
+// with the runs before and after it.
+type fixture struct {
+	t      *testing.T
+	dir    string
+	addr   string
+	prefix string
+	admin  *pgx.Conn
+	cmd    *exec.Cmd
+	exited chan error
+	logf   *os.File
+}
+
+func newFixture(t *testing.T) *fixture {
+	ctx := context.Background()
+	dsn := testenv.PostgresDSN(t)
+	pgc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.ConnectConfig(ctx, pgc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	f := &fixture{t: t, dir: t.TempDir(), admin: admin, prefix: "k" + hex.EncodeToString(b)}
+
+	ca, err := identity.NewDevCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteFiles(f.dir, map[string]spiffeid.ID{"server": spiffeid.RequireFromPath(td, "/credbroker")},
+		identity.SVIDOptions{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteFiles(f.dir, map[string]spiffeid.ID{
+		"client": spiffeid.RequireFromPath(td, "/orders/api"),
+		"admin":  spiffeid.RequireFromPath(td, "/ops/admin"),
+	}, identity.SVIDOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = l.Addr().String()
+	l.Close()
+	cfg := fmt.Sprintf(`
+listen: %[1]s
+trust_domain: example.org
+svid: {cert_file: %[2]s/server.pem, key_file: %[2]s/server-key.pem, bundle_file: %[2]s/bundle.pem}
+admins: [spiffe://example.org/ops/admin]
+lease_store: {path: %[2]s/leases.db}
+revocation: {backoff_base: 200ms, backoff_max: 2s}
+databases:
+  main:
+    plugin: postgres
+    host: %[3]s
+    port: %[4]d
+    database: %[5]s
+    username: %[6]s
+    password_env: CRASH_TEST_PG_PASSWORD
+    sslmode: disable
+    username_prefix: %[7]s
+roles:
+  reader:
+    database: main
+    default_ttl: 1m
+    max_ttl: 10m
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};
+`, f.addr, f.dir, pgc.Host, pgc.Port, pgc.Database, pgc.User, f.prefix)
+	if err := os.WriteFile(filepath.Join(f.dir, "config.yaml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CRASH_TEST_PG_PASSWORD", pgc.Password)
+	t.Cleanup(func() {
+		f.stop()
+		f.dropLeftovers()
+	})
+	return f
+}
+
+// start runs the broker; failpoint names the point at which it kills itself.
+func (f *fixture) start(failpoint string) {
+	f.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(f.dir, "broker.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.logf = logf
+	f.cmd = exec.Command(binary, "serve", "--config", filepath.Join(f.dir, "config.yaml"))
+	f.cmd.Env = append(os.Environ(), "CREDBROKER_FAILPOINT="+failpoint)
+	f.cmd.Stdout, f.cmd.Stderr = logf, logf
+	if err := f.cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	f.exited = make(chan error, 1)
+	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(f.cmd, f.exited)
+	f.waitHealthy()
+}
+
+func (f *fixture) waitHealthy() {
+	f.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-f.exited:
+			f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := healthpb.NewHealthClient(f.conn("client")).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	f.t.Fatalf("broker not healthy\n%s", f.logTail())
+}
+
+func (f *fixture) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(f.dir, "broker.log"))
+	s := string(b)
+	if len(s) > 4000 {
+		s = s[len(s)-4000:]
+	}
+	return s
+}
+
+// kill sends SIGKILL: the crash.
+func (f *fixture) kill() {
+	if f.cmd == nil {
+		return
+	}
+	_ = f.cmd.Process.Signal(syscall.SIGKILL)
+	<-f.exited
+	f.cmd = nil
+	f.logf.Close()
+}
+
+// waitKilled waits for the broker to kill itself at a failpoint.
+func (f *fixture) waitKilled() {
+	f.t.Helper()
+	select {
+	case err := <-f.exited:
+		if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			f.t.Fatalf("broker ended with %v, want killed by SIGKILL at the failpoint", err)
+		}
+	case <-time.After(10 * time.Second):
+		f.t.Fatal("broker did not hit the failpoint")
+	}
+	f.cmd = nil
+	f.logf.Close()
+}
+
+func (f *fixture) stop() {
+	if f.cmd == nil {
+		return
+	}
+	_ = f.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-f.exited:
+	case <-time.After(15 * time.Second):
+		f.kill()
+	}
+	f.cmd = nil
+	f.logf.Close()
+}
+
+func (f *fixture) conn(name string) *grpc.ClientConn {
+	f.t.Helper()
+	svid, err := x509svid.Load(filepath.Join(f.dir, name+".pem"), filepath.Join(f.dir, name+"-key.pem"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	bundle, err := x509bundle.Load(td, filepath.Join(f.dir, "bundle.pem"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromPath(td, "/credbroker")))
+	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func (f *fixture) users() []string {
+	f.t.Helper()
+	rows, err := f.admin.Query(context.Background(), "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1", f.prefix+"\\_%")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return names
+}
+
+func (f *fixture) activeLeaseUsers() map[string]bool {
+	f.t.Helper()
+	resp, err := pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{PageSize: 1000})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, l := range resp.GetLeases() {
+		if l.GetState() == pb.Lease_ACTIVE {
+			out[l.GetUsername()] = true
+		}
+	}
+	return out
+}
+
+// assertEveryUserBacked is invariant 1: every broker-made user has a lease.
+func (f *fixture) assertEveryUserBacked() {
+	f.t.Helper()
+	active := f.activeLeaseUsers()
+	for _, u := range f.users() {
+		if !active[u] {
+			f.t.Fatalf("user %s exists with no active lease", u)
+		}
+	}
+}
+
+func (f *fixture) waitNoUsers(within time.Duration) time.Duration {
+	f.t.Helper()
+	start := time.Now()
+	for len(f.users()) > 0 {
+		if time.Since(start) > within {
+			f.t.Fatalf("users %v still exist after %s\n%s", f.users(), within, f.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func (f *fixture) dropLeftovers() {
+	for _, u := range f.users() {
+		_, _ = f.admin.Exec(context.Background(), "DROP ROLE "+pgx.Identifier{u}.Sanitize())
+	}
+}
+
+func (f *fixture) issue(ttl time.Duration) (*pb.IssueCredentialResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return pb.NewCredentialServiceClient(f.conn("client")).IssueCredential(ctx,
+		&pb.IssueCredentialRequest{Role: "reader", Ttl: durationpb.New(ttl)})
+}
+
+func TestCrashDuringIssue(t *testing.T) {
+	for _, tc := range []struct {
+		failpoint  string
+		userExists bool // at the moment of the crash
+	}{
+		{"issue-after-intent", false},
+		{"issue-after-create-user", true},
+	} {
+		t.Run(tc.failpoint, func(t *testing.T) {
+			f := newFixture(t)
+			f.start(tc.failpoint)
+			if _, err := f.issue(time.Minute); err == nil {
+				t.Fatal("issue succeeded although the broker crashed")
+			}
+			f.waitKilled()
+			if got := len(f.users()) == 1; got != tc.userExists {
+				t.Fatalf("users at crash: %v, want a user: %v", f.users(), tc.userExists)
+			}
+			f.start("")
+			// Restart dropped whatever the interrupted issuance created.
+			f.waitNoUsers(5 * time.Second)
+			f.assertEveryUserBacked()
+
+			// The restarted broker still works and still revokes on time.
+			resp, err := f.issue(2 * time.Second)
+			if err != nil {
+				t.Fatalf("issue after restart: %v", err)
+			}
+			f.assertEveryUserBacked()
+			time.Sleep(time.Until(resp.GetLease().GetExpireTime().AsTime()))
+			t.Logf("user gone %s after expiry", f.waitNoUsers(5*time.Second).Round(time.Millisecond))
+		})
+	}
+}
+
+func TestCrashAfterActivateKeepsLease(t *testing.T) {
+	f := newFixture(t)
+	f.start("issue-after-activate")
+	if _, err := f.issue(time.Minute); err == nil {
+		t.Fatal("issue succeeded although the broker crashed before answering")
+	}
+	f.waitKilled()
+	f.start("")
+	// The lease was durably ACTIVE: it survives and backs its user.
+	if len(f.users()) != 1 {
+		t.Fatalf("users %v, want the one backed by the active lease", f.users())
+	}
+	f.assertEveryUserBacked()
+	resp, err := pb.NewAdminServiceClient(f.conn("admin")).RevokeLeases(context.Background(), &pb.RevokeLeasesRequest{Role: "reader"})
+	if err != nil || resp.GetRevoked() != 1 {
+		t.Fatalf("revoke: %v %v", resp, err)
+	}
+	f.waitNoUsers(time.Second)
+}
+
+func TestLeasesSurviveKillAndExpireOnTime(t *testing.T) {
+	f := newFixture(t)
+	f.start("")
+	shortResp, err := f.issue(2 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	longResp, err := f.issue(6 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.kill()
+	// The short lease expires while the broker is down.
+	time.Sleep(time.Until(shortResp.GetLease().GetExpireTime().AsTime()) + 500*time.Millisecond)
+	f.start("")
+	start := time.Now()
+	for {
+		users := strings.Join(f.users(), ",")
+		if !strings.Contains(users, shortResp.GetLease().GetUsername()) {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("expired-while-down user still exists after restart\n%s", f.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("expired-while-down user gone %s after restart", time.Since(start).Round(time.Millisecond))
+	// The live lease survived the crash and is revoked at its expiry.
+	if got := f.users(); len(got) != 1 || got[0] != longResp.GetLease().GetUsername() {
+		t.Fatalf("users %v, want only the live lease's", got)
+	}
+	f.assertEveryUserBacked()
+	time.Sleep(time.Until(longResp.GetLease().GetExpireTime().AsTime()))
+	t.Logf("live lease's user gone %s after expiry", f.waitNoUsers(5*time.Second).Round(time.Millisecond))
+}

@@ -1,0 +1,59 @@
+// Command credbroker is the dynamic database credential broker.
+//
+//	credbroker serve --config FILE       run the broker
+//	credbroker check-config --config FILE validate a config and exit
+//	credbroker dev-certs --out DIR ...    mint a dev trust bundle and X.509-SVIDs
+//
+// This file only wires: flags and config in, components built, Run joined
+// under signal handling.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "credbroker:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+const usage = `usage: credbroker <command> [flags]
+
+commands:
+  serve         run the broker (--config FILE)
+  check-config  validate a config file and exit (--config FILE)
+  dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
+`
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stderr)
+	case "check-config":
+		return checkConfig(args[1:], stdout, stderr)
+	case "dev-certs":
+		return devCerts(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}

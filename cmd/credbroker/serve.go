@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/credbroker/credbroker/broker"
+)
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path to the YAML config (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return fmt.Errorf("serve: --config is required")
+	}
+	cfg, err := broker.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := broker.NewLogger(stderr, cfg.Log)
+	app, err := broker.NewApp(ctx, cfg, broker.AppOptions{Logger: log})
+	if err != nil {
+		return err
+	}
+	return app.Run(ctx)
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path to the YAML config (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return fmt.Errorf("check-config: --config is required")
+	}
+	if _, err := broker.LoadConfig(*path); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", *path)
+	return nil
+}

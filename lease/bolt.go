@@ -1,0 +1,306 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// DefaultLockTimeout is how long OpenBolt waits for another process to
+// release the file lock before giving up.
+const DefaultLockTimeout = 2 * time.Second
+
+// bucketName is the one bucket: lease id → encoded Lease.
+var bucketName = []byte("leases")
+
+// BoltStore is the embedded Store, one bbolt file holding one bucket.
+// Every Put and Delete is fsynced before it returns; concurrent calls share
+// a transaction and its fsync (bbolt's Batch).
+type BoltStore struct {
+	db *bolt.DB
+}
+
+var _ Store = (*BoltStore)(nil)
+
+// BoltOption tunes OpenBolt.
+type BoltOption func(*boltConfig)
+
+type boltConfig struct {
+	lockTimeout time.Duration
+	batchDelay  time.Duration
+}
+
+// WithLockTimeout sets how long OpenBolt waits for the file lock
+// (default DefaultLockTimeout). It must be positive: bbolt would wait
+// forever on zero.
+func WithLockTimeout(d time.Duration) BoltOption {
+	return func(c *boltConfig) { c.lockTimeout = d }
+}
+
+// WithBatchDelay sets how long a Put waits for others to share its
+// transaction and fsync (default 10ms, bbolt's default): more latency for
+// one Put, more throughput under load.
+func WithBatchDelay(d time.Duration) BoltOption {
+	return func(c *boltConfig) { c.batchDelay = d }
+}
+
+// OpenBolt opens the store at path, creating it if the file does not exist.
+//
+// It never silently starts empty over lost data: an existing file that is
+// empty, truncated, not a bbolt file, without the leases bucket, or with a
+// page of that bucket that cannot be read is refused with an error wrapping
+// ErrStoreCorrupt. A file locked by another process yields an error wrapping
+// ErrStoreUnavailable after the lock timeout.
+func OpenBolt(path string, opts ...BoltOption) (*BoltStore, error) {
+	cfg := boltConfig{lockTimeout: DefaultLockTimeout, batchDelay: 10 * time.Millisecond}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.lockTimeout <= 0 {
+		return nil, fmt.Errorf("lease: open store %s: lock timeout must be positive", path)
+	}
+	if err := createIfMissing(path, cfg.lockTimeout); err != nil {
+		return nil, err
+	}
+	db, err := openVerified(path, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &BoltStore{db: db}, nil
+}
+
+// createIfMissing makes a new, initialized store at path if there is no
+// file there. The store is built under a temporary name and linked into
+// place, so a file at path is always one this package finished writing: an
+// empty file there means lost data, not a crash during creation. Link
+// (unlike rename) fails if another process created path meanwhile.
+func createIfMissing(path string, lockTimeout time.Duration) error {
+	info, err := os.Stat(path)
+	switch {
+	case err == nil:
+		if !info.Mode().IsRegular() {
+			return fmt.Errorf("lease: open store %s: not a regular file: %w", path, ErrStoreCorrupt)
+		}
+		if info.Size() == 0 {
+			return fmt.Errorf("lease: open store %s: file is empty (truncated?); refusing to start without its leases: %w", path, ErrStoreCorrupt)
+		}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("lease: open store %s: %w", path, err)
+	}
+
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".new-*")
+	if err != nil {
+		return fmt.Errorf("lease: create store %s: %w", path, err)
+	}
+	tmpPath := tmp.Name()
+	defer os.Remove(tmpPath) // after Link, path keeps the data
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("lease: create store %s: %w", path, err)
+	}
+	db, err := bolt.Open(tmpPath, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if err != nil {
+		return fmt.Errorf("lease: create store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketName)
+		return err
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("lease: create store %s: %w", path, err)
+	}
+	if err := os.Link(tmpPath, path); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("lease: create store %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes a new directory entry durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("lease: sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("lease: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+func openError(path string, lockTimeout time.Duration, err error) error {
+	switch {
+	case errors.Is(err, bolterrors.ErrTimeout):
+		return fmt.Errorf("lease: open store %s: locked by another process (waited %s): %w", path, lockTimeout, ErrStoreUnavailable)
+	case errors.Is(err, bolterrors.ErrInvalid),
+		errors.Is(err, bolterrors.ErrChecksum),
+		errors.Is(err, bolterrors.ErrVersionMismatch),
+		errors.Is(err, bolterrors.ErrInvalidMapping):
+		return fmt.Errorf("lease: open store %s: %w: %w", path, ErrStoreCorrupt, err)
+	}
+	// Anything else reading the file (short file, bad page size, I/O error)
+	// also means its leases cannot be trusted.
+	return fmt.Errorf("lease: open store %s: %w: %w", path, ErrStoreCorrupt, err)
+}
+
+// openVerified opens path with bbolt and refuses it unless every page of
+// the leases bucket can be read. bbolt panics on some corrupt pages, and a
+// page missing from a truncated file faults when read; both happen in this
+// goroutine, where they become errors. (A panic inside bolt.Open leaves the
+// file locked by this process, which is about to exit anyway.)
+func openVerified(path string, cfg boltConfig) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if db != nil {
+				_ = db.Close()
+			}
+			db, err = nil, fmt.Errorf("lease: open store %s: %w: bbolt: %v", path, ErrStoreCorrupt, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      cfg.lockTimeout,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, openError(path, cfg.lockTimeout, err)
+	}
+	if cfg.batchDelay > 0 {
+		db.MaxBatchDelay = cfg.batchDelay
+	}
+	if err := verify(db, path); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// verify reads every page of the leases bucket once, which is cheap for the
+// sizes a broker holds and happens only at start. Records are decoded by
+// Load; here only their version byte is looked at.
+func verify(db *bolt.DB, path string) error {
+	info, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("lease: open store %s: %w", path, err)
+	}
+	return db.View(func(tx *bolt.Tx) error {
+		if tx.Size() > info.Size() {
+			return fmt.Errorf("lease: open store %s: file is %d bytes but its data needs %d (truncated?): %w",
+				path, info.Size(), tx.Size(), ErrStoreCorrupt)
+		}
+		b := tx.Bucket(bucketName)
+		if b == nil {
+			return fmt.Errorf("lease: open store %s: no %q bucket, not a lease store: %w", path, bucketName, ErrStoreCorrupt)
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if len(v) == 0 || v[0] != codecV1 {
+				return fmt.Errorf("lease: open store %s: record %q: unknown encoding: %w", path, k, ErrStoreCorrupt)
+			}
+			return nil
+		})
+	})
+}
+
+// Put stores l durably, replacing any lease with its ID.
+func (s *BoltStore) Put(ctx context.Context, l Lease) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("lease: store put %s: %w: %w", l.ID, ErrStoreUnavailable, err)
+	}
+	if l.ID == "" {
+		return fmt.Errorf("lease: store put: empty id: %w", ErrInvalid)
+	}
+	v, err := encodeLease(l)
+	if err != nil {
+		return err
+	}
+	k := []byte(l.ID)
+	// Batch may run the function more than once; a Put is idempotent.
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName)
+		if b == nil {
+			return fmt.Errorf("no %q bucket", bucketName)
+		}
+		return b.Put(k, v)
+	})
+	if err != nil {
+		return fmt.Errorf("lease: store put %s: %w: %w", l.ID, ErrStoreUnavailable, err)
+	}
+	return nil
+}
+
+// Delete removes the lease with id durably; an absent id is not an error.
+func (s *BoltStore) Delete(ctx context.Context, id string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("lease: store delete %s: %w: %w", id, ErrStoreUnavailable, err)
+	}
+	k := []byte(id)
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName)
+		if b == nil {
+			return fmt.Errorf("no %q bucket", bucketName)
+		}
+		return b.Delete(k)
+	})
+	if err != nil {
+		return fmt.Errorf("lease: store delete %s: %w: %w", id, ErrStoreUnavailable, err)
+	}
+	return nil
+}
+
+// Scan calls fn for every stored lease, in key order. It holds a read
+// transaction for its duration, so fn should be quick (the Manager copies
+// what it needs and does its I/O afterwards). A record that cannot be
+// decoded stops the scan with an error wrapping ErrStoreCorrupt.
+func (s *BoltStore) Scan(ctx context.Context, fn func(Lease) error) (err error) {
+	var fnErr error // returned as is: it is the caller's, not the store's
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("lease: store scan: %w: %w: bbolt: %v", ErrStoreUnavailable, ErrStoreCorrupt, r)
+		}
+	}()
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName)
+		if b == nil {
+			return fmt.Errorf("lease: store scan: no %q bucket: %w", bucketName, ErrStoreCorrupt)
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			l, err := decodeLease(v)
+			if err != nil {
+				return fmt.Errorf("lease: store scan: record %q: %w: %w", k, ErrStoreCorrupt, err)
+			}
+			if l.ID != string(k) {
+				return fmt.Errorf("lease: store scan: record %q holds lease %q: %w", k, l.ID, ErrStoreCorrupt)
+			}
+			fnErr = fn(l)
+			return fnErr
+		})
+	})
+	if err != nil && err != fnErr && !errors.Is(err, ErrStoreUnavailable) {
+		err = fmt.Errorf("lease: store scan: %w: %w", ErrStoreUnavailable, err)
+	}
+	return err
+}
+
+// Close releases the file and its lock.
+func (s *BoltStore) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("lease: store close: %w", err)
+	}
+	return nil
+}

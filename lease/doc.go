@@ -1,0 +1,55 @@
+// Package lease keeps track of the database users the broker hands out: one
+// Lease per user, its durable record, its expiry and its revocation. It
+// knows nothing of gRPC, SQL or SPIFFE; the broker drives it and supplies a
+// Backend that talks to the databases.
+//
+// # States
+//
+//	state     meaning                                      on restart (Load)
+//	CREATING  intent written, user may or may not exist    drop the user, delete the record
+//	ACTIVE    user exists, credential handed out           queued at expiry; overdue ones revoked, rate-limited
+//	REVOKING  revocation started or failing; LastError     retried at once, then capped backoff, forever
+//	(gone)    user confirmed absent                        —
+//
+// REVOKED and EXPIRED are never stored: they are the final state reported
+// to whoever revoked the lease (EXPIRED when the revocation started because
+// the lease reached its expiry).
+//
+// # Life of a lease
+//
+//	Begin     → record CREATING (durable)         the broker then creates the user
+//	Activate  → record ACTIVE (durable), queue    only now is the credential handed out
+//	Abort     → drop, delete                      creation or activation failed
+//	Renew     → Backend.Extend, record, requeue   never past MaxExpireTime
+//	Revoke / expiry
+//	          → record REVOKING (durable), Backend.Drop, delete
+//
+// # Invariants
+//
+//  1. Every user the broker may have created has a record (CREATING, ACTIVE
+//     or REVOKING) from before its creation until after its drop.
+//  2. No credential is handed out before its record is durably ACTIVE.
+//  3. A record leaves the store only after Backend.Drop confirmed the user
+//     absent.
+//  4. Revocation never gives up: a failing one stays REVOKING, visible with
+//     its LastError, and is retried with capped exponential backoff.
+//  5. Operations on one lease are serialized; concurrent revocations of one
+//     lease share one Drop; a revoked lease is never renewed back to life.
+//  6. The expiry loop starts at most RevokeRate revocations a second and
+//     runs at most RevokeConcurrency at once, so a restart after downtime or
+//     a clock jump does not stampede the databases.
+//
+// # Storage
+//
+// Store is the persistence seam, free of engine types. BoltStore (bbolt,
+// one file, fsync per commit shared by concurrent writers) is the default;
+// MemStore is for tests. Store errors wrap ErrStoreUnavailable; a store
+// whose data cannot be trusted fails with ErrStoreCorrupt and the broker
+// must not start on it.
+//
+// # Crash testing
+//
+// Built with -tags failpoints, the revocation path can be killed at
+// FailpointAfterRevoking and FailpointAfterDrop (see package
+// internal/failpoint).
+package lease

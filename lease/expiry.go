@@ -1,0 +1,212 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Load restores the leases from the Store; call it once, before Run and
+// before serving. Per state:
+//
+//   - CREATING: the user may or may not exist. It is dropped and the record
+//     deleted; if the drop fails the lease becomes REVOKING, queued for retry.
+//   - ACTIVE: queued at its ExpireTime. Overdue ones are revoked by Run,
+//     subject to RevokeRate.
+//   - REVOKING: queued for an immediate retry.
+//
+// A Store that cannot be scanned, or holds a record Load does not
+// understand, is an error and nothing is loaded: the broker must refuse to
+// start rather than forget leases.
+func (m *Manager) Load(ctx context.Context) error {
+	m.mu.Lock()
+	if m.loaded {
+		m.mu.Unlock()
+		return errors.New("lease: load: already loaded")
+	}
+	m.loaded = true
+	m.mu.Unlock()
+
+	var all []Lease
+	err := m.cfg.Store.Scan(ctx, func(l Lease) error {
+		all = append(all, l)
+		return nil
+	})
+	if err != nil {
+		return storeErr("load", "", err)
+	}
+	for _, l := range all {
+		if !ValidID(l.ID) {
+			return fmt.Errorf("lease: load: stored id %q: %w", l.ID, ErrStoreCorrupt)
+		}
+		switch l.State {
+		case StateCreating, StateActive, StateRevoking:
+		default:
+			return fmt.Errorf("lease: load %s: stored state %s: %w", l.ID, l.State, ErrStoreCorrupt)
+		}
+	}
+
+	now := m.now()
+	var creating []*entry
+	counts := make(map[State]int)
+	m.mu.Lock()
+	for _, l := range all {
+		if _, dup := m.leases[l.ID]; dup {
+			m.mu.Unlock()
+			return fmt.Errorf("lease: load %s: %w", l.ID, ErrExists)
+		}
+	}
+	for _, l := range all {
+		counts[l.State]++
+		e := newEntry(normalizeTimes(l))
+		e.stored = true
+		m.leases[l.ID] = e
+		switch l.State {
+		case StateActive:
+			m.queue.Push(l.ID, e.lease.ExpireTime)
+		case StateRevoking:
+			m.queue.Push(l.ID, now)
+		case StateCreating:
+			e.tryLock() // new entry: cannot fail; held until dropped below
+			creating = append(creating, e)
+		}
+	}
+	m.mu.Unlock()
+
+	// Interrupted creations are few (at most the requests in flight at the
+	// crash), but their drops may be slow: run them with bounded
+	// concurrency.
+	sem := make(chan struct{}, m.cfg.RevokeConcurrency)
+	var wg sync.WaitGroup
+	for _, e := range creating {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			defer e.unlock()
+			if l, err := m.revokeLocked(ctx, e, false); err != nil {
+				m.log.LogAttrs(ctx, slog.LevelWarn, "lease: interrupted creation not cleaned up; will retry",
+					append(leaseAttrs(l), slog.Int("attempts", l.Attempts), slog.String("error", err.Error()))...)
+			}
+		})
+	}
+	wg.Wait()
+	m.log.LogAttrs(ctx, slog.LevelInfo, "lease: loaded",
+		slog.Int("creating", counts[StateCreating]),
+		slog.Int("active", counts[StateActive]),
+		slog.Int("revoking", counts[StateRevoking]))
+	m.signal()
+	return ctx.Err()
+}
+
+// Run is the expiry loop. It sleeps until the earliest queued lease is due
+// (at most about a second, so a clock jump is noticed; earlier when
+// Activate or a failed revocation queues something sooner), then calls
+// ProcessDue. It returns nil when ctx ends, after the revocations it started
+// have returned (they see ctx cancelled and are retried after a restart).
+func (m *Manager) Run(ctx context.Context) error {
+	if !m.running.CompareAndSwap(false, true) {
+		return errors.New("lease: run: already running")
+	}
+	defer m.wg.Wait()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		started := m.ProcessDue(ctx)
+		timer.Reset(m.nextWake(started))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-m.wake:
+		}
+	}
+}
+
+// nextWake is how long Run sleeps after a ProcessDue that started started
+// revocations.
+func (m *Manager) nextWake(started int) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	first, ok := m.queue.Peek()
+	if !ok {
+		return maxSleep
+	}
+	now := m.now()
+	if d := first.at.Sub(now); d > 0 {
+		return min(d, maxSleep)
+	}
+	// Something is due that ProcessDue did not start.
+	switch {
+	case m.inflight >= m.cfg.RevokeConcurrency:
+		return maxSleep // a finishing revocation signals
+	case m.limiter.available(now) < 1:
+		return min(max(m.limiter.wait(now), minSleep), maxSleep)
+	case started > 0:
+		return 0 // stopped by BatchSize: go on
+	}
+	return minSleep
+}
+
+// ProcessDue is one wake-up of the expiry loop: it starts, each in its own
+// goroutine, the revocations of up to BatchSize due leases (expired ACTIVE
+// ones, REVOKING ones whose retry is due), within RevokeConcurrency and
+// RevokeRate, and returns how many it started. Run calls it; tests call it
+// with a fake clock. A due lease that another operation holds is looked at
+// again a second later.
+func (m *Manager) ProcessDue(ctx context.Context) int {
+	if ctx.Err() != nil {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	limit := min(m.cfg.BatchSize, m.cfg.RevokeConcurrency-m.inflight, m.limiter.available(now))
+	started := 0
+	var busy []string
+	for started < limit {
+		due := m.queue.PopDue(now, limit-started)
+		if len(due) == 0 {
+			break
+		}
+		for _, q := range due {
+			e := m.leases[q.id]
+			if e == nil {
+				continue
+			}
+			if e.flight != nil || !e.tryLock() {
+				busy = append(busy, q.id)
+				continue
+			}
+			f := &flight{done: make(chan struct{})}
+			e.flight = f
+			m.limiter.take(now)
+			m.inflight++
+			started++
+			m.wg.Add(1)
+			go m.expire(ctx, e, f)
+		}
+	}
+	for _, id := range busy {
+		m.queue.Push(id, now.Add(busyRetry))
+	}
+	return started
+}
+
+// expire runs one revocation the expiry loop started; it owns e's lock.
+func (m *Manager) expire(ctx context.Context, e *entry, f *flight) {
+	defer m.wg.Done()
+	l, err := m.revokeLocked(ctx, e, e.lease.State == StateActive)
+	m.finish(e, f, l, err)
+	e.unlock()
+	m.mu.Lock()
+	m.inflight--
+	m.mu.Unlock()
+	m.signal()
+	if err != nil {
+		m.log.LogAttrs(ctx, slog.LevelWarn, "lease: revocation failed; will retry",
+			append(leaseAttrs(l), slog.Int("attempts", l.Attempts), slog.String("error", err.Error()))...)
+	}
+}

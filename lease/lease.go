@@ -1,0 +1,107 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// State is where a lease is in its life. See docs/architecture.md.
+type State int
+
+const (
+	// StateCreating: the intent is durable, the user may or may not exist.
+	StateCreating State = iota + 1
+	// StateActive: the user exists and the credential was handed out.
+	StateActive
+	// StateRevoking: revocation started (or keeps failing); LastError says why.
+	StateRevoking
+	// StateRevoked is never stored: it is the final state reported to a
+	// caller once the user is confirmed absent and the record deleted.
+	StateRevoked
+	// StateExpired, like StateRevoked, is only reported, for a lease that
+	// ended by reaching its expiry.
+	StateExpired
+)
+
+func (s State) String() string {
+	switch s {
+	case StateCreating:
+		return "CREATING"
+	case StateActive:
+		return "ACTIVE"
+	case StateRevoking:
+		return "REVOKING"
+	case StateRevoked:
+		return "REVOKED"
+	case StateExpired:
+		return "EXPIRED"
+	}
+	return "UNKNOWN"
+}
+
+// Lease is one database user handed to one workload. Everything needed to
+// revoke it is inside it (database, username, revocation statements as they
+// were at issue time), so editing or deleting the role never strands it.
+type Lease struct {
+	ID        string    `json:"id"`
+	Role      string    `json:"role"`
+	Owner     string    `json:"owner"` // SPIFFE ID of the workload
+	Database  string    `json:"database"`
+	Username  string    `json:"username"`
+	IssueTime time.Time `json:"issue_time"`
+	// ExpireTime is when the user is revoked unless renewed.
+	ExpireTime time.Time `json:"expire_time"`
+	// MaxExpireTime caps every renewal.
+	MaxExpireTime time.Time `json:"max_expire_time"`
+	State         State     `json:"state"`
+	// RevocationStatements snapshot the role's optional statements.
+	RevocationStatements []string `json:"revocation_statements,omitempty"`
+	// LastError is the scrubbed text of the last failed revocation attempt.
+	LastError string `json:"last_error,omitempty"`
+	// Attempts counts failed revocation attempts (drives the backoff).
+	Attempts int `json:"attempts,omitempty"`
+	// Expired records that revocation started because the lease reached its
+	// expiry (reported as EXPIRED rather than REVOKED).
+	Expired bool `json:"expired,omitempty"`
+}
+
+// Store persists leases. Put must be durable when it returns nil: the broker
+// hands out no credential before its ACTIVE record is stored. Implementations
+// must be safe for concurrent use. The interface carries no engine types so a
+// shared PostgreSQL store can replace the embedded one.
+type Store interface {
+	Put(ctx context.Context, l Lease) error
+	Delete(ctx context.Context, id string) error
+	// Scan calls fn for every stored lease, in no particular order.
+	Scan(ctx context.Context, fn func(Lease) error) error
+	Close() error
+}
+
+// Sentinel errors.
+var (
+	ErrNotFound         = errors.New("lease not found")
+	ErrMaxTTLReached    = errors.New("lease cannot be renewed past its max ttl")
+	ErrNotActive        = errors.New("lease is not active")
+	ErrStoreUnavailable = errors.New("lease store unavailable")
+	// ErrStoreCorrupt: the store's data cannot be trusted (unreadable file,
+	// undecodable record). The broker must refuse to start rather than
+	// forget leases.
+	ErrStoreCorrupt = errors.New("lease store corrupt")
+	// ErrExists: Begin was given an ID that is already known.
+	ErrExists = errors.New("lease already exists")
+	// ErrWrongState: the operation does not apply to the lease's current
+	// state (Activate on a lease that is not CREATING, Revoke on a lease that
+	// is still CREATING; its creator must Abort it instead).
+	ErrWrongState = errors.New("lease is in the wrong state for this operation")
+	// ErrInvalid: the lease or argument given is malformed.
+	ErrInvalid = errors.New("invalid lease")
+)
+
+// clone returns a copy of l that shares no memory with it.
+func (l Lease) clone() Lease {
+	if l.RevocationStatements != nil {
+		l.RevocationStatements = append([]string(nil), l.RevocationStatements...)
+	}
+	return l
+}

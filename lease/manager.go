@@ -1,0 +1,429 @@
+package lease
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Backend does the database side of a lease; the broker implements it by
+// routing to plugins.
+type Backend interface {
+	// Drop makes the lease's user absent (no login, no session). It is
+	// idempotent: an absent user is success.
+	Drop(ctx context.Context, l Lease) error
+	// Extend moves the server-side expiry to l.ExpireTime.
+	Extend(ctx context.Context, l Lease) error
+}
+
+// Config configures a Manager. Zero values take the documented defaults.
+type Config struct {
+	Store   Store
+	Backend Backend
+	// Now is the clock, default time.Now. Tests inject a fake one.
+	Now    func() time.Time
+	Logger *slog.Logger
+	// RevokeConcurrency bounds the expiry loop's concurrent drops
+	// (default 4).
+	RevokeConcurrency int
+	// BatchSize bounds the revocations started per wake-up (default 64).
+	BatchSize int
+	// RevokeRate is the most revocations the expiry loop starts per second
+	// (default 50), so that a restart after downtime or a clock jump does not
+	// hit the databases with every overdue lease at once. Up to one second's
+	// worth (at most BatchSize) may start together.
+	RevokeRate float64
+	// BackoffBase and BackoffMax shape the retry delay of failed
+	// revocations: BackoffBase doubling per attempt up to BackoffMax (default
+	// 1s, 1m), jittered. Retries never stop.
+	BackoffBase, BackoffMax time.Duration
+	// BackendTimeout bounds each Backend call, so a hung database cannot
+	// hold a revocation slot forever (default 30s).
+	BackendTimeout time.Duration
+}
+
+const (
+	defaultRevokeConcurrency = 4
+	defaultBatchSize         = 64
+	defaultRevokeRate        = 50
+	defaultBackoffBase       = time.Second
+	defaultBackoffMax        = time.Minute
+	defaultBackendTimeout    = 30 * time.Second
+
+	// maxSleep caps the expiry loop's sleep so that a clock that jumps
+	// forward is noticed within about a second.
+	maxSleep = time.Second
+	// minSleep keeps the loop from spinning when due work cannot start.
+	minSleep = 10 * time.Millisecond
+	// busyRetry re-queues a due lease that another operation holds; that
+	// operation normally reschedules it first.
+	busyRetry = time.Second
+)
+
+// Manager owns the leases: their durable records (through Store), the users
+// behind them (through Backend), and the expiry loop. All methods are safe
+// for concurrent use.
+//
+// Each lease has its own lock, held across the store and backend I/O of one
+// operation, so operations on one lease are serialized (a Renew can never
+// resurrect a lease a Revoke is removing) while operations on different
+// leases run in parallel. Manager.mu guards only the maps and the queue and
+// is never held during I/O. Lock order: lease lock, then mu.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	leases   map[string]*entry
+	queue    *expiryQueue // ACTIVE leases by expiry, REVOKING ones by next retry
+	limiter  *tokenBucket
+	inflight int // revocations started by the expiry loop and not finished
+	loaded   bool
+
+	wake    chan struct{} // tells Run to look at the queue again
+	wg      sync.WaitGroup
+	running atomic.Bool
+}
+
+// entry is one lease in memory.
+type entry struct {
+	// op (capacity 1) is the lease lock: whoever holds it may change the
+	// lease, and holds it across the I/O. A channel so acquiring it can
+	// honour ctx.
+	op chan struct{}
+
+	// Read with mu or op held; written with both held.
+	lease  Lease
+	stored bool // Begin's Put succeeded; invisible before
+	gone   bool // deleted from the map: the user is absent
+
+	flight *flight // revocation being run, joined by later callers; guarded by mu
+}
+
+// flight is one revocation attempt that concurrent Revoke calls and the
+// expiry loop share, so exactly one Drop runs for all of them.
+type flight struct {
+	done  chan struct{}
+	lease Lease // valid after done is closed
+	err   error
+}
+
+func newEntry(l Lease) *entry {
+	return &entry{op: make(chan struct{}, 1), lease: l}
+}
+
+func (e *entry) lock(ctx context.Context) error {
+	select {
+	case e.op <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (e *entry) tryLock() bool {
+	select {
+	case e.op <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (e *entry) unlock() { <-e.op }
+
+// NewManager checks cfg and returns a Manager. It starts no goroutine: call
+// Load, then Run.
+func NewManager(cfg Config) (*Manager, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("lease: new manager: no store")
+	}
+	if cfg.Backend == nil {
+		return nil, errors.New("lease: new manager: no backend")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RevokeConcurrency < 0 || cfg.BatchSize < 0 || cfg.BackoffBase < 0 || cfg.BackoffMax < 0 || cfg.BackendTimeout < 0 {
+		return nil, errors.New("lease: new manager: negative limit in config")
+	}
+	if cfg.RevokeRate < 0 || math.IsNaN(cfg.RevokeRate) || math.IsInf(cfg.RevokeRate, 0) {
+		return nil, fmt.Errorf("lease: new manager: revoke rate %v must be a positive number", cfg.RevokeRate)
+	}
+	cfg.RevokeConcurrency = cmp.Or(cfg.RevokeConcurrency, defaultRevokeConcurrency)
+	cfg.BatchSize = cmp.Or(cfg.BatchSize, defaultBatchSize)
+	cfg.RevokeRate = cmp.Or(cfg.RevokeRate, defaultRevokeRate)
+	cfg.BackoffBase = cmp.Or(cfg.BackoffBase, defaultBackoffBase)
+	cfg.BackoffMax = cmp.Or(cfg.BackoffMax, defaultBackoffMax)
+	cfg.BackendTimeout = cmp.Or(cfg.BackendTimeout, defaultBackendTimeout)
+	if cfg.BackoffMax < cfg.BackoffBase {
+		return nil, fmt.Errorf("lease: new manager: backoff max %s below base %s", cfg.BackoffMax, cfg.BackoffBase)
+	}
+	burst := max(1, min(cfg.BatchSize, int(math.Ceil(cfg.RevokeRate))))
+	return &Manager{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		leases:  make(map[string]*entry),
+		queue:   newExpiryQueue(),
+		limiter: newTokenBucket(cfg.RevokeRate, burst, cfg.Now()),
+		wake:    make(chan struct{}, 1),
+	}, nil
+}
+
+func (m *Manager) now() time.Time { return utc(m.cfg.Now()) }
+
+// signal wakes Run without blocking.
+func (m *Manager) signal() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// scheduleLocked queues id at at and wakes Run if id became the earliest.
+// m.mu must be held; the wake-up is sent without blocking.
+func (m *Manager) scheduleLocked(id string, at time.Time) {
+	m.queue.Push(id, at)
+	if first, _ := m.queue.Peek(); first.id == id {
+		m.signal()
+	}
+}
+
+// lockEntry finds a stored lease and takes its lock. The caller unlocks.
+func (m *Manager) lockEntry(ctx context.Context, id string) (*entry, error) {
+	m.mu.Lock()
+	e := m.leases[id]
+	ok := e != nil && e.stored
+	m.mu.Unlock()
+	if !ok {
+		return nil, ErrNotFound
+	}
+	if err := e.lock(ctx); err != nil {
+		return nil, err
+	}
+	if e.gone {
+		e.unlock()
+		return nil, ErrNotFound
+	}
+	return e, nil
+}
+
+// setLease replaces e's lease. e's lock must be held.
+func (m *Manager) setLease(e *entry, l Lease) {
+	m.mu.Lock()
+	e.lease = l
+	m.mu.Unlock()
+}
+
+// Begin durably records l as CREATING: the intent, written before the
+// database user is created, so that a crash in between leaves a record that
+// Load cleans up. l.ID must be from NewID; ExpireTime and MaxExpireTime are
+// required, IssueTime defaults to now. The lease is not queued for expiry
+// until Activate.
+func (m *Manager) Begin(ctx context.Context, l Lease) error {
+	if !ValidID(l.ID) {
+		return fmt.Errorf("lease: begin: id %q: %w", l.ID, ErrInvalid)
+	}
+	l = normalizeTimes(l.clone())
+	if l.IssueTime.IsZero() {
+		l.IssueTime = m.now()
+	}
+	if l.ExpireTime.IsZero() || l.MaxExpireTime.IsZero() || l.MaxExpireTime.Before(l.ExpireTime) {
+		return fmt.Errorf("lease: begin %s: need expire time <= max expire time: %w", l.ID, ErrInvalid)
+	}
+	l.State = StateCreating
+	l.LastError, l.Attempts, l.Expired = "", 0, false
+
+	e := newEntry(l)
+	e.op <- struct{}{} // new: cannot block
+	defer e.unlock()
+	m.mu.Lock()
+	if _, ok := m.leases[l.ID]; ok {
+		m.mu.Unlock()
+		return fmt.Errorf("lease: begin %s: %w", l.ID, ErrExists)
+	}
+	m.leases[l.ID] = e // reserves the id; invisible until stored
+	m.mu.Unlock()
+
+	if err := m.cfg.Store.Put(ctx, l); err != nil {
+		m.mu.Lock()
+		delete(m.leases, l.ID)
+		e.gone = true
+		m.mu.Unlock()
+		return storeErr("begin", l.ID, err)
+	}
+	m.mu.Lock()
+	e.stored = true
+	m.mu.Unlock()
+	return nil
+}
+
+// Activate durably records a CREATING lease as ACTIVE and queues it for
+// expiry. Only after it returns nil may the credential be handed out; on
+// error the caller must Abort.
+func (m *Manager) Activate(ctx context.Context, id string) (Lease, error) {
+	e, err := m.lockEntry(ctx, id)
+	if err != nil {
+		return Lease{}, err
+	}
+	defer e.unlock()
+	l := e.lease.clone()
+	if l.State != StateCreating {
+		return Lease{}, fmt.Errorf("lease: activate %s: state %s: %w", id, l.State, ErrWrongState)
+	}
+	l.State = StateActive
+	if err := m.cfg.Store.Put(ctx, l); err != nil {
+		return Lease{}, storeErr("activate", id, err)
+	}
+	m.mu.Lock()
+	e.lease = l
+	m.scheduleLocked(id, l.ExpireTime)
+	m.mu.Unlock()
+	m.log.LogAttrs(ctx, slog.LevelInfo, "lease: activated", append(leaseAttrs(l),
+		slog.Time("expire_time", l.ExpireTime))...)
+	return l.clone(), nil
+}
+
+// Renew moves an ACTIVE lease's expiry to now+increment, capped at its
+// MaxExpireTime and never earlier than it is. The database's own expiry is
+// moved first (so the database never ends the user before the lease), then
+// the record, then the queue.
+//
+// Errors: ErrNotFound; ErrNotActive if the lease is not ACTIVE or has
+// already reached its expiry (its revocation is due); ErrMaxTTLReached if
+// the expiry already is the max.
+func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration) (Lease, error) {
+	if increment <= 0 {
+		return Lease{}, fmt.Errorf("lease: renew %s: increment %s: %w", id, increment, ErrInvalid)
+	}
+	e, err := m.lockEntry(ctx, id)
+	if err != nil {
+		return Lease{}, err
+	}
+	defer e.unlock()
+	l := e.lease.clone()
+	if l.State != StateActive {
+		return Lease{}, fmt.Errorf("lease: renew %s: state %s: %w", id, l.State, ErrNotActive)
+	}
+	now := m.now()
+	if !now.Before(l.ExpireTime) {
+		return Lease{}, fmt.Errorf("lease: renew %s: expired at %s: %w", id, l.ExpireTime.Format(time.RFC3339), ErrNotActive)
+	}
+	if !l.ExpireTime.Before(l.MaxExpireTime) {
+		return Lease{}, fmt.Errorf("lease: renew %s: %w", id, ErrMaxTTLReached)
+	}
+	exp := now.Add(increment)
+	if exp.After(l.MaxExpireTime) {
+		exp = l.MaxExpireTime
+	}
+	if !exp.After(l.ExpireTime) {
+		return l, nil // already expires at or after what was asked
+	}
+	l.ExpireTime = exp
+
+	bctx, cancel := context.WithTimeout(ctx, m.cfg.BackendTimeout)
+	err = m.cfg.Backend.Extend(bctx, l)
+	cancel()
+	if err != nil {
+		return Lease{}, fmt.Errorf("lease: renew %s: extend: %w", id, err)
+	}
+	// If this fails the database keeps the later expiry, which is safe: the
+	// lease is still revoked at its old, stored one.
+	if err := m.cfg.Store.Put(ctx, l); err != nil {
+		return Lease{}, storeErr("renew", id, err)
+	}
+	m.mu.Lock()
+	e.lease = l
+	m.queue.Push(id, exp) // heap.Fix: the lease is queued
+	m.mu.Unlock()
+	return l.clone(), nil
+}
+
+// Get returns a copy of the lease with id.
+func (m *Manager) Get(id string) (Lease, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.leases[id]
+	if e == nil || !e.stored {
+		return Lease{}, false
+	}
+	return e.lease.clone(), true
+}
+
+// List returns a snapshot of the leases for which filter (nil: all) returns
+// true, sorted by IssueTime then ID. filter runs without any lock held.
+func (m *Manager) List(filter func(Lease) bool) []Lease {
+	m.mu.Lock()
+	all := make([]Lease, 0, len(m.leases))
+	for _, e := range m.leases {
+		if e.stored {
+			all = append(all, e.lease.clone())
+		}
+	}
+	m.mu.Unlock()
+	out := all[:0]
+	for _, l := range all {
+		if filter == nil || filter(l) {
+			out = append(out, l)
+		}
+	}
+	slices.SortFunc(out, func(a, b Lease) int {
+		return cmp.Or(a.IssueTime.Compare(b.IssueTime), cmp.Compare(a.ID, b.ID))
+	})
+	return out
+}
+
+// NewID returns a new lease id: 32 lowercase hex characters from
+// crypto/rand.
+func NewID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("lease: new id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// ValidID reports whether s has the form NewID returns.
+func ValidID(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// storeErr wraps a Store error with the operation, making sure it wraps
+// ErrStoreUnavailable whatever the Store returned.
+func storeErr(op, id string, err error) error {
+	if errors.Is(err, ErrStoreUnavailable) {
+		return fmt.Errorf("lease: %s %s: %w", op, id, err)
+	}
+	return fmt.Errorf("lease: %s %s: %w: %w", op, id, ErrStoreUnavailable, err)
+}
+
+// leaseAttrs are the log attributes of l. A Lease holds no secret.
+func leaseAttrs(l Lease) []slog.Attr {
+	return []slog.Attr{
+		slog.String("lease_id", l.ID),
+		slog.String("username", l.Username),
+		slog.String("role", l.Role),
+		slog.String("database", l.Database),
+	}
+}

@@ -1,0 +1,145 @@
+package lease
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// MemStore is an in-memory Store for tests and benchmarks. It keeps nothing
+// across restarts, so it must not back a real broker. Fault hooks make its
+// operations fail on demand, to test fail-closed behaviour.
+type MemStore struct {
+	mu         sync.Mutex
+	leases     map[string]Lease
+	closed     bool
+	failPut    func(Lease) error
+	failDelete func(id string) error
+	failScan   func() error
+}
+
+var _ Store = (*MemStore)(nil)
+
+// NewMemStore returns an empty MemStore, optionally holding leases.
+func NewMemStore(leases ...Lease) *MemStore {
+	s := &MemStore{leases: make(map[string]Lease, len(leases))}
+	for _, l := range leases {
+		s.leases[l.ID] = normalizeTimes(l.clone())
+	}
+	return s
+}
+
+// SetFailPut makes every later Put call fn first; a non-nil result fails
+// the Put (wrapped in ErrStoreUnavailable) and stores nothing. nil removes
+// the hook.
+func (s *MemStore) SetFailPut(fn func(Lease) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failPut = fn
+}
+
+// SetFailDelete is SetFailPut for Delete.
+func (s *MemStore) SetFailDelete(fn func(id string) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failDelete = fn
+}
+
+// SetFailScan is SetFailPut for Scan.
+func (s *MemStore) SetFailScan(fn func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failScan = fn
+}
+
+// Get returns the stored lease with id (for tests).
+func (s *MemStore) Get(id string) (Lease, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.leases[id]
+	return l.clone(), ok
+}
+
+// Len is the number of stored leases.
+func (s *MemStore) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.leases)
+}
+
+// Put stores a copy of l.
+func (s *MemStore) Put(ctx context.Context, l Lease) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("lease: store put %s: %w", l.ID, err)
+	}
+	if s.failPut != nil {
+		if err := s.failPut(l); err != nil {
+			return fmt.Errorf("lease: store put %s: %w: %w", l.ID, ErrStoreUnavailable, err)
+		}
+	}
+	s.leases[l.ID] = normalizeTimes(l.clone())
+	return nil
+}
+
+// Delete removes the lease with id; an absent id is not an error.
+func (s *MemStore) Delete(ctx context.Context, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("lease: store delete %s: %w", id, err)
+	}
+	if s.failDelete != nil {
+		if err := s.failDelete(id); err != nil {
+			return fmt.Errorf("lease: store delete %s: %w: %w", id, ErrStoreUnavailable, err)
+		}
+	}
+	delete(s.leases, id)
+	return nil
+}
+
+// Scan calls fn for a snapshot of the stored leases, without holding the
+// lock, so fn may call back into the store.
+func (s *MemStore) Scan(ctx context.Context, fn func(Lease) error) error {
+	s.mu.Lock()
+	if err := s.usable(ctx); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("lease: store scan: %w", err)
+	}
+	if s.failScan != nil {
+		if err := s.failScan(); err != nil {
+			s.mu.Unlock()
+			return fmt.Errorf("lease: store scan: %w: %w", ErrStoreUnavailable, err)
+		}
+	}
+	snap := make([]Lease, 0, len(s.leases))
+	for _, l := range s.leases {
+		snap = append(snap, l.clone())
+	}
+	s.mu.Unlock()
+	for _, l := range snap {
+		if err := fn(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close makes every later call fail with ErrStoreUnavailable.
+func (s *MemStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return nil
+}
+
+func (s *MemStore) usable(ctx context.Context) error {
+	if s.closed {
+		return fmt.Errorf("%w: closed", ErrStoreUnavailable)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	}
+	return nil
+}

@@ -1,0 +1,97 @@
+// Package plugins defines the contract between the broker and a database
+// engine. Each engine lives in its own subpackage (plugins/postgres,
+// plugins/mysql) and must pass the conformance suite in plugins/pluginstest.
+//
+// The method set follows Vault's dbplugin v5 (NewUser / UpdateUser /
+// DeleteUser with request structs), narrowed to what a lease needs. A plugin
+// owns its connection pool, its identifier quoting, its username rules and its
+// revocation sequence; the broker never builds SQL itself.
+package plugins
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Database is one configured database server the broker creates users in.
+type Database interface {
+	// GenerateUsername returns a new, unique, marked username for role. It
+	// does not touch the server: the broker records the name durably before
+	// NewUser creates it, so a crash in between can be cleaned up.
+	GenerateUsername(role string) (string, error)
+
+	// NewUser creates the user with the request's statements and sets its
+	// server-side expiry where the engine has one. On any error the plugin
+	// has already tried to remove whatever it created.
+	NewUser(ctx context.Context, req NewUserRequest) error
+
+	// UpdateUser moves the user's server-side expiry (no-op where the engine
+	// has none, see Capabilities).
+	UpdateUser(ctx context.Context, req UpdateUserRequest) error
+
+	// DeleteUser stops new logins, ends the user's open sessions, drops what
+	// it owns and drops it. It is idempotent: an absent user is success. A nil
+	// return means no session of the user remains.
+	DeleteUser(ctx context.Context, req DeleteUserRequest) error
+
+	// ListUsers returns every user on the server that carries this broker's
+	// marker (used by reconciliation and tests).
+	ListUsers(ctx context.Context) ([]string, error)
+
+	// Capabilities tells callers (and the conformance suite) what the engine
+	// supports, instead of silently skipping behaviour.
+	Capabilities() Capabilities
+
+	// Close releases the pool.
+	Close()
+}
+
+// Capabilities describes engine features that genuinely differ.
+type Capabilities struct {
+	// ServerExpiry is true when the server itself refuses logins after the
+	// expiry (PostgreSQL VALID UNTIL). MySQL has no such thing.
+	ServerExpiry bool
+}
+
+// NewUserRequest asks for one user.
+type NewUserRequest struct {
+	Username   string    // from GenerateUsername
+	Password   string    // plaintext; plugins send a verifier/hash where the server allows
+	Expiration time.Time // the lease's expiry; applied server-side where the engine supports it
+	// Statements are the role's creation statements with {{name}},
+	// {{password}} and {{expiration}} placeholders (see Template).
+	Statements []string
+}
+
+// UpdateUserRequest moves a user's expiry.
+type UpdateUserRequest struct {
+	Username   string
+	Expiration time.Time
+}
+
+// DeleteUserRequest removes a user. Statements are the role's optional
+// revocation statements as snapshotted into the lease at issue time; they run
+// inside the plugin's fixed revocation sequence, never instead of it.
+type DeleteUserRequest struct {
+	Username   string
+	Statements []string
+}
+
+// Sentinel errors. Plugins wrap them with %w so the broker can map them to
+// gRPC codes without knowing the engine.
+var (
+	// ErrUnavailable: the server could not be reached or the connection broke.
+	ErrUnavailable = errors.New("database unavailable")
+	// ErrInvalidStatement: the server rejected a template statement (syntax,
+	// unknown object, permission). Nothing is left behind.
+	ErrInvalidStatement = errors.New("database rejected statement")
+	// ErrInvalidUsername: a username that does not match the plugin's
+	// strict pattern (never sent to the server).
+	ErrInvalidUsername = errors.New("invalid username")
+	// ErrNotCreated marks a NewUser error after which the plugin knows the
+	// user does not exist on the server (the transaction never committed,
+	// or its cleanup succeeded). Without it the broker must assume the user
+	// may exist and keep revoking it until the server confirms.
+	ErrNotCreated = errors.New("user not created")
+)

@@ -1,0 +1,142 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/credbroker/credbroker/plugins"
+)
+
+// cleanupTimeout bounds the best-effort removal of a user whose creation
+// ended with an unknown commit outcome.
+const cleanupTimeout = 30 * time.Second
+
+// NewUser implements plugins.Database.
+func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
+	name := req.Username
+	if err := db.checkUsername(name); err != nil {
+		return err
+	}
+	if req.Password == "" {
+		return fmt.Errorf("postgres: new user %s: empty password", name)
+	}
+	until, err := validUntil(req.Expiration)
+	if err != nil {
+		return fmt.Errorf("postgres: new user %s: %w", name, err)
+	}
+	if err := plugins.ValidateStatements(req.Statements, true); err != nil {
+		return fmt.Errorf("postgres: new user %s: %w: %w", name, plugins.ErrInvalidStatement, err)
+	}
+	verifier, err := newScramVerifier(req.Password)
+	if err != nil {
+		return fmt.Errorf("postgres: new user %s: %w", name, err)
+	}
+	password, err := quoteLiteral(verifier)
+	if err != nil {
+		return fmt.Errorf("postgres: new user %s: %w", name, err)
+	}
+	marker, err := quoteLiteral(db.marker)
+	if err != nil {
+		return fmt.Errorf("postgres: new user %s: %w", name, err)
+	}
+	values := map[string]string{
+		plugins.PlaceholderName:       quoteIdent(name),
+		plugins.PlaceholderPassword:   password,
+		plugins.PlaceholderExpiration: until,
+	}
+	stmts := make([]string, 0, len(req.Statements)+2)
+	for i, s := range req.Statements {
+		r, err := plugins.Render(s, values)
+		if err != nil {
+			return fmt.Errorf("postgres: new user %s: creation statement %d: %w: %w", name, i+1, plugins.ErrInvalidStatement, err)
+		}
+		stmts = append(stmts, r)
+	}
+	// Whatever the template says, the server enforces the lease's expiry and
+	// the role carries the marker reconciliation looks for.
+	stmts = append(stmts,
+		"ALTER ROLE "+quoteIdent(name)+" VALID UNTIL "+until,
+		"COMMENT ON ROLE "+quoteIdent(name)+" IS "+marker,
+	)
+
+	attempts, err := db.inTx(ctx, func(tx pgx.Tx) error {
+		lock := aclLock{tx: tx}
+		for i, s := range stmts {
+			if i < len(req.Statements) && objectGrantRE.MatchString(req.Statements[i]) {
+				if err := lock.take(ctx); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return statementFailure(i, len(req.Statements), err, verifier)
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	// Without a commit nothing was created (DDL is transactional here).
+	absent := true
+	if _, ok := errors.AsType[*commitError](err); ok {
+		// The server may have committed: remove the user rather than leave
+		// one the broker will not hand out. Failing here is tolerable, the
+		// broker's CREATING record drives a later cleanup.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		absent = db.DeleteUser(cctx, plugins.DeleteUserRequest{Username: name}) == nil
+	}
+	if absent {
+		err = notCreated{err}
+	}
+	op := "new user " + name
+	switch {
+	case ctx.Err() != nil:
+		return wrap(ctx, op, err)
+	case transient(err):
+		return fmt.Errorf("postgres: %s: %w: still failing after %d attempts: %s", op, plugins.ErrUnavailable, attempts, err)
+	case unavailable(err):
+		return wrap(ctx, op, err)
+	}
+	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+// notCreated marks err with plugins.ErrNotCreated, keeping its chain.
+type notCreated struct{ error }
+
+func (e notCreated) Unwrap() []error { return []error{e.error, plugins.ErrNotCreated} }
+
+// statementError is a statement the server rejected. Its text never carries
+// the verifier, which PostgreSQL may quote back in a syntax error.
+type statementError struct {
+	msg string
+	err *pgconn.PgError
+}
+
+func (e *statementError) Error() string { return e.msg }
+
+func (e *statementError) Unwrap() []error { return []error{plugins.ErrInvalidStatement, e.err} }
+
+// statementFailure describes the failure of stmts[i], where the first n
+// statements come from the role's template and the rest are the plugin's.
+func statementFailure(i, n int, err error, verifier string) error {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	if !ok || unavailable(err) || transient(err) {
+		return err
+	}
+	what := fmt.Sprintf("creation statement %d", i+1)
+	if i >= n {
+		what = "setting expiry and marker"
+	}
+	msg := strings.ReplaceAll(pgErr.Message, verifier, "[redacted]")
+	return &statementError{
+		msg: fmt.Sprintf("%s rejected: %s (SQLSTATE %s)", what, msg, pgErr.Code),
+		err: pgErr,
+	}
+}

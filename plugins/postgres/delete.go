@@ -1,0 +1,136 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/credbroker/credbroker/plugins"
+)
+
+// Polling of pg_stat_activity while the user's backends exit.
+const (
+	pollFirst = 5 * time.Millisecond
+	pollMax   = 100 * time.Millisecond
+)
+
+// DeleteUser implements plugins.Database; see the package comment for the
+// sequence.
+func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) error {
+	name := req.Username
+	if err := db.checkUsername(name); err != nil {
+		return err
+	}
+	op := "delete " + name
+	// Revocation statements are rendered before anything changes, so a bad
+	// snapshot fails without leaving the user half-revoked.
+	if err := plugins.ValidateStatements(req.Statements, false); err != nil {
+		return fmt.Errorf("postgres: %s: %w: %w", op, plugins.ErrInvalidStatement, err)
+	}
+	values := map[string]string{plugins.PlaceholderName: quoteIdent(name)}
+	revoke := make([]string, 0, len(req.Statements))
+	for i, s := range req.Statements {
+		r, err := plugins.Render(s, values)
+		if err != nil {
+			return fmt.Errorf("postgres: %s: revocation statement %d: %w: %w", op, i+1, plugins.ErrInvalidStatement, err)
+		}
+		revoke = append(revoke, r)
+	}
+
+	var marker *string
+	err := db.pool.QueryRow(ctx,
+		"SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", name).Scan(&marker)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return wrap(ctx, op, err)
+	}
+	// A role with a matching name but no marker was not made by this broker
+	// (or its marker was removed by hand): leave it alone.
+	if marker == nil || *marker != db.marker {
+		return fmt.Errorf("postgres: %s: role exists but does not carry the marker %q; not dropping it", op, db.marker)
+	}
+
+	ident := quoteIdent(name)
+	if _, err := db.pool.Exec(ctx, "ALTER ROLE "+ident+" NOLOGIN"); err != nil {
+		if pgErrCode(err) == codeUndefinedObject {
+			return nil // dropped concurrently
+		}
+		return wrap(ctx, op+": nologin", err)
+	}
+	if err := db.endSessions(ctx, name); err != nil {
+		return wrap(ctx, op+": end sessions", err)
+	}
+
+	stmts := append(revoke,
+		"REASSIGN OWNED BY "+ident+" TO CURRENT_USER",
+		"DROP OWNED BY "+ident,
+		"DROP ROLE IF EXISTS "+ident,
+	)
+	_, err = db.inTx(ctx, func(tx pgx.Tx) error {
+		// DROP OWNED revokes the user's object privileges (pg_shdepend
+		// entries of type 'a'), which races with concurrent GRANTs on the
+		// same objects exactly like a GRANT would.
+		need := needsACLLock(req.Statements)
+		if !need {
+			if err := tx.QueryRow(ctx, `
+				SELECT EXISTS (SELECT 1 FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
+				WHERE d.refclassid = 'pg_authid'::regclass AND d.deptype = 'a' AND r.rolname = $1)`,
+				name).Scan(&need); err != nil {
+				return err
+			}
+		}
+		if need {
+			lock := aclLock{tx: tx}
+			if err := lock.take(ctx); err != nil {
+				return err
+			}
+		}
+		for i, s := range stmts {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				if i < len(revoke) {
+					return statementFailure(i, len(revoke), err, "")
+				}
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return wrap(ctx, op, err)
+	}
+	return nil
+}
+
+// endSessions terminates every backend of the user and returns once
+// pg_stat_activity shows none. NOLOGIN is already committed, so the count
+// can only go down; terminating again on each round catches a backend that
+// was still authenticating during the previous one.
+func (db *DB) endSessions(ctx context.Context, name string) error {
+	delay := pollFirst
+	for {
+		// The count is of backends present in this round's snapshot, each
+		// of which has just been signalled.
+		var seen int
+		err := db.pool.QueryRow(ctx,
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1", name).Scan(&seen)
+		if err != nil {
+			return err
+		}
+		if seen == 0 {
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, pollMax)
+	}
+}

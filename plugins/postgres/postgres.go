@@ -1,0 +1,259 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/credbroker/credbroker/plugins"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultPrefix         = "cb"
+	DefaultMarker         = "credbroker"
+	DefaultConnectTimeout = 5 * time.Second
+)
+
+// Config is one PostgreSQL server. Username and Password are the admin
+// credentials, already resolved by the caller.
+type Config struct {
+	Host     string
+	Port     int
+	Database string
+	Username string
+	Password string
+	// SSLMode is a libpq sslmode; empty means pgx's default (prefer).
+	SSLMode string
+	// MaxConns bounds the pool; 0 means pgx's default.
+	MaxConns int32
+	// Prefix starts every generated username: a lowercase letter then up to
+	// 15 lowercase letters or digits. Default "cb".
+	Prefix string
+	// Marker is stored as the comment of every role the broker creates;
+	// ListUsers returns only roles carrying it. Default "credbroker".
+	Marker string
+	// ConnectTimeout bounds each new connection. Default 5s.
+	ConnectTimeout time.Duration
+	// Lazy skips the startup ping: the broker must start (and answer
+	// UNAVAILABLE for this database) while the server is down.
+	Lazy bool
+}
+
+// DB is a plugins.Database for one PostgreSQL server. It is safe for
+// concurrent use.
+type DB struct {
+	pool   *pgxpool.Pool
+	prefix string
+	marker string
+	names  *regexp.Regexp
+	where  string // host:port, for errors
+	secret string // admin password, only to scrub it from errors
+}
+
+var _ plugins.Database = (*DB)(nil)
+
+var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,15}$`)
+
+// New connects to the server and checks the admin credentials work (unless
+// c.Lazy, see Ping).
+func New(ctx context.Context, c Config) (*DB, error) {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Marker == "" {
+		c.Marker = DefaultMarker
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if !prefixRE.MatchString(c.Prefix) {
+		return nil, fmt.Errorf("postgres: prefix %q must match %s", c.Prefix, prefixRE)
+	}
+	if strings.ContainsRune(c.Marker, 0) {
+		return nil, errors.New("postgres: marker contains a NUL byte")
+	}
+	if c.Host == "" || c.Port <= 0 || c.Port > 65535 || c.Username == "" {
+		return nil, errors.New("postgres: host, port and username are required")
+	}
+
+	// The password is set on the parsed config rather than written into the
+	// connection string, so no parse or connect error can ever quote it.
+	kv := []string{
+		"host=" + kvQuote(c.Host),
+		"port=" + strconv.Itoa(c.Port),
+		"user=" + kvQuote(c.Username),
+		"application_name=credbroker",
+	}
+	if c.Database != "" {
+		kv = append(kv, "dbname="+kvQuote(c.Database))
+	}
+	if c.SSLMode != "" {
+		kv = append(kv, "sslmode="+kvQuote(c.SSLMode))
+	}
+	pc, err := pgxpool.ParseConfig(strings.Join(kv, " "))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: connection settings: %s", redact(err.Error(), c.Password))
+	}
+	pc.ConnConfig.Password = c.Password
+	pc.ConnConfig.ConnectTimeout = c.ConnectTimeout
+	if c.MaxConns > 0 {
+		pc.MaxConns = c.MaxConns
+	}
+
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w: %s", plugins.ErrUnavailable, redact(err.Error(), c.Password))
+	}
+	db := &DB{
+		pool:   pool,
+		prefix: c.Prefix,
+		marker: c.Marker,
+		names:  regexp.MustCompile(`^` + c.Prefix + `_` + rolePartRE + `_` + randomPartRE + `$`),
+		where:  fmt.Sprintf("%s:%d", c.Host, c.Port),
+		secret: c.Password,
+	}
+	if !c.Lazy {
+		if err := db.Ping(ctx); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
+	return db, nil
+}
+
+// Ping checks that the server answers and the admin credentials work.
+func (db *DB) Ping(ctx context.Context) error {
+	if err := db.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres: connect to %s: %w: %s", db.where, plugins.ErrUnavailable, redact(err.Error(), db.secret))
+	}
+	return nil
+}
+
+// Capabilities implements plugins.Database.
+func (db *DB) Capabilities() plugins.Capabilities {
+	return plugins.Capabilities{ServerExpiry: true}
+}
+
+// Close implements plugins.Database.
+func (db *DB) Close() { db.pool.Close() }
+
+// UpdateUser implements plugins.Database: it moves VALID UNTIL.
+func (db *DB) UpdateUser(ctx context.Context, req plugins.UpdateUserRequest) error {
+	if err := db.checkUsername(req.Username); err != nil {
+		return err
+	}
+	until, err := validUntil(req.Expiration)
+	if err != nil {
+		return fmt.Errorf("postgres: update %s: %w", req.Username, err)
+	}
+	_, err = db.pool.Exec(ctx, "ALTER ROLE "+quoteIdent(req.Username)+" VALID UNTIL "+until)
+	if pgErrCode(err) == codeUndefinedObject {
+		return fmt.Errorf("postgres: update %s: role does not exist", req.Username)
+	}
+	if err != nil {
+		return wrap(ctx, "update "+req.Username, err)
+	}
+	return nil
+}
+
+// ListUsers implements plugins.Database: roles with the prefix that carry
+// the marker comment.
+func (db *DB) ListUsers(ctx context.Context) ([]string, error) {
+	rows, err := db.pool.Query(ctx, `
+		SELECT rolname FROM pg_roles
+		WHERE starts_with(rolname, $1) AND shobj_description(oid, 'pg_authid') = $2
+		ORDER BY rolname`, db.prefix+"_", db.marker)
+	if err != nil {
+		return nil, wrap(ctx, "list users", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, wrap(ctx, "list users", err)
+	}
+	out := names[:0]
+	for _, n := range names {
+		if db.names.MatchString(n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// validUntil renders an expiry as a timestamptz literal in UTC.
+func validUntil(t time.Time) (string, error) {
+	if t.IsZero() {
+		return "", errors.New("expiration is required")
+	}
+	return quoteLiteral(t.UTC().Format("2006-01-02 15:04:05.999999-07"))
+}
+
+// SQLSTATE codes the plugin acts on.
+const (
+	codeUndefinedObject = "42704"
+	codeSerialization   = "40001"
+	codeDeadlock        = "40P01"
+	codeInternal        = "XX000"
+)
+
+func pgErrCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// unavailable tells a broken or refused connection from a statement the
+// server rejected.
+func unavailable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		// Network, TLS, protocol and pool errors.
+		return true
+	}
+	if len(pgErr.Code) != 5 {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "08", // connection exception
+		"28", // invalid authorization (admin credentials)
+		"53", // insufficient resources (too many connections, disk full)
+		"57": // operator intervention (shutdown, terminated)
+		return true
+	}
+	return pgErr.Code == "3D000" // the configured database vanished
+}
+
+// wrap adds the operation and, for connection problems, ErrUnavailable. A
+// done context wins, so a cancelled call is never reported as an outage.
+func wrap(ctx context.Context, op string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		if errors.Is(err, ctxErr) {
+			return fmt.Errorf("postgres: %s: %w", op, err)
+		}
+		return fmt.Errorf("postgres: %s: %w: %w", op, ctxErr, err)
+	}
+	if unavailable(err) {
+		return fmt.Errorf("postgres: %s: %w: %w", op, plugins.ErrUnavailable, err)
+	}
+	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+func redact(msg, secret string) string {
+	if secret == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, secret, "[redacted]")
+}
