@@ -37,6 +37,7 @@ type App struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	listener net.Listener
+	server   *Server
 }
 
 // AppOptions are the parts a test (or cmd) may inject.
@@ -47,6 +48,12 @@ type AppOptions struct {
 	Listener net.Listener
 	// Source, if set, replaces the SVID source named in the config.
 	Source identity.Source
+	// CreateStore allows a missing lease store to be created. Without it a
+	// missing store is an error: `credbroker init-store` creates one
+	// explicitly, so a lost store never passes for an empty one.
+	CreateStore bool
+	// WrapStore, if set, wraps the lease store (fault injection in tests).
+	WrapStore func(lease.Store) lease.Store
 }
 
 // NewApp builds every component; it starts no goroutine. Run starts them.
@@ -69,15 +76,26 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
-	store, err := lease.OpenBolt(cfg.LeaseStore.Path)
+	var storeOpts []lease.BoltOption
+	if !opts.CreateStore {
+		storeOpts = append(storeOpts, lease.WithMustExist())
+	}
+	store, err := lease.OpenBolt(cfg.LeaseStore.Path, storeOpts...)
+	if errors.Is(err, lease.ErrStoreMissing) {
+		return nil, fmt.Errorf("lease store %s does not exist: for a new installation run `credbroker init-store --config FILE`; "+
+			"otherwise restore it from a backup (starting empty would forget every live lease and strand its users)", cfg.LeaseStore.Path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lease store: %w", err)
 	}
 	a.store = store
+	if opts.WrapStore != nil {
+		a.store = opts.WrapStore(store)
+	}
 	a.closers = append(a.closers, func() { _ = store.Close() })
 
 	for _, name := range sortedKeys(cfg.Databases) {
-		d, err := openDatabase(ctx, name, cfg.Databases[name])
+		d, err := openDatabase(ctx, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
 		if err != nil {
 			return nil, err
 		}
@@ -109,7 +127,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 
 	a.manager, err = lease.NewManager(lease.Config{
-		Store:             store,
+		Store:             a.store,
 		Backend:           backend{dbs: a.dbs},
 		Now:               opts.Now,
 		Logger:            a.log,
@@ -130,12 +148,18 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
+	reg, err := openRegistry(cfg.LeaseStore.Path + ".deregistered.json")
+	if err != nil {
+		return nil, err
+	}
 	srv := NewServer(ServerConfig{
-		Roles:  roles,
-		Leases: a.manager,
-		Admins: identity.NewAdminSet(admins),
-		Now:    opts.Now,
-		Logger: a.log,
+		Roles:     roles,
+		Databases: a.dbs,
+		registry:  reg,
+		Leases:    a.manager,
+		Admins:    identity.NewAdminSet(admins),
+		Now:       opts.Now,
+		Logger:    a.log,
 	})
 	a.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(a.source, td))),
@@ -143,6 +167,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		grpc.ChainStreamInterceptor(srv.StreamAuth),
 	)
 	srv.Register(a.grpc)
+	a.server = srv
+	if cfg.Reconciler.Enabled {
+		rec := &Reconciler{server: srv, interval: cfg.Reconciler.Interval.Duration}
+		a.runners = append(a.runners, rec.Run)
+	}
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
@@ -180,7 +209,7 @@ func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, err
 	return src, nil
 }
 
-func openDatabase(ctx context.Context, name string, dc DatabaseConfig) (*Database, error) {
+func openDatabase(ctx context.Context, name string, dc DatabaseConfig, marker string) (*Database, error) {
 	pw, err := dc.AdminPassword()
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s: %w", name, err)
@@ -198,6 +227,7 @@ func openDatabase(ctx context.Context, name string, dc DatabaseConfig) (*Databas
 			MaxConns:       int32(dc.MaxConnections),
 			ConnectTimeout: dc.ConnectTimeout.Duration,
 			Prefix:         dc.UsernamePrefix,
+			Marker:         marker,
 			Lazy:           true,
 		})
 	default:
@@ -225,6 +255,12 @@ type pinger interface {
 
 // Addr is where the gRPC server listens.
 func (a *App) Addr() net.Addr { return a.listener.Addr() }
+
+// Reconcile drops orphan users once (what the periodic reconciler does) and
+// returns how many it dropped.
+func (a *App) Reconcile(ctx context.Context) int {
+	return (&Reconciler{server: a.server}).Once(ctx)
+}
 
 // Manager exposes the lease manager (tests, admin tooling).
 func (a *App) Manager() *lease.Manager { return a.manager }

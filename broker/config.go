@@ -21,13 +21,18 @@ import (
 // Config is the operator's YAML file. docs/config.md is its reference; keep
 // the two in step.
 type Config struct {
-	Listen      string           `yaml:"listen"`
-	TrustDomain string           `yaml:"trust_domain"`
-	SVID        SVIDConfig       `yaml:"svid"`
-	Admins      []string         `yaml:"admins"`
-	LeaseStore  LeaseStoreConfig `yaml:"lease_store"`
-	Revocation  RevocationConfig `yaml:"revocation"`
-	Log         LogConfig        `yaml:"log"`
+	Listen      string `yaml:"listen"`
+	TrustDomain string `yaml:"trust_domain"`
+	// InstanceID names this broker in the marker on every user it creates,
+	// so reconciliation never touches users of another broker instance.
+	InstanceID string           `yaml:"instance_id"`
+	SVID       SVIDConfig       `yaml:"svid"`
+	Admins     []string         `yaml:"admins"`
+	LeaseStore LeaseStoreConfig `yaml:"lease_store"`
+	Revocation RevocationConfig `yaml:"revocation"`
+	Log        LogConfig        `yaml:"log"`
+	Registry   RegistryConfig   `yaml:"registry"`
+	Reconciler ReconcilerConfig `yaml:"reconciler"`
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
 	Roles     map[string]RoleConfig     `yaml:"roles"`
@@ -54,6 +59,21 @@ type RevocationConfig struct {
 	RatePerSec  float64  `yaml:"rate_per_second"`
 	BackoffBase Duration `yaml:"backoff_base"`
 	BackoffMax  Duration `yaml:"backoff_max"`
+}
+
+// RegistryConfig points the broker at a SPIRE server whose registration
+// entries it follows: leases of a SPIFFE ID no entry yields any longer are
+// revoked within one poll interval.
+type RegistryConfig struct {
+	SPIREServerAddress string   `yaml:"spire_server_address"`
+	SPIREServerID      string   `yaml:"spire_server_id"`
+	PollInterval       Duration `yaml:"poll_interval"`
+}
+
+// ReconcilerConfig controls the orphan reconciler (off by default).
+type ReconcilerConfig struct {
+	Enabled  bool     `yaml:"enabled"`
+	Interval Duration `yaml:"interval"`
 }
 
 // LogConfig selects the log format and level.
@@ -132,6 +152,7 @@ var (
 	roleNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 	dbNameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 	prefixRE   = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
+	instanceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	// KnownPlugins lists the database plugins this build supports.
 	knownPlugins = map[string]bool{"postgres": true}
 )
@@ -172,6 +193,15 @@ func ParseConfig(b []byte) (*Config, error) {
 func (c *Config) applyDefaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:8443"
+	}
+	if c.InstanceID == "" {
+		c.InstanceID = "default"
+	}
+	if c.Registry.PollInterval.Duration == 0 {
+		c.Registry.PollInterval.Duration = 5 * time.Second
+	}
+	if c.Reconciler.Interval.Duration == 0 {
+		c.Reconciler.Interval.Duration = 5 * time.Minute
 	}
 	if c.SVID.ReloadInterval.Duration == 0 {
 		c.SVID.ReloadInterval.Duration = 5 * time.Second
@@ -214,6 +244,8 @@ func (c *Config) Validate() error {
 		"svid.reload_interval":    c.SVID.ReloadInterval,
 		"revocation.backoff_base": c.Revocation.BackoffBase,
 		"revocation.backoff_max":  c.Revocation.BackoffMax,
+		"registry.poll_interval":  c.Registry.PollInterval,
+		"reconciler.interval":     c.Reconciler.Interval,
 	}
 	for name, d := range c.Databases {
 		durations["databases."+name+".connect_timeout"] = d.ConnectTimeout
@@ -249,6 +281,29 @@ func (c *Config) Validate() error {
 		return bad("svid.bundle_file", "required with cert_file/key_file")
 	case s.WorkloadAPISocket != "" && !strings.HasPrefix(s.WorkloadAPISocket, "unix://") && !strings.HasPrefix(s.WorkloadAPISocket, "tcp://"):
 		return bad("svid.workload_api_socket", "want unix:///path or tcp://host:port, got %q", s.WorkloadAPISocket)
+	}
+	if !instanceRE.MatchString(c.InstanceID) {
+		return bad("instance_id", "must match %s", instanceRE)
+	}
+	if r := c.Registry; r.SPIREServerAddress != "" {
+		if _, _, err := net.SplitHostPort(r.SPIREServerAddress); err != nil {
+			return bad("registry.spire_server_address", "want host:port, got %q", r.SPIREServerAddress)
+		}
+		id, err := spiffeid.FromString(r.SPIREServerID)
+		if err != nil {
+			return bad("registry.spire_server_id", "want the SPIRE server's SPIFFE ID (spiffe://%s/spire/server): %v", c.TrustDomain, err)
+		}
+		if id.TrustDomain() != td {
+			return bad("registry.spire_server_id", "%q is outside trust domain %q", r.SPIREServerID, c.TrustDomain)
+		}
+		if r.PollInterval.Duration < 100*time.Millisecond {
+			return bad("registry.poll_interval", "must be at least 100ms")
+		}
+	} else if r.SPIREServerID != "" {
+		return bad("registry.spire_server_address", "required with spire_server_id")
+	}
+	if c.Reconciler.Interval.Duration < time.Second {
+		return bad("reconciler.interval", "must be at least 1s")
 	}
 	for i, a := range c.Admins {
 		id, err := spiffeid.FromString(a)

@@ -44,6 +44,10 @@ func toStatus(err error) error {
 		return status.Error(codes.PermissionDenied, "caller is not an admin")
 	case errors.Is(err, identity.ErrNotAllowed):
 		return status.Error(codes.PermissionDenied, "caller is not allowed this role")
+	case errors.Is(err, errDeregistered):
+		return status.Error(codes.PermissionDenied, "caller's workload is deregistered")
+	case errors.Is(err, errNotRegistered):
+		return status.Error(codes.PermissionDenied, "caller's workload has no registration entry")
 	case errors.Is(err, identity.ErrUnknownRole):
 		return status.Error(codes.NotFound, "no such role")
 	case errors.Is(err, lease.ErrNotFound):

@@ -16,7 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
@@ -81,7 +83,7 @@ func randHex(t testing.TB, n int) string {
 //	grantor     per-user GRANT template, same pattern
 //	shortlived  like reader with max_ttl 3s
 //	down        a database on a closed port
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, opts ...func(*broker.AppOptions)) *env {
 	t.Helper()
 	ctx := context.Background()
 	dsn := testenv.PostgresDSN(t)
@@ -205,7 +207,11 @@ roles:
 	}
 	e.addr = lis.Addr().String()
 	logger := slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e.app, err = broker.NewApp(ctx, cfg, broker.AppOptions{Logger: logger, Listener: lis, Source: src})
+	appOpts := broker.AppOptions{Logger: logger, Listener: lis, Source: src, CreateStore: true}
+	for _, o := range opts {
+		o(&appOpts)
+	}
+	e.app, err = broker.NewApp(ctx, cfg, appOpts)
 	if err != nil {
 		t.Fatalf("new app: %v", err)
 	}
@@ -225,6 +231,16 @@ roles:
 	})
 	return e
 }
+
+func newCA(t *testing.T) *identity.DevCA {
+	ca, err := identity.NewDevCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+func statusCode(err error) codes.Code { return status.Code(err) }
 
 // closedPort returns a loopback port nothing listens on.
 func closedPort(t *testing.T) int {

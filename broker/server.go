@@ -43,21 +43,30 @@ type Leases interface {
 
 // Server implements CredentialService and AdminService.
 type Server struct {
-	roles  map[string]*Role
-	leases Leases
-	policy identity.Authorizer
-	admins identity.AdminSet
-	now    func() time.Time
-	log    *slog.Logger
+	roles    map[string]*Role
+	dbs      map[string]*Database
+	leases   Leases
+	policy   identity.Authorizer
+	admins   identity.AdminSet
+	registry *registry // nil: no deregistration support (unit tests)
+	now      func() time.Time
+	log      *slog.Logger
+
+	// refresh re-reads the SPIRE registry (nil without a watch).
+	refresh     func(context.Context) error
+	refreshMu   sync.Mutex
+	lastRefresh time.Time
 }
 
 // ServerConfig builds a Server.
 type ServerConfig struct {
-	Roles  map[string]*Role
-	Leases Leases
-	Admins identity.AdminSet
-	Now    func() time.Time
-	Logger *slog.Logger
+	Roles     map[string]*Role
+	Databases map[string]*Database
+	Leases    Leases
+	registry  *registry
+	Admins    identity.AdminSet
+	Now       func() time.Time
+	Logger    *slog.Logger
 }
 
 // NewServer builds the gRPC services; it starts nothing.
@@ -73,12 +82,14 @@ func NewServer(c ServerConfig) *Server {
 		c.Logger = slog.Default()
 	}
 	return &Server{
-		roles:  c.Roles,
-		leases: c.Leases,
-		policy: identity.NewRolePolicy(pats),
-		admins: c.Admins,
-		now:    c.Now,
-		log:    c.Logger,
+		roles:    c.Roles,
+		dbs:      c.Databases,
+		registry: c.registry,
+		leases:   c.Leases,
+		policy:   identity.NewRolePolicy(pats),
+		admins:   c.Admins,
+		now:      c.Now,
+		log:      c.Logger,
 	}
 }
 
@@ -107,6 +118,9 @@ func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		return lease.Lease{}, nil, identity.ErrUnknownRole
 	}
 	if err := s.policy(caller, roleName); err != nil {
+		return lease.Lease{}, nil, err
+	}
+	if err := s.checkRegistered(ctx, caller.String()); err != nil {
 		return lease.Lease{}, nil, err
 	}
 	if ttl == 0 {

@@ -150,12 +150,52 @@ func (s adminService) DeregisterWorkload(ctx context.Context, req *pb.Deregister
 		return nil, invalidArg("spiffe_id is not a valid SPIFFE ID")
 	}
 	owner := target.String()
+	if s.registry != nil {
+		// Refuse new issuance first, so nothing slips in while revoking.
+		if err := s.registry.deny(owner, s.now()); err != nil {
+			return nil, err
+		}
+	}
 	revoked, err := s.revokeAll(ctx, func(l lease.Lease) bool { return l.Owner == owner })
 	s.log.Info("audit: workload deregistered", "admin", admin.String(), "spiffe_id", owner, "revoked", len(revoked))
 	if err != nil {
 		return nil, err
 	}
 	return &pb.DeregisterWorkloadResponse{Revoked: int32(len(revoked)), Leases: toPBs(revoked)}, nil
+}
+
+func (s adminService) RegisterWorkload(ctx context.Context, req *pb.RegisterWorkloadRequest) (*pb.RegisterWorkloadResponse, error) {
+	admin, err := s.admin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	target, err := spiffeid.FromString(req.GetSpiffeId())
+	if err != nil {
+		return nil, invalidArg("spiffe_id is not a valid SPIFFE ID")
+	}
+	was := false
+	if s.registry != nil {
+		if was, err = s.registry.allow(target.String()); err != nil {
+			return nil, err
+		}
+	}
+	s.log.Info("audit: workload registered", "admin", admin.String(), "spiffe_id", target.String(), "was_deregistered", was)
+	return &pb.RegisterWorkloadResponse{WasDeregistered: was}, nil
+}
+
+func (s adminService) ListOrphans(ctx context.Context, _ *pb.ListOrphansRequest) (*pb.ListOrphansResponse, error) {
+	if _, err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	resp := &pb.ListOrphansResponse{}
+	for _, r := range s.findOrphans(ctx) {
+		d := &pb.DatabaseOrphans{Database: r.database, Usernames: r.usernames}
+		if r.err != nil {
+			d.Error = r.err.Error()
+		}
+		resp.Databases = append(resp.Databases, d)
+	}
+	return resp, nil
 }
 
 func (s adminService) RevokeLeases(ctx context.Context, req *pb.RevokeLeasesRequest) (*pb.RevokeLeasesResponse, error) {

@@ -36,6 +36,15 @@ type BoltOption func(*boltConfig)
 type boltConfig struct {
 	lockTimeout time.Duration
 	batchDelay  time.Duration
+	mustExist   bool
+}
+
+// WithMustExist makes OpenBolt fail with ErrStoreMissing instead of
+// creating a missing file: the broker starts only on a store it created
+// explicitly (credbroker init-store), so a deleted or unmounted store is
+// never mistaken for one without leases.
+func WithMustExist() BoltOption {
+	return func(c *boltConfig) { c.mustExist = true }
 }
 
 // WithLockTimeout sets how long OpenBolt waits for the file lock
@@ -66,6 +75,11 @@ func OpenBolt(path string, opts ...BoltOption) (*BoltStore, error) {
 	}
 	if cfg.lockTimeout <= 0 {
 		return nil, fmt.Errorf("lease: open store %s: lock timeout must be positive", path)
+	}
+	if cfg.mustExist {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("lease: open store %s: %w", path, ErrStoreMissing)
+		}
 	}
 	if err := createIfMissing(path, cfg.lockTimeout); err != nil {
 		return nil, err

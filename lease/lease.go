@@ -88,6 +88,9 @@ var (
 	// undecodable record). The broker must refuse to start rather than
 	// forget leases.
 	ErrStoreCorrupt = errors.New("lease store corrupt")
+	// ErrStoreMissing: OpenBolt with WithMustExist found no file. A store
+	// that vanished is lost leases, never "no leases".
+	ErrStoreMissing = errors.New("lease store does not exist")
 	// ErrExists: Begin was given an ID that is already known.
 	ErrExists = errors.New("lease already exists")
 	// ErrWrongState: the operation does not apply to the lease's current

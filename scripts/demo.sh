@@ -106,6 +106,7 @@ YAML
 
 step "Starting the broker on 127.0.0.1:$PORT (embedded lease store, mTLS only)"
 "$BIN" check-config --config "$DEMO/credbroker.yaml" | sed 's/^/    /'
+"$BIN" init-store --config "$DEMO/credbroker.yaml" | sed 's/^/    /'
 "$BIN" serve --config "$DEMO/credbroker.yaml" 2>"$DEMO/broker.log" &
 BROKER_PID=$!
 

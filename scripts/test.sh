@@ -25,4 +25,7 @@ echo "== go test -race"
 # -count=1: never report a cached pass for tests that talk to real servers.
 go test -race -count=1 -timeout 20m ./...
 
+echo "== go test -race -tags failpoints (crash tests that kill a child process at each failpoint)"
+go test -race -count=1 -timeout 10m -tags failpoints ./lease/... ./internal/failpoint/...
+
 echo "== all tests passed in $(( $(date +%s) - start ))s"

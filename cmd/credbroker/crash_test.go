@@ -131,6 +131,9 @@ roles:
 		t.Fatal(err)
 	}
 	t.Setenv("CRASH_TEST_PG_PASSWORD", pgc.Password)
+	if out, err := exec.Command(binary, "init-store", "--config", filepath.Join(f.dir, "config.yaml")).CombinedOutput(); err != nil {
+		t.Fatalf("init-store: %v\n%s", err, out)
+	}
 	t.Cleanup(func() {
 		f.stop()
 		f.dropLeftovers()

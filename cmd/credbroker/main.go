@@ -1,6 +1,7 @@
 // Command credbroker is the dynamic database credential broker.
 //
 //	credbroker serve --config FILE       run the broker
+//	credbroker init-store --config FILE   create the lease store of a new installation
 //	credbroker check-config --config FILE validate a config and exit
 //	credbroker dev-certs --out DIR ...    mint a dev trust bundle and X.509-SVIDs
 //
@@ -32,6 +33,7 @@ const usage = `usage: credbroker <command> [flags]
 
 commands:
   serve         run the broker (--config FILE)
+  init-store    create the empty lease store of a new installation (--config FILE)
   check-config  validate a config file and exit (--config FILE)
   dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
 `
@@ -46,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], stderr)
+	case "init-store":
+		return initStore(args[1:], stdout, stderr)
 	case "check-config":
 		return checkConfig(args[1:], stdout, stderr)
 	case "dev-certs":

@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/lease"
 )
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
@@ -45,5 +47,35 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
+	return nil
+}
+
+// initStore creates an empty lease store where the config says, refusing to
+// touch an existing one. serve never creates a store by itself.
+func initStore(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("init-store", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path to the YAML config (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return fmt.Errorf("init-store: --config is required")
+	}
+	cfg, err := broker.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(cfg.LeaseStore.Path); err == nil {
+		return fmt.Errorf("init-store: %s already exists; refusing to replace a lease store", cfg.LeaseStore.Path)
+	}
+	s, err := lease.OpenBolt(cfg.LeaseStore.Path)
+	if err != nil {
+		return err
+	}
+	if err := s.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "created empty lease store %s\n", cfg.LeaseStore.Path)
 	return nil
 }

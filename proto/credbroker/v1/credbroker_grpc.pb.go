@@ -256,6 +256,8 @@ const (
 	AdminService_RevokeLeases_FullMethodName       = "/credbroker.v1.AdminService/RevokeLeases"
 	AdminService_ListLeases_FullMethodName         = "/credbroker.v1.AdminService/ListLeases"
 	AdminService_ListRoles_FullMethodName          = "/credbroker.v1.AdminService/ListRoles"
+	AdminService_RegisterWorkload_FullMethodName   = "/credbroker.v1.AdminService/RegisterWorkload"
+	AdminService_ListOrphans_FullMethodName        = "/credbroker.v1.AdminService/ListOrphans"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -272,6 +274,12 @@ type AdminServiceClient interface {
 	ListLeases(ctx context.Context, in *AdminListLeasesRequest, opts ...grpc.CallOption) (*AdminListLeasesResponse, error)
 	// ListRoles lists the configured roles (never any admin credential).
 	ListRoles(ctx context.Context, in *ListRolesRequest, opts ...grpc.CallOption) (*ListRolesResponse, error)
+	// RegisterWorkload lifts a DeregisterWorkload: the SPIFFE ID may be
+	// issued credentials again (role policy permitting).
+	RegisterWorkload(ctx context.Context, in *RegisterWorkloadRequest, opts ...grpc.CallOption) (*RegisterWorkloadResponse, error)
+	// ListOrphans is the reconciler's dry run: users on each database that
+	// carry this broker's marker but have no lease. Nothing is dropped.
+	ListOrphans(ctx context.Context, in *ListOrphansRequest, opts ...grpc.CallOption) (*ListOrphansResponse, error)
 }
 
 type adminServiceClient struct {
@@ -322,6 +330,26 @@ func (c *adminServiceClient) ListRoles(ctx context.Context, in *ListRolesRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) RegisterWorkload(ctx context.Context, in *RegisterWorkloadRequest, opts ...grpc.CallOption) (*RegisterWorkloadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterWorkloadResponse)
+	err := c.cc.Invoke(ctx, AdminService_RegisterWorkload_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListOrphans(ctx context.Context, in *ListOrphansRequest, opts ...grpc.CallOption) (*ListOrphansResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOrphansResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListOrphans_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -336,6 +364,12 @@ type AdminServiceServer interface {
 	ListLeases(context.Context, *AdminListLeasesRequest) (*AdminListLeasesResponse, error)
 	// ListRoles lists the configured roles (never any admin credential).
 	ListRoles(context.Context, *ListRolesRequest) (*ListRolesResponse, error)
+	// RegisterWorkload lifts a DeregisterWorkload: the SPIFFE ID may be
+	// issued credentials again (role policy permitting).
+	RegisterWorkload(context.Context, *RegisterWorkloadRequest) (*RegisterWorkloadResponse, error)
+	// ListOrphans is the reconciler's dry run: users on each database that
+	// carry this broker's marker but have no lease. Nothing is dropped.
+	ListOrphans(context.Context, *ListOrphansRequest) (*ListOrphansResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -357,6 +391,12 @@ func (UnimplementedAdminServiceServer) ListLeases(context.Context, *AdminListLea
 }
 func (UnimplementedAdminServiceServer) ListRoles(context.Context, *ListRolesRequest) (*ListRolesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRoles not implemented")
+}
+func (UnimplementedAdminServiceServer) RegisterWorkload(context.Context, *RegisterWorkloadRequest) (*RegisterWorkloadResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RegisterWorkload not implemented")
+}
+func (UnimplementedAdminServiceServer) ListOrphans(context.Context, *ListOrphansRequest) (*ListOrphansResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListOrphans not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -451,6 +491,42 @@ func _AdminService_ListRoles_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RegisterWorkload_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterWorkloadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RegisterWorkload(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RegisterWorkload_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RegisterWorkload(ctx, req.(*RegisterWorkloadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListOrphans_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOrphansRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListOrphans(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListOrphans_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListOrphans(ctx, req.(*ListOrphansRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -473,6 +549,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRoles",
 			Handler:    _AdminService_ListRoles_Handler,
+		},
+		{
+			MethodName: "RegisterWorkload",
+			Handler:    _AdminService_RegisterWorkload_Handler,
+		},
+		{
+			MethodName: "ListOrphans",
+			Handler:    _AdminService_ListOrphans_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
