@@ -10,6 +10,10 @@
 # logins (the system cluster on 5432 trusts everyone, which would make every
 # password test pass vacuously) and log_statement=all, so tests can prove that
 # no plaintext password ever reaches the server.
+#
+# PG_THROWAWAY_CONF, if set, holds extra postgresql.conf lines appended after
+# the defaults (later settings win), e.g. for benchmarks:
+#   PG_THROWAWAY_CONF=$'max_connections = 300\nlog_statement = none'
 set -euo pipefail
 
 readonly MARKER=.pg-throwaway
@@ -22,6 +26,8 @@ usage() {
 	cat >&2 <<'EOF'
 usage: pg-throwaway.sh start DIR   create and start a cluster in DIR, print export lines
        pg-throwaway.sh stop DIR    stop it and remove DIR (idempotent)
+       pg-throwaway.sh pause DIR   stop the server, keep its data (outage tests)
+       pg-throwaway.sh resume DIR  start a paused server again on the same port
 EOF
 	exit 2
 }
@@ -182,6 +188,9 @@ log_line_prefix = '%m [%p] %q%u@%d '
 log_destination = 'stderr'
 logging_collector = off
 EOF
+		if [[ -n ${PG_THROWAWAY_CONF:-} ]]; then
+			printf '%s\n' "$PG_THROWAWAY_CONF" >>"$dir/data/postgresql.auto.conf"
+		fi
 		if is_root; then chown "$PG_USER:" "$dir/data/postgresql.auto.conf"; fi
 		if (cd "$dir" && as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$logfile" -w -t 30 start >/dev/null 2>&1); then
 			break
@@ -217,10 +226,32 @@ cmd_stop() {
 	log "stopped and removed $dir"
 }
 
+# pause/resume simulate a database outage without losing the cluster.
+cmd_pause() {
+	local dir bindir
+	dir=$(abs_dir "$1")
+	[[ -e $dir/$MARKER ]] || die "$dir is not a pg-throwaway cluster"
+	bindir=$(find_bindir) || die "cannot find pg_ctl"
+	as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || die "pg_ctl stop failed for $dir"
+	log "paused $dir"
+}
+
+cmd_resume() {
+	local dir bindir
+	dir=$(abs_dir "$1")
+	[[ -e $dir/$MARKER ]] || die "$dir is not a pg-throwaway cluster"
+	bindir=$(find_bindir) || die "cannot find pg_ctl"
+	(cd "$dir" && as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start >/dev/null) ||
+		die "pg_ctl start failed for $dir"
+	log "resumed $dir"
+}
+
 [[ $# -eq 2 ]] || usage
 [[ -n $2 ]] || usage
 case $1 in
 start) cmd_start "$2" ;;
 stop) cmd_stop "$2" ;;
+pause) cmd_pause "$2" ;;
+resume) cmd_resume "$2" ;;
 *) usage ;;
 esac

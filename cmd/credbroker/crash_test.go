@@ -46,6 +46,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	printFaultTable()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -66,8 +67,13 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T) *fixture {
+	return newFixtureDSN(t, testenv.PostgresDSN(t))
+}
+
+// newFixtureDSN builds a fixture on the cluster at dsn (outage tests use a
+// cluster of their own, since they stop it).
+func newFixtureDSN(t *testing.T, dsn string) *fixture {
 	ctx := context.Background()
-	dsn := testenv.PostgresDSN(t)
 	pgc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -76,10 +82,11 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { admin.Close(context.Background()) })
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	f := &fixture{t: t, dir: t.TempDir(), admin: admin, prefix: "k" + hex.EncodeToString(b)}
+	// f.admin, not admin: an outage test reconnects and replaces it.
+	t.Cleanup(func() { f.admin.Close(context.Background()) })
 
 	ca, err := identity.NewDevCA(td)
 	if err != nil {
@@ -157,27 +164,66 @@ func (f *fixture) start(failpoint string) {
 	}
 	f.exited = make(chan error, 1)
 	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(f.cmd, f.exited)
-	f.waitHealthy()
+	if err := f.waitHealthy(); err != nil {
+		f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
+	}
 }
 
-func (f *fixture) waitHealthy() {
+// startMayCrash is start for a broker that may hit its failpoint while
+// restoring leases (a revocation on startup): it reports whether the broker
+// is up, and a death by SIGKILL during start is not an error.
+func (f *fixture) startMayCrash(failpoint string) bool {
+	f.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(f.dir, "broker.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.logf = logf
+	f.cmd = exec.Command(binary, "serve", "--config", filepath.Join(f.dir, "config.yaml"))
+	f.cmd.Env = append(os.Environ(), "CREDBROKER_FAILPOINT="+failpoint)
+	f.cmd.Stdout, f.cmd.Stderr = logf, logf
+	if err := f.cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	f.exited = make(chan error, 1)
+	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(f.cmd, f.exited)
+	err = f.waitHealthy()
+	if err == nil {
+		return true
+	}
+	if ee, ok := err.(*exec.ExitError); ok && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL {
+		return false
+	}
+	f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
+	return false
+}
+
+// waitHealthy waits until the broker answers; it returns the exit error if
+// the broker ended instead (f.cmd is then nil).
+func (f *fixture) waitHealthy() error {
 	f.t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-f.exited:
-			f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
+			f.cmd = nil
+			f.logf.Close()
+			if err == nil {
+				err = fmt.Errorf("exit status 0")
+			}
+			return err
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := healthpb.NewHealthClient(f.conn("client")).Check(ctx, &healthpb.HealthCheckRequest{})
 		cancel()
 		if err == nil {
-			return
+			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	f.t.Fatalf("broker not healthy\n%s", f.logTail())
+	return nil
 }
 
 func (f *fixture) logTail() string {

@@ -1,0 +1,356 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// The fault suite drives the real broker binary against a real PostgreSQL.
+// make test runs it with few iterations; make test-faults with the full
+// count (CREDBROKER_FAULT_ITERATIONS=50, CREDBROKER_FAULT_OUTAGE=30s) and
+// prints the summary table at the end.
+
+type faultRow struct {
+	scenario   string
+	iterations int
+	orphans    int
+	lost       int
+	maxCleanup time.Duration
+}
+
+var (
+	faultMu   sync.Mutex
+	faultRows []faultRow
+)
+
+func recordFault(r faultRow) {
+	faultMu.Lock()
+	defer faultMu.Unlock()
+	faultRows = append(faultRows, r)
+}
+
+func printFaultTable() {
+	faultMu.Lock()
+	defer faultMu.Unlock()
+	if len(faultRows) == 0 {
+		return
+	}
+	fmt.Println()
+	fmt.Printf("%-34s %10s %8s %11s %22s\n", "scenario", "iterations", "orphans", "leases lost", "max seconds to clean up")
+	for _, r := range faultRows {
+		fmt.Printf("%-34s %10d %8d %11d %22.2f\n", r.scenario, r.iterations, r.orphans, r.lost, r.maxCleanup.Seconds())
+	}
+	fmt.Println()
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+type acked struct {
+	id, username string
+	expire       time.Time
+}
+
+// TestFaultKillAnywhere kills the broker with SIGKILL at every failpoint of
+// issue and revoke, and at random moments, while workloads issue and revoke.
+// After each restart: no lease acknowledged to a client and still live is
+// missing, every user of an ended lease is gone within seconds, and every
+// remaining broker user is backed by an active lease.
+func TestFaultKillAnywhere(t *testing.T) {
+	iterations := envInt("CREDBROKER_FAULT_ITERATIONS", 6)
+	points := []string{"issue-after-intent", "issue-after-create-user", "issue-after-activate",
+		"lease-after-revoking-written", "lease-after-drop", "random"}
+	f := newFixture(t)
+	row := faultRow{scenario: "kill -9 at failpoints + random", iterations: iterations}
+	live := map[string]acked{} // acknowledged, not revoked by its client
+	var mu sync.Mutex
+
+	for i := range iterations {
+		point := points[i%len(points)]
+		fp := point
+		if point == "random" {
+			fp = ""
+		}
+		if f.startMayCrash(fp) {
+			crashUnderLoad(t, f, point, live, &mu)
+		} else {
+			t.Logf("%s: the broker killed itself while restoring leases", point)
+		}
+		// else: killed at a revoke failpoint while restoring leases, a crash
+		// like any other; the checks below still apply.
+
+		restart := time.Now()
+		f.start("")
+		present := f.allLeases()
+		for id, a := range live {
+			if time.Now().Before(a.expire.Add(-500*time.Millisecond)) && !present[id] {
+				t.Errorf("iteration %d (%s): acknowledged live lease %s is missing after restart", i, point, id)
+				row.lost++
+				delete(live, id)
+			}
+		}
+		// Every ended lease's user goes, and every user left is backed.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			orphans := f.unbackedUsers()
+			expiredLeft := 0
+			users := f.userSet()
+			for _, a := range live {
+				if time.Now().After(a.expire) && users[a.username] {
+					expiredLeft++
+				}
+			}
+			if len(orphans) == 0 && expiredLeft == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("iteration %d (%s): after 10s, %d unbacked users %v, %d expired users left\n%s", i, point, len(orphans), orphans, expiredLeft, f.logTail())
+				row.orphans += len(orphans)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if d := time.Since(restart); d > row.maxCleanup {
+			row.maxCleanup = d
+		}
+		for id, a := range live {
+			if time.Now().After(a.expire) {
+				delete(live, id)
+			}
+		}
+		f.stop()
+	}
+	f.start("")
+	pb.NewAdminServiceClient(f.conn("admin")).RevokeLeases(context.Background(), &pb.RevokeLeasesRequest{Role: "reader"})
+	f.waitNoUsers(10 * time.Second)
+	recordFault(row)
+}
+
+// TestFaultDatabaseOutage stops PostgreSQL while leases expire: the leases
+// stay visible as REVOKING with their last error, issuance answers
+// UNAVAILABLE and leaves nothing, and when the server is back every user is
+// dropped within one backoff period.
+func TestFaultDatabaseOutage(t *testing.T) {
+	outage := envDuration("CREDBROKER_FAULT_OUTAGE", 4*time.Second)
+	// Under the checkout: the cluster runs as user postgres, which cannot
+	// enter the test's private temp dir.
+	dir := filepath.Join(repoRoot(t), ".cache", fmt.Sprintf("pg-outage-%d", os.Getpid()))
+	script := filepath.Join(repoRoot(t), "scripts", "pg-throwaway.sh")
+	out, err := exec.Command(script, "start", dir).Output()
+	if err != nil {
+		t.Fatalf("start a cluster of our own: %v", err)
+	}
+	t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+	dsn := ""
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "export CREDBROKER_TEST_PG_DSN="); ok {
+			dsn = strings.Trim(v, "'")
+		}
+	}
+	f := newFixtureDSN(t, dsn)
+	f.start("")
+	var issued []acked
+	for range 5 {
+		resp, err := f.issue(2 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := resp.GetLease()
+		issued = append(issued, acked{l.GetId(), l.GetUsername(), l.GetExpireTime().AsTime()})
+	}
+	f.admin.Close(context.Background())
+	if err := exec.Command(script, "pause", dir).Run(); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	pausedAt := time.Now()
+	time.Sleep(time.Until(issued[len(issued)-1].expire) + 1500*time.Millisecond)
+
+	// Nothing is forgotten: every lease is visible as REVOKING, with why.
+	resp, err := pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetLeases()) != len(issued) {
+		t.Fatalf("%d leases visible during the outage, want %d", len(resp.GetLeases()), len(issued))
+	}
+	for _, l := range resp.GetLeases() {
+		if l.GetState() != pb.Lease_REVOKING || l.GetLastError() == "" {
+			t.Fatalf("lease during outage: state %s, last_error %q; want REVOKING with an error", l.GetState(), l.GetLastError())
+		}
+	}
+	// Issuance fails UNAVAILABLE and leaves no record.
+	_, err = f.issue(time.Minute)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("issue during outage: %v, want UNAVAILABLE", err)
+	}
+	resp, _ = pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
+	if len(resp.GetLeases()) != len(issued) {
+		t.Fatalf("issuance during the outage left a record: %d leases", len(resp.GetLeases()))
+	}
+	time.Sleep(time.Until(pausedAt.Add(outage)))
+	if err := exec.Command(script, "resume", dir).Run(); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	back := time.Now()
+	admin, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.admin = admin
+	// backoff_max in the fixture's config is 2s: one period, plus a drop.
+	cleanup := f.waitNoUsers(4 * time.Second)
+	resp, _ = pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
+	if len(resp.GetLeases()) != 0 {
+		t.Fatalf("%d leases left after the server came back", len(resp.GetLeases()))
+	}
+	t.Logf("outage %s; every user dropped %s after the server came back", outage, time.Since(back).Round(time.Millisecond))
+	recordFault(faultRow{scenario: fmt.Sprintf("database down %s during expiry", outage), iterations: 1, maxCleanup: cleanup})
+	f.stop()
+}
+
+// TestFaultCorruptStore: a corrupt store makes the binary refuse to start
+// with a clear message, and a missing one is never taken for "no leases".
+func TestFaultCorruptStore(t *testing.T) {
+	f := newFixture(t)
+	cfg := filepath.Join(f.dir, "config.yaml")
+	store := filepath.Join(f.dir, "leases.db")
+	if err := os.WriteFile(store, []byte(strings.Repeat("garbage", 4096)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(binary, "serve", "--config", cfg).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "corrupt") {
+		t.Fatalf("serve on a corrupt store: err %v, output %q; want a refusal naming the corruption", err, out)
+	}
+	if err := os.Remove(store); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(binary, "serve", "--config", cfg).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "init-store") {
+		t.Fatalf("serve on a missing store: err %v, output %q; want a refusal pointing to init-store", err, out)
+	}
+	recordFault(faultRow{scenario: "corrupt / missing lease store", iterations: 2})
+}
+
+func repoRoot(t *testing.T) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(wd, "..", "..")
+}
+
+func (f *fixture) issueCtx(ctx context.Context, ttl time.Duration) (*pb.IssueCredentialResponse, error) {
+	return pb.NewCredentialServiceClient(f.conn("client")).IssueCredential(ctx,
+		&pb.IssueCredentialRequest{Role: "reader", Ttl: durationpb.New(ttl)})
+}
+
+func (f *fixture) allLeases() map[string]bool {
+	f.t.Helper()
+	resp, err := pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{PageSize: 1000})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, l := range resp.GetLeases() {
+		out[l.GetId()] = true
+	}
+	return out
+}
+
+func (f *fixture) userSet() map[string]bool {
+	out := map[string]bool{}
+	for _, u := range f.users() {
+		out[u] = true
+	}
+	return out
+}
+
+func (f *fixture) unbackedUsers() []string {
+	active := f.activeLeaseUsers()
+	var out []string
+	for _, u := range f.users() {
+		if !active[u] {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// crashUnderLoad runs a workload that issues short leases and revokes some
+// until the broker dies at its failpoint (or is killed: "random", or when the
+// window ends without reaching the point). Acknowledged leases go into live.
+func crashUnderLoad(t *testing.T, f *fixture, point string, live map[string]acked, mu *sync.Mutex) {
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := f.issueCtx(ctx, time.Duration(1+rand.IntN(3))*time.Second)
+				if err != nil {
+					if status.Code(err) == codes.Unavailable || ctx.Err() != nil {
+						return
+					}
+					t.Errorf("issue: %v", err)
+					return
+				}
+				l := resp.GetLease()
+				mu.Lock()
+				live[l.GetId()] = acked{l.GetId(), l.GetUsername(), l.GetExpireTime().AsTime()}
+				mu.Unlock()
+				if w%2 == 0 {
+					// Once a revoke is asked for, the lease may end
+					// whether or not the answer arrives.
+					mu.Lock()
+					delete(live, l.GetId())
+					mu.Unlock()
+					_, _ = pb.NewCredentialServiceClient(f.conn("client")).RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: l.GetId()})
+				}
+			}
+		})
+	}
+	if point == "random" {
+		time.Sleep(time.Duration(100+rand.IntN(1400)) * time.Millisecond)
+		f.kill()
+	} else {
+		select {
+		case <-f.exited:
+			f.cmd = nil
+			f.logf.Close()
+			t.Logf("%s: the broker killed itself at the failpoint", point)
+		case <-time.After(8 * time.Second):
+			t.Logf("%s: not reached in 8s; killed", point)
+			// Not every run reaches a revoke point before the window
+			// ends; kill it then, which is also a crash.
+			f.kill()
+		}
+	}
+	stop()
+	wg.Wait()
+}

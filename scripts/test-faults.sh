@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# make test-faults: the full fault suite (issue 4) with its summary table.
+# make test runs the same tests with fewer iterations and a shorter outage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PGDIR="$PWD/.cache/pg-faults-$$"
+cleanup() { scripts/pg-throwaway.sh stop "$PGDIR" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+eval "$(scripts/pg-throwaway.sh start "$PGDIR")"
+
+export CREDBROKER_FAULT_ITERATIONS=${CREDBROKER_FAULT_ITERATIONS:-50}
+export CREDBROKER_FAULT_OUTAGE=${CREDBROKER_FAULT_OUTAGE:-30s}
+
+echo "== in-process faults (race detector): store write failure, 50 concurrent revokes + expiry, renew vs revoke, clock jump"
+go test -race -count=1 -v -run 'TestStoreWriteFailureFailsClosed|TestConcurrentRevokesAndExpiry|TestRenewRacingRevoke|TestMissingOrCorruptStore' ./broker/ | grep -E '^(---|ok|FAIL|PASS)|_test.go'
+go test -race -count=1 -v -run 'TestOverdueStormRateLimited|TestConcurrentRevokeCoalesces|TestRenewRevokeRace|TestRetryForever' ./lease/ | grep -E '^(---|ok|FAIL|PASS)'
+
+echo "== the broker binary under kill -9, database outage ($CREDBROKER_FAULT_OUTAGE) and store corruption; $CREDBROKER_FAULT_ITERATIONS iterations"
+go test -race -count=1 -v -timeout 20m -run 'TestFault' ./cmd/credbroker/ | grep -vE '^=== (RUN|PAUSE|CONT)'
