@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.5
 PROTOC_GEN_GO_GRPC_VER   := v1.5.1
 GRPCURL_VERSION          := v1.9.2
 
-.PHONY: all build test demo proto lint vet fmt tools clean
+.PHONY: all build test test-faults demo proto lint vet fmt tools clean
 
 all: build
 
@@ -20,9 +20,20 @@ build:
 test:
 	scripts/test.sh
 
-## demo: throwaway PostgreSQL, dev certs, broker, issue → login → revoke
+## test-faults: the full fault suite (50 kill -9 iterations, 30 s database outage) and its table
+test-faults:
+	scripts/test-faults.sh
+
+## bench: floor vs broker benchmarks against a throwaway PostgreSQL → one table and bench.json (< 15 min)
+.PHONY: bench
+bench:
+	scripts/bench.sh
+
+## demo: throwaway database, dev certs, broker, issue → login → revoke
+## (DB=postgres, the default, or DB=mysql for a throwaway MariaDB)
+DB ?= postgres
 demo: $(TOOLS)/grpcurl
-	scripts/demo.sh
+	DB=$(DB) scripts/demo.sh
 
 ## proto: lint and regenerate the committed protobuf code (offline, local plugins)
 proto: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
@@ -47,4 +58,4 @@ $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 clean:
-	rm -rf bin .cache/pg-* .cache/demo
+	rm -rf bin .cache/pg-* .cache/mariadb-* .cache/demo

@@ -19,6 +19,7 @@ import (
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
+	"github.com/credbroker/credbroker/plugins/mysql"
 	"github.com/credbroker/credbroker/plugins/postgres"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -174,6 +175,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
+	if cfg.Registry.SPIREServerAddress != "" {
+		if err := a.watchRegistry(cfg.Registry); err != nil {
+			return nil, err
+		}
+	}
 	reflection.Register(a.grpc)
 
 	a.listener = opts.Listener
@@ -228,6 +234,25 @@ func openDatabase(ctx context.Context, name string, dc DatabaseConfig, marker st
 			ConnectTimeout: dc.ConnectTimeout.Duration,
 			Prefix:         dc.UsernamePrefix,
 			Marker:         marker,
+			Lazy:           true,
+		})
+	case "mysql":
+		var tls string
+		if tls, err = mysql.TLSFromSSLMode(dc.SSLMode); err != nil {
+			break
+		}
+		db, err = mysql.New(ctx, mysql.Config{
+			Host:           dc.Host,
+			Port:           dc.Port,
+			Database:       dc.Database,
+			Username:       dc.Username,
+			Password:       pw,
+			TLS:            tls,
+			MaxConns:       dc.MaxConnections,
+			ConnectTimeout: dc.ConnectTimeout.Duration,
+			Prefix:         dc.UsernamePrefix,
+			Marker:         marker,
+			UserHost:       dc.UserHost,
 			Lazy:           true,
 		})
 	default:

@@ -9,17 +9,19 @@ import (
 
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
+	"github.com/credbroker/credbroker/plugins/mysql"
 )
 
 // Database is one configured database: the plugin plus what a client needs
 // to reach it.
 type Database struct {
 	Name   string // logical name from the config
-	Plugin string // "postgres"
+	Plugin string // "postgres" or "mysql"
 	Host   string
 	Port   int
 	DBName string // server-side database name
-	// SSLMode is echoed into the PostgreSQL DSN handed to clients.
+	// SSLMode is echoed into the DSN handed to clients (mysql: as the
+	// matching tls parameter).
 	SSLMode string
 	DB      plugins.Database
 	ping    pinger // optional startup check
@@ -29,7 +31,7 @@ type Database struct {
 func (d *Database) dsn(username, password string) string {
 	switch d.Plugin {
 	case "mysql":
-		return fmt.Sprintf("%s:%s@tcp(%s)/%s?parseTime=true", username, password, net.JoinHostPort(d.Host, strconv.Itoa(d.Port)), d.DBName)
+		return mysql.ClientDSN(d.Host, d.Port, d.DBName, username, password, d.SSLMode)
 	default:
 		u := url.URL{
 			Scheme:   "postgres",

@@ -16,6 +16,7 @@ import (
 
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/plugins"
+	"github.com/credbroker/credbroker/plugins/mysql"
 )
 
 // Config is the operator's YAML file. docs/config.md is its reference; keep
@@ -95,6 +96,10 @@ type DatabaseConfig struct {
 	SSLMode        string   `yaml:"sslmode"`
 	MaxConnections int      `yaml:"max_connections"`
 	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// UserHost is the host part of the accounts the broker creates on a
+	// mysql database ('name'@'<user_host>', default '%'); quoted by the
+	// plugin. Not used by postgres.
+	UserHost string `yaml:"user_host"`
 	// UsernamePrefix starts every user the broker creates here (default
 	// "cb"); with the marker comment it is how the broker recognises its own.
 	UsernamePrefix string `yaml:"username_prefix"`
@@ -154,7 +159,7 @@ var (
 	prefixRE   = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
 	instanceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	// KnownPlugins lists the database plugins this build supports.
-	knownPlugins = map[string]bool{"postgres": true}
+	knownPlugins = map[string]bool{"postgres": true, "mysql": true}
 )
 
 // ConfigError names the offending key.
@@ -342,7 +347,7 @@ func (c *Config) Validate() error {
 			return bad(key, "name must match %s", dbNameRE)
 		}
 		if !knownPlugins[d.Plugin] {
-			return bad(key+".plugin", "unknown plugin %q (known: postgres)", d.Plugin)
+			return bad(key+".plugin", "unknown plugin %q (known: mysql, postgres)", d.Plugin)
 		}
 		if d.Password != "" {
 			return bad(key+".password", "inline secrets are not allowed; use password_env or password_file")
@@ -372,6 +377,14 @@ func (c *Config) Validate() error {
 		}
 		if d.MaxConnections < 1 {
 			return bad(key+".max_connections", "must be at least 1")
+		}
+		switch {
+		case d.UserHost != "" && d.Plugin != "mysql":
+			return bad(key+".user_host", "only applies to plugin mysql")
+		case d.UserHost != "":
+			if err := mysql.CheckHost(d.UserHost); err != nil {
+				return bad(key+".user_host", "%v", err)
+			}
 		}
 	}
 	if len(c.Roles) == 0 {
@@ -409,6 +422,11 @@ func (c *Config) Validate() error {
 		}
 		if err := plugins.ValidateStatements(r.CreationStatements, true); err != nil {
 			return bad(key+".creation_statements", "%v", err)
+		}
+		if c.Databases[r.Database].Plugin == "mysql" {
+			if err := mysql.CheckStatements(r.CreationStatements); err != nil {
+				return bad(key+".creation_statements", "%v", err)
+			}
 		}
 		if err := plugins.ValidateStatements(r.RevocationStatements, false); err != nil {
 			return bad(key+".revocation_statements", "%v", err)

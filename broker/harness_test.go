@@ -85,6 +85,17 @@ func randHex(t testing.TB, n int) string {
 //	down        a database on a closed port
 func newEnv(t *testing.T, opts ...func(*broker.AppOptions)) *env {
 	t.Helper()
+	return newEnvWith(t, envExtra{}, opts...)
+}
+
+// envExtra adds databases and roles to the broker newEnvWith starts: YAML
+// entries indented as they would be under databases: and roles:. top is
+// added at the top level of the config (e.g. a registry: section).
+type envExtra struct{ databases, roles, top string }
+
+// newEnvWith is newEnv with more databases and roles.
+func newEnvWith(t *testing.T, extra envExtra, opts ...func(*broker.AppOptions)) *env {
+	t.Helper()
 	ctx := context.Background()
 	dsn := testenv.PostgresDSN(t)
 	cfgPG, err := pgx.ParseConfig(dsn)
@@ -136,6 +147,7 @@ func newEnv(t *testing.T, opts ...func(*broker.AppOptions)) *env {
 	yaml := fmt.Sprintf(`
 listen: 127.0.0.1:0
 trust_domain: example.org
+%[12]s
 svid: {cert_file: unused, key_file: unused, bundle_file: unused}
 admins: [spiffe://example.org/ops/admin]
 lease_store: {path: %[1]s/leases.db}
@@ -160,6 +172,7 @@ databases:
     sslmode: disable
     connect_timeout: 2s
     username_prefix: %[6]s
+%[10]s
 roles:
   reader:
     database: main
@@ -192,7 +205,8 @@ roles:
     allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
     creation_statements:
       - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}};
-`, t.TempDir(), e.pgHost, e.pgPort, cfgPG.Database, cfgPG.User, e.prefix, closed, e.reader, e.table)
+%[11]s
+`, t.TempDir(), e.pgHost, e.pgPort, cfgPG.Database, cfgPG.User, e.prefix, closed, e.reader, e.table, extra.databases, extra.roles, extra.top)
 	cfg, err := broker.ParseConfig([]byte(yaml))
 	if err != nil {
 		t.Fatalf("config: %v", err)

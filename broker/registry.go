@@ -42,6 +42,8 @@ type registry struct {
 	// spire is the last complete listing of SPIRE entries (ID → newest
 	// entry creation time); nil while there is none or no watch is set.
 	spire map[string]time.Time
+	// spireAt is when that listing began: an older one never replaces it.
+	spireAt time.Time
 }
 
 func openRegistry(path string) (*registry, error) {
@@ -108,10 +110,13 @@ func (r *registry) allow(id string) (bool, error) {
 // observe installs a complete SPIRE listing. It lifts deregistrations of IDs
 // whose entry was created after the deregistration (registered again) and
 // returns them.
-func (r *registry) observe(ids map[string]time.Time) (reRegistered []string, err error) {
+func (r *registry) observe(at time.Time, ids map[string]time.Time) (reRegistered []string, stale bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.spire = ids
+	if at.Before(r.spireAt) {
+		return nil, true, nil
+	}
+	r.spire, r.spireAt = ids, at
 	for id, at := range r.denied {
 		if created, ok := ids[id]; ok && created.After(at) {
 			delete(r.denied, id)
@@ -121,7 +126,7 @@ func (r *registry) observe(ids map[string]time.Time) (reRegistered []string, err
 	if len(reRegistered) > 0 {
 		err = r.saveLocked()
 	}
-	return reRegistered, err
+	return reRegistered, false, err
 }
 
 // registered reports whether the last SPIRE listing contains id; ok is
@@ -171,6 +176,10 @@ func (r *registry) saveLocked() error {
 	return nil
 }
 
+// refreshEvery bounds the on-demand re-listings of SPIRE entries that
+// unknown callers can trigger.
+const refreshEvery = 250 * time.Millisecond
+
 // checkRegistered refuses deregistered callers. A caller missing from the
 // last SPIRE listing may have been registered since (its SVID can arrive
 // before the next poll), so the listing is refreshed once, rate-limited,
@@ -184,7 +193,7 @@ func (s *Server) checkRegistered(ctx context.Context, id string) error {
 		return err
 	}
 	s.refreshMu.Lock()
-	if time.Since(s.lastRefresh) >= time.Second {
+	if time.Since(s.lastRefresh) >= refreshEvery {
 		s.lastRefresh = time.Now()
 		if rerr := s.refresh(ctx); rerr != nil {
 			s.log.Warn("registry refresh failed", "error", rerr)
@@ -197,8 +206,11 @@ func (s *Server) checkRegistered(ctx context.Context, id string) error {
 // observeRegistry applies a complete SPIRE listing: deregistrations whose
 // ID was registered again are lifted, and every lease whose owner no entry
 // yields any longer is revoked.
-func (s *Server) observeRegistry(ctx context.Context, ids map[string]time.Time) {
-	again, err := s.registry.observe(ids)
+func (s *Server) observeRegistry(ctx context.Context, at time.Time, ids map[string]time.Time) {
+	again, stale, err := s.registry.observe(at, ids)
+	if stale {
+		return
+	}
 	if err != nil {
 		s.log.Error("registry: could not persist re-registrations", "error", err)
 	}

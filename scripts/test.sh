@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test. Starts a throwaway PostgreSQL with scram-sha-256 host auth
 # (the machine's own service trusts every loopback login, which would prove
-# nothing about passwords) and removes it afterwards, whatever happens.
+# nothing about passwords) and a throwaway MariaDB whose root has a random
+# password (the machine's service lets root in without one), each logging
+# every statement, and removes both afterwards, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -16,14 +18,42 @@ echo "== go vet"
 go vet ./...
 
 PGDIR="$PWD/.cache/pg-test-$$"
-cleanup() { scripts/pg-throwaway.sh stop "$PGDIR" >/dev/null 2>&1 || true; }
+MYDIR="$PWD/.cache/mariadb-test-$$"
+cleanup() {
+	scripts/pg-throwaway.sh stop "$PGDIR" >/dev/null 2>&1 || true
+	scripts/mariadb-throwaway.sh stop "$MYDIR" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 echo "== starting throwaway PostgreSQL"
 eval "$(scripts/pg-throwaway.sh start "$PGDIR")"
+echo "== starting throwaway MariaDB"
+eval "$(scripts/mariadb-throwaway.sh start "$MYDIR")"
+
+echo "== SPIRE v1.13.3 server and agent (built once into ~/.cache/credbroker, about 10 min cold)"
+CREDBROKER_TEST_SPIRE_BIN=$(scripts/spire-tools.sh)
+export CREDBROKER_TEST_SPIRE_BIN
 
 echo "== go test -race"
 # -count=1: never report a cached pass for tests that talk to real servers.
-go test -race -count=1 -timeout 20m ./...
+# plugins/mysql, the SPIRE tests and the fault suite run on their own below,
+# verbosely, so their names show.
+slow='TestSPIRE|TestWatchRealSPIRE|TestFault'
+mysql_broker='TestPostgresAndMariaDBExpire|TestMariaDBIssueRenewRevoke|TestParseConfigMySQL'
+go test -race -count=1 -timeout 20m -skip "$slow|$mysql_broker" $(go list ./... | grep -v '/plugins/mysql$')
+
+echo "== go test -race -v: SPIRE integration (real server + agent) and the reduced fault suite (make test-faults runs the full one)"
+go test -race -count=1 -timeout 15m -v -run "$slow" ./broker/ ./cmd/credbroker/ ./identity/spireregistry/ ./internal/spiretest/ |
+	grep -E '^(--- |ok |FAIL|PASS$)|^    [a-z_]+_test\.go:[0-9]+: |^(scenario|kill|database|corrupt) '
+
+echo "== go test -race -v: MySQL/MariaDB (plugin conformance suite and MySQL cases, broker end to end; a SKIP fails the run)"
+if ! out=$(go test -race -count=1 -timeout 10m -v ./plugins/mysql/ 2>&1 &&
+	go test -race -count=1 -timeout 10m -v -run "$mysql_broker" ./broker/ 2>&1); then
+	echo "$out"; exit 1
+fi
+grep -E '^(--- |ok )|^    --- [A-Z]+: TestConformance/|^ +(suite|create_test|delete_test|mysql_e2e_test)\.go:[0-9]+: ' <<<"$out"
+if grep -q -- '--- SKIP' <<<"$out"; then
+	echo "MySQL tests were skipped:"; grep -- '--- SKIP' <<<"$out"; exit 1
+fi
 
 echo "== go test -race -tags failpoints (crash tests that kill a child process at each failpoint)"
 go test -race -count=1 -timeout 10m -tags failpoints ./lease/... ./internal/failpoint/...

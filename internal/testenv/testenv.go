@@ -15,6 +15,12 @@ const (
 	PostgresLogVar = "CREDBROKER_TEST_PG_LOG"
 )
 
+// Environment variables set by scripts/mariadb-throwaway.sh.
+const (
+	MySQLDSNVar = "CREDBROKER_TEST_MYSQL_DSN"
+	MySQLLogVar = "CREDBROKER_TEST_MYSQL_LOG"
+)
+
 const postgresHint = "run `make test`, which starts a throwaway cluster with scripts/pg-throwaway.sh " +
 	"(by hand: eval \"$(scripts/pg-throwaway.sh start .cache/pg-test)\")"
 
@@ -30,6 +36,24 @@ func PostgresDSN(t testing.TB) string {
 func PostgresLog(t testing.TB) string {
 	t.Helper()
 	return lookup(t, PostgresLogVar, postgresHint)
+}
+
+const mysqlHint = "run `make test`, which starts a throwaway MariaDB with scripts/mariadb-throwaway.sh " +
+	"(by hand: eval \"$(scripts/mariadb-throwaway.sh start .cache/mariadb-test)\")"
+
+// MySQLDSN returns the admin DSN of the test MariaDB server, in
+// go-sql-driver format (root:<password>@tcp(127.0.0.1:<port>)/). It holds a
+// password: never log it.
+func MySQLDSN(t testing.TB) string {
+	t.Helper()
+	return lookup(t, MySQLDSNVar, mysqlHint)
+}
+
+// MySQLLog returns the path of the test server's general query log, which
+// records every statement it receives.
+func MySQLLog(t testing.TB) string {
+	t.Helper()
+	return lookup(t, MySQLLogVar, mysqlHint)
 }
 
 func lookup(t testing.TB, name, hint string) string {

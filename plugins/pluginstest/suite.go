@@ -25,6 +25,9 @@ func Run(t *testing.T, h Harness) {
 	h.check(t)
 	s := &suite{h: h, db: h.New(t)}
 	t.Cleanup(s.db.Close)
+	if s.db.Capabilities().ServerExpiry && h.ServerExpiry == nil {
+		t.Fatal("pluginstest: the plugin reports ServerExpiry, so Harness.ServerExpiry is required")
+	}
 
 	t.Run("GenerateUsername", s.testGenerateUsername)
 	t.Run("Lifecycle", s.testLifecycle)
@@ -273,15 +276,22 @@ func (s *suite) testLifecycle(t *testing.T) {
 
 func (s *suite) testExpiredUserCannotLogin(t *testing.T) {
 	ctx := testContext(t)
-	if !s.db.Capabilities().ServerExpiry {
-		t.Log("plugin has no server-side expiry: an expired user is removed by the broker, not refused by the server")
-		return
-	}
 	u := s.createUser(ctx, t, "expired", expiry(time.Hour))
 	s.login(ctx, t, u).Close()
 	past := expiry(-time.Minute)
 	if err := s.db.UpdateUser(ctx, plugins.UpdateUserRequest{Username: u.name, Expiration: past}); err != nil {
 		t.Fatalf("UpdateUser(%s): %v", u.name, err)
+	}
+	if !s.db.Capabilities().ServerExpiry {
+		// Not applicable: the server cannot refuse an expired user, so the
+		// broker's DeleteUser is what ends it. UpdateUser must then change
+		// nothing at all (no lock, no drop behind the broker's back), and
+		// DeleteUser must still work.
+		t.Log("plugin has no server-side expiry: an expired user is removed by the broker, not refused by the server")
+		s.login(ctx, t, u).Close()
+		s.deleteUser(ctx, t, u.name)
+		s.mustNotLogin(ctx, t, u.name, u.password, "deleted after its expiry")
+		return
 	}
 	s.checkServerExpiry(ctx, t, u.name, past)
 	s.mustNotLogin(ctx, t, u.name, u.password, "expiry in the past")
@@ -441,6 +451,12 @@ func (s *suite) testFailingStatementLeavesNoUser(t *testing.T) {
 	}
 	if !errors.Is(err, plugins.ErrInvalidStatement) {
 		t.Errorf("NewUser with a failing statement = %s, want plugins.ErrInvalidStatement", scrub(err, u.password))
+	}
+	// The server rejected the statement, so its outcome is known: the
+	// plugin has removed what came before it (a rollback, or a drop where
+	// DDL is not transactional) and must say so.
+	if !errors.Is(err, plugins.ErrNotCreated) {
+		t.Errorf("NewUser with a failing statement = %s, want plugins.ErrNotCreated", scrub(err, u.password))
 	}
 	if strings.Contains(err.Error(), u.password) {
 		t.Errorf("NewUser error contains the password")

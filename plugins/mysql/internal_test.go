@@ -1,0 +1,140 @@
+package mysql
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestNativeHash(t *testing.T) {
+	// Known values of MySQL's PASSWORD() (mysql_native_password).
+	cases := map[string]string{
+		"password": "*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19",
+		"root":     "*81F5E21E35407D884A6CD4A731AEBFB6AF209E1B",
+	}
+	for pw, want := range cases {
+		if got := nativeHash(pw); got != want {
+			t.Errorf("nativeHash(%q) = %s, want %s", pw, got, want)
+		}
+	}
+}
+
+func TestQuoteString(t *testing.T) {
+	cases := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"cb_x_abc", "'cb_x_abc'", true},
+		{"%", "'%'", true},
+		{"o'brien", "'o''brien'", true},
+		{"'@'%", "'''@''%'", true},
+		{`a\b`, "", false},
+		{`\'`, "", false},
+		{"a\x00", "", false},
+	}
+	for _, c := range cases {
+		got, err := quoteString(c.in)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("quoteString(%q) = %q, %v; want %q, ok=%v", c.in, got, err, c.want, c.ok)
+		}
+	}
+}
+
+func TestRandomLength(t *testing.T) {
+	cases := []struct {
+		limit, prefix, random, role int
+		ok                          bool
+	}{
+		{128, 2, 26, 98, true},
+		{80, 2, 26, 50, true},
+		{32, 2, 20, 8, true},  // MySQL, default prefix: the role keeps 8
+		{32, 8, 16, 6, true},  // longest broker prefix: random at its floor
+		{32, 13, 16, 1, true}, // one role character left
+		{32, 14, 0, 0, false}, // no room for a role part
+		{16, 2, 0, 0, false},  // MySQL 5.6
+	}
+	for _, c := range cases {
+		random, role, err := randomLength(c.limit, c.prefix)
+		if (err == nil) != c.ok || random != c.random || role != c.role {
+			t.Errorf("randomLength(%d, %d) = %d, %d, %v; want %d, %d, ok=%v", c.limit, c.prefix, random, role, err, c.random, c.role, c.ok)
+		}
+		if c.ok && c.prefix+2+random+role != c.limit {
+			t.Errorf("randomLength(%d, %d) does not use the whole limit", c.limit, c.prefix)
+		}
+	}
+}
+
+// TestGenerateUsernameTightLimit: MySQL's 32 characters with the longest
+// prefix the broker allows, over 10,000 names: all fit, none repeats, and
+// the random part keeps its 16 characters while the role part shrinks.
+func TestGenerateUsernameTightLimit(t *testing.T) {
+	db := &DB{prefix: "abcdefgh", names: regexp.MustCompile(`^abcdefgh_` + rolePartRE + `_` + randomPartRE + `$`)}
+	db.server.Store(&serverInfo{flavour: flavourMySQL, nameLimit: 32})
+	seen := make(map[string]bool, 10000)
+	for i := range 10000 {
+		role := []string{strings.Repeat("orders-readonly-", 5), "x", "", "ünï"}[i%4]
+		name, err := db.GenerateUsername(role)
+		if err != nil {
+			t.Fatalf("GenerateUsername(%q): %v", role, err)
+		}
+		random := name[strings.LastIndexByte(name, '_')+1:]
+		switch {
+		case len(name) > 32:
+			t.Fatalf("%q has %d characters, limit 32", name, len(name))
+		case len(random) != 16:
+			t.Fatalf("random part of %q has %d characters, want 16", name, len(random))
+		case seen[name]:
+			t.Fatalf("%q generated twice", name)
+		}
+		seen[name] = true
+	}
+}
+
+func TestCheckPasswordClauses(t *testing.T) {
+	maria, mysql := flavourMariaDB, flavourMySQL
+	cases := []struct {
+		stmt            string
+		any, mdb, my8ok bool
+	}{
+		{"CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}}", true, true, false},
+		{"create user {{name}} identified by password {{ password }}", true, true, false},
+		{"CREATE USER {{name}} IDENTIFIED WITH mysql_native_password AS {{password}}", true, true, true},
+		{"CREATE USER {{name}} IDENTIFIED WITH 'mysql_native_password' AS {{password}}", true, true, true},
+		{"CREATE USER {{name}} IDENTIFIED VIA mysql_native_password USING {{password}}", true, true, true},
+		{"SET PASSWORD FOR {{name}} = {{password}}", true, true, false},
+		{"CREATE USER {{name}}", true, true, true},
+		{"CREATE USER {{name}} IDENTIFIED BY {{password}}", false, false, false},
+		{"CREATE USER {{name}} IDENTIFIED WITH caching_sha2_password AS {{password}}", false, false, false},
+		{"CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}} COMMENT {{password}}", false, false, false},
+		{"SET PASSWORD FOR {{name}} = PASSWORD({{password}})", false, false, false},
+	}
+	for _, c := range cases {
+		for _, v := range []struct {
+			f    *flavour
+			want bool
+		}{{nil, c.any}, {&maria, c.mdb}, {&mysql, c.my8ok}} {
+			err := checkPasswordClauses([]string{c.stmt}, v.f)
+			if (err == nil) != v.want {
+				name := "any"
+				if v.f != nil {
+					name = v.f.String()
+				}
+				t.Errorf("checkPasswordClauses(%q, %s) = %v, want ok=%v", c.stmt, name, err, v.want)
+			}
+		}
+	}
+}
+
+func TestTLSFromSSLMode(t *testing.T) {
+	for mode, want := range map[string]string{
+		"disable": "false", "allow": "preferred", "prefer": "preferred", "": "preferred",
+		"require": "skip-verify", "verify-ca": "true", "verify-full": "true",
+	} {
+		if got, err := TLSFromSSLMode(mode); err != nil || got != want {
+			t.Errorf("TLSFromSSLMode(%q) = %q, %v; want %q", mode, got, err, want)
+		}
+	}
+	if _, err := TLSFromSSLMode("sometimes"); err == nil {
+		t.Error("TLSFromSSLMode accepted an unknown mode")
+	}
+}
