@@ -4,9 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PGDIR="$PWD/.cache/pg-faults-$$"
-cleanup() { scripts/pg-throwaway.sh stop "$PGDIR" >/dev/null 2>&1 || true; }
+MYDIR="$PWD/.cache/mariadb-faults-$$"
+cleanup() {
+	scripts/pg-throwaway.sh stop "$PGDIR" >/dev/null 2>&1 || true
+	scripts/mariadb-throwaway.sh stop "$MYDIR" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 eval "$(scripts/pg-throwaway.sh start "$PGDIR")"
+eval "$(scripts/mariadb-throwaway.sh start "$MYDIR")"
 
 export CREDBROKER_FAULT_ITERATIONS=${CREDBROKER_FAULT_ITERATIONS:-50}
 export CREDBROKER_FAULT_OUTAGE=${CREDBROKER_FAULT_OUTAGE:-30s}

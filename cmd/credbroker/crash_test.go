@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -61,6 +63,7 @@ type fixture struct {
 	addr   string
 	prefix string
 	admin  *pgx.Conn
+	my     *sql.DB // the MariaDB of newFixtureBoth, else nil
 	cmd    *exec.Cmd
 	exited chan error
 	logf   *os.File
@@ -70,9 +73,59 @@ func newFixture(t *testing.T) *fixture {
 	return newFixtureDSN(t, testenv.PostgresDSN(t))
 }
 
+// newFixtureBoth is newFixture plus a MariaDB database and its role "shop",
+// so one broker's leases live on both engines.
+func newFixtureBoth(t *testing.T) *fixture {
+	t.Helper()
+	mc, err := mysql.ParseDSN(testenv.MySQLDSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("mysql", mc.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	host, port, err := net.SplitHostPort(mc.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CRASH_TEST_MYSQL_PASSWORD", mc.Passwd)
+	extra := fmt.Sprintf(`
+  shop:
+    plugin: mysql
+    host: %s
+    port: %s
+    database: mysql
+    username: %s
+    password_env: CRASH_TEST_MYSQL_PASSWORD
+    sslmode: disable
+    username_prefix: PREFIX
+    user_host: 127.0.0.1
+`, host, port, mc.User)
+	role := `
+  shop:
+    database: shop
+    default_ttl: 1m
+    max_ttl: 10m
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}}
+`
+	f := newFixtureExtra(t, testenv.PostgresDSN(t), extra, role)
+	f.my = db
+	return f
+}
+
 // newFixtureDSN builds a fixture on the cluster at dsn (outage tests use a
 // cluster of their own, since they stop it).
 func newFixtureDSN(t *testing.T, dsn string) *fixture {
+	return newFixtureExtra(t, dsn, "", "")
+}
+
+// newFixtureExtra adds databases and roles (YAML under databases: and
+// roles:; PREFIX is replaced by the fixture's username prefix).
+func newFixtureExtra(t *testing.T, dsn, extraDatabases, extraRoles string) *fixture {
 	ctx := context.Background()
 	pgc, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -134,6 +187,7 @@ roles:
     creation_statements:
       - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};
 `, f.addr, f.dir, pgc.Host, pgc.Port, pgc.Database, pgc.User, f.prefix)
+	cfg = strings.Replace(cfg, "roles:\n", strings.ReplaceAll(extraDatabases, "PREFIX", f.prefix)+"roles:\n", 1) + extraRoles
 	if err := os.WriteFile(filepath.Join(f.dir, "config.yaml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -294,6 +348,8 @@ func (f *fixture) conn(name string) *grpc.ClientConn {
 	return cc
 }
 
+// users lists the broker's users on PostgreSQL and, if the fixture has
+// one, MariaDB.
 func (f *fixture) users() []string {
 	f.t.Helper()
 	rows, err := f.admin.Query(context.Background(), "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1", f.prefix+"\\_%")
@@ -304,7 +360,30 @@ func (f *fixture) users() []string {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return names
+	return append(names, f.mysqlUsers()...)
+}
+
+func (f *fixture) mysqlUsers() []string {
+	if f.my == nil {
+		return nil
+	}
+	rows, err := f.my.Query("SELECT DISTINCT User FROM mysql.user WHERE User LIKE ? ORDER BY 1", f.prefix+"\\_%")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			f.t.Fatal(err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		f.t.Fatal(err)
+	}
+	return out
 }
 
 func (f *fixture) activeLeaseUsers() map[string]bool {
@@ -346,6 +425,9 @@ func (f *fixture) waitNoUsers(within time.Duration) time.Duration {
 }
 
 func (f *fixture) dropLeftovers() {
+	for _, u := range f.mysqlUsers() {
+		_, _ = f.my.Exec("DROP USER IF EXISTS '" + u + "'@'127.0.0.1'")
+	}
 	for _, u := range f.users() {
 		_, _ = f.admin.Exec(context.Background(), "DROP ROLE "+pgx.Identifier{u}.Sanitize())
 	}

@@ -52,9 +52,9 @@ func printFaultTable() {
 		return
 	}
 	fmt.Println()
-	fmt.Printf("%-34s %10s %8s %11s %22s\n", "scenario", "iterations", "orphans", "leases lost", "max seconds to clean up")
+	fmt.Printf("%-52s %10s %8s %11s %22s\n", "scenario", "iterations", "orphans", "leases lost", "max seconds to clean up")
 	for _, r := range faultRows {
-		fmt.Printf("%-34s %10d %8d %11d %22.2f\n", r.scenario, r.iterations, r.orphans, r.lost, r.maxCleanup.Seconds())
+		fmt.Printf("%-52s %10d %8d %11d %22.2f\n", r.scenario, r.iterations, r.orphans, r.lost, r.maxCleanup.Seconds())
 	}
 	fmt.Println()
 }
@@ -73,6 +73,10 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
+// issuedPerRole counts acknowledged leases per role over a kill run, to
+// prove both engines were exercised. Guarded by the run's mutex.
+var issuedPerRole = map[string]int{}
+
 type acked struct {
 	id, username string
 	expire       time.Time
@@ -87,8 +91,8 @@ func TestFaultKillAnywhere(t *testing.T) {
 	iterations := envInt("CREDBROKER_FAULT_ITERATIONS", 6)
 	points := []string{"issue-after-intent", "issue-after-create-user", "issue-after-activate",
 		"lease-after-revoking-written", "lease-after-drop", "random"}
-	f := newFixture(t)
-	row := faultRow{scenario: "kill -9 at failpoints + random", iterations: iterations}
+	f := newFixtureBoth(t)
+	row := faultRow{scenario: "kill -9 at failpoints + random (PostgreSQL + MariaDB)", iterations: iterations}
 	live := map[string]acked{} // acknowledged, not revoked by its client
 	var mu sync.Mutex
 
@@ -147,8 +151,16 @@ func TestFaultKillAnywhere(t *testing.T) {
 		}
 		f.stop()
 	}
+	t.Logf("acknowledged leases: %d on PostgreSQL (reader), %d on MariaDB (shop)", issuedPerRole["reader"], issuedPerRole["shop"])
+	if issuedPerRole["reader"] == 0 || issuedPerRole["shop"] == 0 {
+		t.Errorf("the workload did not get leases on both engines: %v", issuedPerRole)
+	}
 	f.start("")
-	pb.NewAdminServiceClient(f.conn("admin")).RevokeLeases(context.Background(), &pb.RevokeLeasesRequest{Role: "reader"})
+	for _, role := range []string{"reader", "shop"} {
+		if _, err := pb.NewAdminServiceClient(f.conn("admin")).RevokeLeases(context.Background(), &pb.RevokeLeasesRequest{Role: role}); err != nil {
+			t.Errorf("final revoke of %s: %v", role, err)
+		}
+	}
 	f.waitNoUsers(10 * time.Second)
 	recordFault(row)
 }
@@ -266,9 +278,9 @@ func repoRoot(t *testing.T) string {
 	return filepath.Join(wd, "..", "..")
 }
 
-func (f *fixture) issueCtx(ctx context.Context, ttl time.Duration) (*pb.IssueCredentialResponse, error) {
+func (f *fixture) issueRole(ctx context.Context, role string, ttl time.Duration) (*pb.IssueCredentialResponse, error) {
 	return pb.NewCredentialServiceClient(f.conn("client")).IssueCredential(ctx,
-		&pb.IssueCredentialRequest{Role: "reader", Ttl: durationpb.New(ttl)})
+		&pb.IssueCredentialRequest{Role: role, Ttl: durationpb.New(ttl)})
 }
 
 func (f *fixture) allLeases() map[string]bool {
@@ -312,7 +324,11 @@ func crashUnderLoad(t *testing.T, f *fixture, point string, live map[string]acke
 	for w := range 4 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				resp, err := f.issueCtx(ctx, time.Duration(1+rand.IntN(3))*time.Second)
+				role := "reader"
+				if w >= 2 {
+					role = "shop" // MariaDB
+				}
+				resp, err := f.issueRole(ctx, role, time.Duration(1+rand.IntN(3))*time.Second)
 				if err != nil {
 					if status.Code(err) == codes.Unavailable || ctx.Err() != nil {
 						return
@@ -323,6 +339,7 @@ func crashUnderLoad(t *testing.T, f *fixture, point string, live map[string]acke
 				l := resp.GetLease()
 				mu.Lock()
 				live[l.GetId()] = acked{l.GetId(), l.GetUsername(), l.GetExpireTime().AsTime()}
+				issuedPerRole[role]++
 				mu.Unlock()
 				if w%2 == 0 {
 					// Once a revoke is asked for, the lease may end
