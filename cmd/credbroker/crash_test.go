@@ -205,19 +205,7 @@ roles:
 // start runs the broker; failpoint names the point at which it kills itself.
 func (f *fixture) start(failpoint string) {
 	f.t.Helper()
-	logf, err := os.OpenFile(filepath.Join(f.dir, "broker.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.logf = logf
-	f.cmd = exec.Command(binary, "serve", "--config", filepath.Join(f.dir, "config.yaml"))
-	f.cmd.Env = append(os.Environ(), "CREDBROKER_FAILPOINT="+failpoint)
-	f.cmd.Stdout, f.cmd.Stderr = logf, logf
-	if err := f.cmd.Start(); err != nil {
-		f.t.Fatal(err)
-	}
-	f.exited = make(chan error, 1)
-	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(f.cmd, f.exited)
+	f.launch(failpoint)
 	if err := f.waitHealthy(); err != nil {
 		f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
 	}
@@ -227,6 +215,21 @@ func (f *fixture) start(failpoint string) {
 // restoring leases (a revocation on startup): it reports whether the broker
 // is up, and a death by SIGKILL during start is not an error.
 func (f *fixture) startMayCrash(failpoint string) bool {
+	f.t.Helper()
+	f.launch(failpoint)
+	err := f.waitHealthy()
+	if err == nil {
+		return true
+	}
+	if ee, ok := err.(*exec.ExitError); ok && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL {
+		return false
+	}
+	f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
+	return false
+}
+
+// launch starts the broker process without waiting for it.
+func (f *fixture) launch(failpoint string) {
 	f.t.Helper()
 	logf, err := os.OpenFile(filepath.Join(f.dir, "broker.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -241,15 +244,6 @@ func (f *fixture) startMayCrash(failpoint string) bool {
 	}
 	f.exited = make(chan error, 1)
 	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(f.cmd, f.exited)
-	err = f.waitHealthy()
-	if err == nil {
-		return true
-	}
-	if ee, ok := err.(*exec.ExitError); ok && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL {
-		return false
-	}
-	f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
-	return false
 }
 
 // waitHealthy waits until the broker answers; it returns the exit error if

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/credbroker/credbroker/internal/testenv"
+	"github.com/credbroker/credbroker/plugins"
 )
 
 func adminConn(t *testing.T) *pgx.Conn {
@@ -215,8 +216,8 @@ func TestSanitizeRole(t *testing.T) {
 		{"abcdefgh", 4, "abcd"},
 	}
 	for _, tc := range tests {
-		if got := sanitizeRole(tc.in, tc.max); got != tc.want {
-			t.Errorf("sanitizeRole(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+		if got := plugins.SanitizeRole(tc.in, tc.max); got != tc.want {
+			t.Errorf("SanitizeRole(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
 		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/base32"
 	"fmt"
 	"regexp"
-	"strings"
 
 	"github.com/credbroker/credbroker/plugins"
 )
@@ -39,39 +38,12 @@ func (db *DB) GenerateUsername(role string) (string, error) {
 		return "", fmt.Errorf("postgres: generate username: %w", err)
 	}
 	maxRole := maxNameLen - len(db.prefix) - 2 - randomLen
-	name := db.prefix + "_" + sanitizeRole(role, maxRole) + "_" + lowerBase32.EncodeToString(b[:])
+	name := db.prefix + "_" + plugins.SanitizeRole(role, maxRole) + "_" + lowerBase32.EncodeToString(b[:])
 	if err := db.checkUsername(name); err != nil {
-		// Unreachable unless sanitizeRole and the pattern disagree.
+		// Unreachable unless SanitizeRole and the pattern disagree.
 		return "", fmt.Errorf("postgres: generated username does not match its own pattern: %w", err)
 	}
 	return name, nil
-}
-
-// sanitizeRole keeps [a-z0-9], turns every other run of characters into one
-// underscore and trims underscores at both ends; an empty result becomes
-// "role" so the layout stays parseable.
-func sanitizeRole(role string, max int) string {
-	var sb strings.Builder
-	underscore := false
-	for _, r := range strings.ToLower(role) {
-		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
-			sb.WriteRune(r)
-			underscore = false
-			continue
-		}
-		if !underscore {
-			sb.WriteByte('_')
-			underscore = true
-		}
-	}
-	s := strings.Trim(sb.String(), "_")
-	if len(s) > max {
-		s = strings.TrimRight(s[:max], "_")
-	}
-	if s == "" {
-		s = "role"
-	}
-	return s
 }
 
 // checkUsername is the gate in front of every statement that names a user.
