@@ -24,6 +24,8 @@ usage() {
 	cat >&2 <<'EOF'
 usage: mariadb-throwaway.sh start DIR   create and start a server in DIR, print export lines
        mariadb-throwaway.sh stop DIR    stop it and remove DIR (idempotent)
+       mariadb-throwaway.sh pause DIR   stop the server, keep its data (outage tests)
+       mariadb-throwaway.sh resume DIR  start a paused server again on the same port
 EOF
 	exit 2
 }
@@ -247,8 +249,46 @@ cmd_stop() {
 
 [[ $# -eq 2 ]] || usage
 [[ -n $2 ]] || usage
+# pause/resume simulate a database outage without losing the server's data:
+# pause stops mariadbd and keeps its command line, resume starts it again
+# with the same one (same port, same password).
+cmd_pause() {
+	local dir pid i
+	dir=$(abs_dir "$1")
+	[[ -e $dir/$MARKER ]] || die "$dir is not a mariadb-throwaway server"
+	pid=$(server_pid "$dir") || die "no server running in $dir"
+	cp "/proc/$pid/cmdline" "$dir/cmdline"
+	kill -TERM "$pid"
+	for i in $(seq 1 200); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	kill -0 "$pid" 2>/dev/null && die "server in $dir did not stop"
+	log "paused $dir"
+}
+
+cmd_resume() {
+	local dir i
+	local -a args
+	dir=$(abs_dir "$1")
+	[[ -f $dir/cmdline ]] || die "$dir was not paused"
+	mapfile -d '' args <"$dir/cmdline"
+	(cd "$dir" && exec setsid "${args[@]}") </dev/null >/dev/null 2>&1 &
+	for i in $(seq 1 300); do
+		if [[ -S $dir/mysqld.sock ]] && echo "SELECT 1" | admin_sql "$dir" >/dev/null 2>&1; then
+			echo "SET GLOBAL general_log = ON" | admin_sql "$dir" >/dev/null
+			log "resumed $dir"
+			return 0
+		fi
+		sleep 0.1
+	done
+	die "server in $dir did not come back (log: $dir/error.log)"
+}
+
 case $1 in
 start) cmd_start "$2" ;;
 stop) cmd_stop "$2" ;;
+pause) cmd_pause "$2" ;;
+resume) cmd_resume "$2" ;;
 *) usage ;;
 esac

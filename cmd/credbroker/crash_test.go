@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/internal/testenv"
@@ -77,7 +76,13 @@ func newFixture(t *testing.T) *fixture {
 // so one broker's leases live on both engines.
 func newFixtureBoth(t *testing.T) *fixture {
 	t.Helper()
-	mc, err := mysql.ParseDSN(testenv.MySQLDSN(t))
+	return newFixtureBothDSN(t, testenv.PostgresDSN(t), testenv.MySQLDSN(t))
+}
+
+// newFixtureBothDSN is newFixtureBoth on the given servers.
+func newFixtureBothDSN(t *testing.T, pgDSN, myDSN string) *fixture {
+	t.Helper()
+	mc, err := mysql.ParseDSN(myDSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +117,7 @@ func newFixtureBoth(t *testing.T) *fixture {
     creation_statements:
       - CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}}
 `
-	f := newFixtureExtra(t, testenv.PostgresDSN(t), extra, role)
+	f := newFixtureExtra(t, pgDSN, extra, role)
 	f.my = db
 	return f
 }
@@ -430,8 +435,7 @@ func (f *fixture) dropLeftovers() {
 func (f *fixture) issue(ttl time.Duration) (*pb.IssueCredentialResponse, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return pb.NewCredentialServiceClient(f.conn("client")).IssueCredential(ctx,
-		&pb.IssueCredentialRequest{Role: "reader", Ttl: durationpb.New(ttl)})
+	return f.issueRole(ctx, "reader", ttl)
 }
 
 func TestCrashDuringIssue(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/internal/testenv"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -165,39 +166,56 @@ func TestFaultKillAnywhere(t *testing.T) {
 	recordFault(row)
 }
 
-// TestFaultDatabaseOutage stops PostgreSQL while leases expire: the leases
-// stay visible as REVOKING with their last error, issuance answers
-// UNAVAILABLE and leaves nothing, and when the server is back every user is
-// dropped within one backoff period.
+// TestFaultDatabaseOutage stops the database server while leases expire,
+// for each engine: the leases stay visible as REVOKING with their last
+// error, issuance answers UNAVAILABLE and leaves nothing, and when the server
+// is back every user is dropped within one backoff period.
 func TestFaultDatabaseOutage(t *testing.T) {
+	for _, engine := range []string{"postgres", "mariadb"} {
+		t.Run(engine, func(t *testing.T) { databaseOutage(t, engine) })
+	}
+}
+
+func databaseOutage(t *testing.T, engine string) {
 	outage := envDuration("CREDBROKER_FAULT_OUTAGE", 4*time.Second)
-	// Under the checkout: the cluster runs as user postgres, which cannot
-	// enter the test's private temp dir.
-	dir := filepath.Join(repoRoot(t), ".cache", fmt.Sprintf("pg-outage-%d", os.Getpid()))
+	// Under the checkout: the servers run as users postgres/mysql, which
+	// cannot enter the test's private temp dir. A server of its own: the
+	// test stops it.
 	script := filepath.Join(repoRoot(t), "scripts", "pg-throwaway.sh")
+	dsnVar := "CREDBROKER_TEST_PG_DSN"
+	if engine == "mariadb" {
+		script = filepath.Join(repoRoot(t), "scripts", "mariadb-throwaway.sh")
+		dsnVar = "CREDBROKER_TEST_MYSQL_DSN"
+	}
+	dir := filepath.Join(repoRoot(t), ".cache", fmt.Sprintf("%s-outage-%d", engine, os.Getpid()))
 	out, err := exec.Command(script, "start", dir).Output()
 	if err != nil {
-		t.Fatalf("start a cluster of our own: %v", err)
+		t.Fatalf("start a server of our own: %v", err)
 	}
 	t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
 	dsn := ""
 	for _, line := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(line, "export CREDBROKER_TEST_PG_DSN="); ok {
+		if v, ok := strings.CutPrefix(line, "export "+dsnVar+"="); ok {
 			dsn = strings.Trim(v, "'")
 		}
 	}
-	f := newFixtureDSN(t, dsn)
+	var f *fixture
+	role := "reader"
+	if engine == "mariadb" {
+		f, role = newFixtureBothDSN(t, testenv.PostgresDSN(t), dsn), "shop"
+	} else {
+		f = newFixtureDSN(t, dsn)
+	}
 	f.start("")
 	var issued []acked
 	for range 5 {
-		resp, err := f.issue(2 * time.Second)
+		resp, err := f.issueRole(context.Background(), role, 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
 		l := resp.GetLease()
 		issued = append(issued, acked{l.GetId(), l.GetUsername(), l.GetExpireTime().AsTime()})
 	}
-	f.admin.Close(context.Background())
 	if err := exec.Command(script, "pause", dir).Run(); err != nil {
 		t.Fatalf("pause: %v", err)
 	}
@@ -205,7 +223,8 @@ func TestFaultDatabaseOutage(t *testing.T) {
 	time.Sleep(time.Until(issued[len(issued)-1].expire) + 1500*time.Millisecond)
 
 	// Nothing is forgotten: every lease is visible as REVOKING, with why.
-	resp, err := pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
+	admin := pb.NewAdminServiceClient(f.conn("admin"))
+	resp, err := admin.ListLeases(context.Background(), &pb.AdminListLeasesRequest{Role: role})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,11 +237,11 @@ func TestFaultDatabaseOutage(t *testing.T) {
 		}
 	}
 	// Issuance fails UNAVAILABLE and leaves no record.
-	_, err = f.issue(time.Minute)
+	_, err = f.issueRole(context.Background(), role, time.Minute)
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("issue during outage: %v, want UNAVAILABLE", err)
 	}
-	resp, _ = pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
+	resp, _ = admin.ListLeases(context.Background(), &pb.AdminListLeasesRequest{Role: role})
 	if len(resp.GetLeases()) != len(issued) {
 		t.Fatalf("issuance during the outage left a record: %d leases", len(resp.GetLeases()))
 	}
@@ -231,19 +250,31 @@ func TestFaultDatabaseOutage(t *testing.T) {
 		t.Fatalf("resume: %v", err)
 	}
 	back := time.Now()
-	admin, err := pgx.Connect(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
+	if engine == "postgres" {
+		// The fixture's admin connection died with the server.
+		conn, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.admin.Close(context.Background())
+		f.admin = conn
 	}
-	f.admin = admin
 	// backoff_max in the fixture's config is 2s: one period, plus a drop.
 	cleanup := f.waitNoUsers(4 * time.Second)
-	resp, _ = pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
-	if len(resp.GetLeases()) != 0 {
-		t.Fatalf("%d leases left after the server came back", len(resp.GetLeases()))
+	// A record leaves the store just after its user is confirmed gone.
+	for {
+		resp, _ = admin.ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
+		if len(resp.GetLeases()) == 0 {
+			break
+		}
+		if time.Since(back) > 4*time.Second {
+			t.Fatalf("leases left 4s after the server came back: %v", resp.GetLeases())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	t.Logf("outage %s; every user dropped %s after the server came back", outage, time.Since(back).Round(time.Millisecond))
-	recordFault(faultRow{scenario: fmt.Sprintf("database down %s during expiry", outage), iterations: 1, maxCleanup: cleanup})
+	cleanup = max(cleanup, time.Since(back))
+	t.Logf("%s down %s; every user dropped %s after it came back", engine, outage, time.Since(back).Round(time.Millisecond))
+	recordFault(faultRow{scenario: fmt.Sprintf("%s down %s during expiry", engine, outage), iterations: 1, maxCleanup: cleanup})
 	f.stop()
 }
 
