@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,51 +30,113 @@ func (m *Manager) Load(ctx context.Context) error {
 	}
 	m.loaded = true
 	m.mu.Unlock()
+	return m.load(ctx)
+}
 
-	var all []Lease
-	err := m.cfg.Store.Scan(ctx, func(l Lease) error {
-		all = append(all, l)
-		return nil
-	})
-	if err != nil {
-		return storeErr("load", "", err)
+// errLoadStopped ends a scan whose leases load has refused.
+var errLoadStopped = errors.New("lease: load: stopped")
+
+// load is Load after the already-loaded check (DeferLoad runs it in Run).
+func (m *Manager) load(ctx context.Context) error {
+	// Leases are checked and turned into entries as the store yields them,
+	// into a map no one else sees yet; only a complete, valid set is
+	// published. The expiry heap is built once at the end, in O(n).
+	now := m.now()
+	hint := 0
+	if h, ok := m.cfg.Store.(interface{ sizeHint() int }); ok {
+		hint = h.sizeHint()
 	}
-	for _, l := range all {
-		if !ValidID(l.ID) {
+	loaded := make(map[string]*entry, hint)
+	due := make([]qitem, 0, hint) // becomes the queue's items
+	var creating []*entry
+	var counts [StateExpired + 1]int
+	var bad error // a record Load refuses, told apart from a store failure
+	add := func(l Lease) error {
+		switch {
+		case !ValidID(l.ID):
 			return fmt.Errorf("lease: load: stored id %q: %w", l.ID, ErrStoreCorrupt)
-		}
-		switch l.State {
-		case StateCreating, StateActive, StateRevoking:
-		default:
+		case l.State != StateCreating && l.State != StateActive && l.State != StateRevoking:
 			return fmt.Errorf("lease: load %s: stored state %s: %w", l.ID, l.State, ErrStoreCorrupt)
 		}
-	}
-
-	now := m.now()
-	var creating []*entry
-	counts := make(map[State]int)
-	m.mu.Lock()
-	for _, l := range all {
-		if _, dup := m.leases[l.ID]; dup {
-			m.mu.Unlock()
-			return fmt.Errorf("lease: load %s: %w", l.ID, ErrExists)
-		}
-	}
-	for _, l := range all {
-		counts[l.State]++
 		e := newEntry(normalizeTimes(l))
 		e.stored = true
-		m.leases[l.ID] = e
+		n := len(loaded)
+		if loaded[l.ID] = e; len(loaded) == n { // one hash, not a lookup and an insert
+			return fmt.Errorf("lease: load %s: %w", l.ID, ErrExists)
+		}
+		counts[l.State]++
 		switch l.State {
 		case StateActive:
-			m.queue.Push(l.ID, e.lease.ExpireTime)
+			due = append(due, qitem{id: l.ID, at: nanos(e.lease.ExpireTime)})
 		case StateRevoking:
-			m.queue.Push(l.ID, now)
+			due = append(due, qitem{id: l.ID, at: nanos(now)})
 		case StateCreating:
 			e.tryLock() // new entry: cannot fail; held until dropped below
 			creating = append(creating, e)
 		}
+		return nil
 	}
+
+	// Two stages on two cores: the store decodes (in Scan), a goroutine
+	// indexes (add), handing leases over in batches.
+	const batchSize = 4096
+	free := make(chan []Lease, 4)
+	for range cap(free) {
+		free <- make([]Lease, 0, batchSize)
+	}
+	full := make(chan []Lease, cap(free))
+	var failed atomic.Bool
+	var indexer sync.WaitGroup
+	indexer.Go(func() {
+		for b := range full {
+			for _, l := range b {
+				if bad != nil {
+					break
+				}
+				if bad = add(l); bad != nil {
+					failed.Store(true)
+				}
+			}
+			free <- b[:0]
+		}
+	})
+	deferred := m.deferred.Load() != nil
+	batch := <-free
+	err := m.cfg.Store.Scan(ctx, func(l Lease) error {
+		if failed.Load() {
+			return errLoadStopped
+		}
+		if deferred && m.skipped(l.ID) {
+			return nil
+		}
+		if batch = append(batch, l); len(batch) == batchSize {
+			full <- batch
+			batch = <-free
+		}
+		return nil
+	})
+	full <- batch
+	close(full)
+	indexer.Wait()
+	if bad != nil {
+		return bad
+	}
+	if err != nil {
+		return storeErr("load", "", err)
+	}
+
+	m.mu.Lock()
+	// Leases begun meanwhile (DeferLoad) join the restored ones, not the
+	// other way round: a handful of inserts instead of a million.
+	for id, e := range m.leases {
+		if _, dup := loaded[id]; dup {
+			m.mu.Unlock()
+			return fmt.Errorf("lease: load %s: %w", id, ErrExists)
+		}
+		loaded[id] = e
+	}
+	m.leases = loaded
+	m.queue.pushItems(due)
 	m.mu.Unlock()
 
 	// Interrupted creations are few (at most the requests in flight at the
@@ -111,6 +174,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		return errors.New("lease: run: already running")
 	}
 	defer m.wg.Wait()
+	if err := m.runDeferredLoad(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -157,7 +226,7 @@ func (m *Manager) nextWake(started int) time.Duration {
 // with a fake clock. A due lease that another operation holds is looked at
 // again a second later.
 func (m *Manager) ProcessDue(ctx context.Context) int {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || !m.restoreDone() {
 		return 0
 	}
 	m.mu.Lock()

@@ -242,7 +242,7 @@ func TestProcessDueSkipsBusyLease(t *testing.T) {
 	env.clock.Advance(time.Minute)
 	// Hold the lease as a slow Renew or Revoke would.
 	e := env.m.leases[l.ID]
-	e.op <- struct{}{}
+	e.opc() <- struct{}{}
 	if n := env.drain(); n != 0 {
 		t.Fatalf("started %d on a busy lease", n)
 	}

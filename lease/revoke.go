@@ -30,6 +30,9 @@ const (
 // REVOKING retries it now. Revoke on a lease still CREATING returns
 // ErrWrongState: its creator must Abort it.
 func (m *Manager) Revoke(ctx context.Context, id string) (Lease, error) {
+	if err := m.awaitLease(ctx, id); err != nil {
+		return Lease{}, err
+	}
 	m.mu.Lock()
 	e := m.leases[id]
 	if e == nil || !e.stored {

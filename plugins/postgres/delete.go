@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,7 +40,14 @@ func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) err
 		}
 		revoke = append(revoke, r)
 	}
+	return db.drop(ctx, &dropCall{name: name, revoke: revoke, aclLock: needsACLLock(req.Statements)})
+}
 
+// deleteOne runs the revocation sequence for one user whose name and
+// revocation statements are already checked and rendered.
+func (db *DB) deleteOne(ctx context.Context, c *dropCall) error {
+	name, revoke := c.name, c.revoke
+	op := "delete " + name
 	var marker *string
 	err := db.pool.QueryRow(ctx,
 		"SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", name).Scan(&marker)
@@ -66,7 +74,7 @@ func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) err
 		return wrap(ctx, op+": end sessions", err)
 	}
 
-	stmts := append(revoke,
+	stmts := append(slices.Clip(revoke),
 		"REASSIGN OWNED BY "+ident+" TO CURRENT_USER",
 		"DROP OWNED BY "+ident,
 		"DROP ROLE IF EXISTS "+ident,
@@ -75,7 +83,7 @@ func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) err
 		// DROP OWNED revokes the user's object privileges (pg_shdepend
 		// entries of type 'a'), which races with concurrent GRANTs on the
 		// same objects exactly like a GRANT would.
-		need := needsACLLock(req.Statements)
+		need := c.aclLock
 		if !need {
 			if err := tx.QueryRow(ctx, `
 				SELECT EXISTS (SELECT 1 FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid

@@ -57,6 +57,7 @@ type DB struct {
 	names  *regexp.Regexp
 	where  string // host:port, for errors
 	secret string // admin password, only to scrub it from errors
+	drops  dropQueue
 }
 
 var _ plugins.Database = (*DB)(nil)

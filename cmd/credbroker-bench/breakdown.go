@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/plugins"
+	"github.com/credbroker/credbroker/plugins/postgres"
+)
+
+// breakdown issues sequentially through each layer in turn, interleaved
+// in rounds so that a noisy machine affects every layer alike: the floor,
+// the plugin alone, the plugin behind the lease manager on bbolt (what
+// IssueCredential does minus gRPC), and the whole broker over gRPC+mTLS.
+// It tells where the broker's overhead over the floor goes.
+func (r *runner) breakdown(ctx context.Context) error {
+	const tmpl = "group"
+	stmts := templateStmts(tmpl)
+	n := r.sizes.issueSeq
+	rounds := 5
+
+	pool, err := r.pg.floorPool(ctx, 1)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	f := &floor{pool: pool, marker: benchMarker}
+
+	c := r.pg.cfg.ConnConfig
+	pdb, err := postgres.New(ctx, postgres.Config{
+		Host: c.Host, Port: int(c.Port), Database: c.Database, Username: c.User, Password: c.Password,
+		SSLMode: "disable", MaxConns: 4, Prefix: brokerPrefix, Marker: benchMarker,
+	})
+	if err != nil {
+		return err
+	}
+	defer pdb.Close()
+	db := plugins.Sanitized(pdb)
+
+	store, err := lease.OpenBolt(filepath.Join(r.tmpDir(), "leases.db"))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	m, err := lease.NewManager(lease.Config{Store: store, Backend: nopBackend{}})
+	if err != nil {
+		return err
+	}
+	if err := m.Load(ctx); err != nil {
+		return err
+	}
+
+	b, err := r.pg.startBroker(ctx, brokerOptions{Dir: r.tmpDir(), Prefix: brokerPrefix, MaxConns: 32})
+	if err != nil {
+		return err
+	}
+	defer b.stop()
+	clients, err := b.clients(ctx, 1)
+	if err != nil {
+		return err
+	}
+
+	pluginOnly := func(ctx context.Context) error {
+		name, err := db.GenerateUsername(tmpl)
+		if err != nil {
+			return err
+		}
+		pw, err := plugins.GeneratePassword()
+		if err != nil {
+			return err
+		}
+		return db.NewUser(ctx, plugins.NewUserRequest{Username: name, Password: pw, Expiration: time.Now().Add(issueTTL), Statements: stmts})
+	}
+	withManager := func(ctx context.Context) error {
+		name, err := db.GenerateUsername(tmpl)
+		if err != nil {
+			return err
+		}
+		pw, err := plugins.GeneratePassword()
+		if err != nil {
+			return err
+		}
+		id, err := lease.NewID()
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		l := lease.Lease{ID: id, Role: tmpl, Owner: clientID.String(), Database: "main", Username: name,
+			IssueTime: now, ExpireTime: now.Add(issueTTL), MaxExpireTime: now.Add(24 * time.Hour)}
+		if err := m.Begin(ctx, l); err != nil {
+			return err
+		}
+		if err := db.NewUser(ctx, plugins.NewUserRequest{Username: name, Password: pw, Expiration: l.ExpireTime, Statements: stmts}); err != nil {
+			return err
+		}
+		_, err = m.Activate(ctx, id)
+		return err
+	}
+	layers := []struct {
+		name string
+		op   func(context.Context) error
+	}{
+		{"floor", func(ctx context.Context) error {
+			return f.create(ctx, newUsername(floorPrefix, tmpl), time.Now().Add(issueTTL), stmts)
+		}},
+		{"plugin", pluginOnly},
+		{"plugin+lease(bbolt)", withManager},
+		{"broker gRPC+mTLS", func(ctx context.Context) error {
+			_, err := clients[0].IssueCredential(ctx, issueReq(tmpl, issueTTL))
+			return err
+		}},
+	}
+	res := make([]loadResult, len(layers))
+	for range rounds {
+		for i, l := range layers {
+			got := runLoad(ctx, n/rounds, 1, func(ctx context.Context, _, _ int) error { return l.op(ctx) })
+			res[i].lat = append(res[i].lat, got.lat...)
+			res[i].errors += got.errors
+			res[i].wall += got.wall
+			res[i].cpu += got.cpu
+			if res[i].firstErr == nil {
+				res[i].firstErr = got.firstErr
+			}
+		}
+	}
+	floorP50 := res[0].lat.percentile(50)
+	for i, l := range layers {
+		row := Row{Scenario: "breakdown seq", Template: tmpl, N: len(res[i].lat) + res[i].errors, Concurrency: 1, Errors: res[i].errors}
+		res[i].fill(&row)
+		row.RatioToFloor = ratio(row.P50ms / floorP50)
+		row.Notes = errNote(res[i], fmt.Sprintf("layer: %s; ratio = p50 ÷ floor p50; %d interleaved rounds", l.name, rounds))
+		r.report.add(row)
+	}
+	// The manager's leases were never revoked through it; the users go with
+	// the cleanup after the scenario.
+	return nil
+}
+
+type nopBackend struct{}
+
+func (nopBackend) Drop(context.Context, lease.Lease) error   { return nil }
+func (nopBackend) Extend(context.Context, lease.Lease) error { return nil }

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// Prefixes keep each side's users apart in pg_roles.
+const (
+	floorPrefix  = "fl"
+	brokerPrefix = "cb"
+)
+
+// issueTTL is long enough that nothing issued by these scenarios expires
+// while they run.
+const issueTTL = time.Hour
+
+// issueModes are the concurrency levels of floor-issue and broker-issue.
+var issueModes = []struct {
+	Name   string
+	Conc   int
+	Rounds int
+}{{"seq", 1, 3}, {"c8", 8, 2}, {"c32", 32, 2}}
+
+// Two workload identities split the broker's leases into two halves that
+// RevokeLeases can revoke one after the other (see issueAndRevoke).
+var halfIDs = [2]spiffeid.ID{
+	spiffeid.RequireFromPath(benchTD, "/bench/workload-a"),
+	spiffeid.RequireFromPath(benchTD, "/bench/workload-b"),
+}
+
+// issueAndRevoke measures, for one template, floor-issue and broker-issue
+// at each concurrency, then floor-revoke and broker-revoke of everything
+// issued. The machine is shared and noisy, so floor and broker alternate
+// in rounds (floor, broker, floor, broker, …) and each side's figures are
+// taken over all its rounds: drift hits both alike.
+func (r *runner) issueAndRevoke(ctx context.Context, tmpl string) error {
+	stmts := floorStmts(tmpl)
+
+	b, err := r.pg.startBroker(ctx, brokerOptions{Dir: r.tmpDir(), Prefix: brokerPrefix, MaxConns: 32})
+	if err != nil {
+		return err
+	}
+	defer b.stop()
+	var clients [2][]pb.CredentialServiceClient
+	for h, id := range halfIDs {
+		if clients[h], err = b.clientsAs(ctx, id, 32); err != nil {
+			return err
+		}
+	}
+
+	var names [2][]string // floor users, by half
+	var mu sync.Mutex
+	brokerIssued := 0
+	for _, m := range issueModes {
+		n := r.sizes.issueN(m.Conc)
+		pool, err := r.pg.floorPool(ctx, m.Conc)
+		if err != nil {
+			return err
+		}
+		f := &floor{pool: pool, marker: benchMarker}
+		var fl, br loadResult
+		for round := range m.Rounds {
+			per := n / m.Rounds
+			if round == m.Rounds-1 {
+				per = n - per*(m.Rounds-1)
+			}
+			fl.merge(runLoad(ctx, per, m.Conc, func(ctx context.Context, _, i int) error {
+				name := newUsername(floorPrefix, tmpl)
+				if err := f.create(ctx, name, time.Now().Add(issueTTL), stmts); err != nil {
+					return err
+				}
+				mu.Lock()
+				names[i%2] = append(names[i%2], name)
+				mu.Unlock()
+				return nil
+			}))
+			br.merge(runLoad(ctx, per, m.Conc, func(ctx context.Context, w, i int) error {
+				_, err := clients[i%2][w].IssueCredential(ctx, issueReq(tmpl, issueTTL))
+				return err
+			}))
+		}
+		pool.Close()
+		brokerIssued += len(br.lat)
+
+		frow := Row{Scenario: "floor-issue " + m.Name, Template: tmpl, N: n, Concurrency: m.Conc, Errors: fl.errors}
+		fl.fill(&frow)
+		frow.Notes = errNote(fl, fmt.Sprintf("plugin's exact statements over pgx, verifier per user, %d conns; %d rounds alternating with broker", m.Conc, m.Rounds))
+		r.report.add(frow)
+
+		brow := Row{Scenario: "broker-issue " + m.Name, Template: tmpl, N: n, Concurrency: m.Conc, Errors: br.errors}
+		br.fill(&brow)
+		note := "ratio = ops/s ÷ floor's (target ≥ 0.8)"
+		if m.Conc == 1 {
+			brow.RatioToFloor = ratio(brow.P50ms / frow.P50ms)
+			note = "ratio = p50 ÷ floor p50 (target ≤ 1.25)"
+		} else {
+			brow.RatioToFloor = ratio(brow.OpsPerS / frow.OpsPerS)
+		}
+		brow.Notes = errNote(br, note+"; IssueCredential over gRPC+mTLS, one connection per worker, pool 32")
+		r.report.add(brow)
+	}
+
+	// Revocation, in two alternating halves as well: the floor drops its
+	// users one after the other with the plugin's whole sequence; the
+	// broker gets one RevokeLeases call per half (it returns once every
+	// user is dropped). Both are timed until pg_roles shows the half gone.
+	pool, err := r.pg.floorPool(ctx, 1)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	f := &floor{pool: pool, marker: benchMarker}
+	admin, err := b.admin()
+	if err != nil {
+		return err
+	}
+	var flLat, brLat latencies
+	var flWall, brWall time.Duration
+	var flErr, brErr loadResult
+	brokerLeft := brokerIssued
+	floorLeft := len(names[0]) + len(names[1])
+	brokerRevoked := 0
+	for h := range 2 {
+		start := time.Now()
+		res := runLoad(ctx, len(names[h]), 1, func(ctx context.Context, _, i int) error {
+			return f.drop(ctx, names[h][i], nil)
+		})
+		floorLeft -= len(names[h])
+		if err := r.pg.waitUsers(ctx, floorPrefix, floorLeft, time.Minute); err != nil {
+			return fmt.Errorf("floor-revoke: %w", err)
+		}
+		flWall += time.Since(start)
+		flLat = append(flLat, res.lat...)
+		flErr.merge(loadResult{errors: res.errors, firstErr: res.firstErr})
+
+		start = time.Now()
+		resp, err := admin.RevokeLeases(ctx, &pb.RevokeLeasesRequest{Role: tmpl, SpiffeId: halfIDs[h].String()})
+		took := time.Since(start)
+		if err != nil {
+			brErr.merge(loadResult{errors: 1, firstErr: err})
+		} else {
+			brokerRevoked += int(resp.GetRevoked())
+			brokerLeft -= int(resp.GetRevoked())
+		}
+		if err := r.pg.waitUsers(ctx, brokerPrefix, brokerLeft, 5*time.Minute); err != nil {
+			return fmt.Errorf("broker-revoke: %w", err)
+		}
+		brWall += max(took, time.Since(start))
+		brLat = append(brLat, took)
+	}
+	frow := Row{Scenario: "floor-revoke", Template: tmpl, N: len(flLat) + flErr.errors, Concurrency: 1, Errors: flErr.errors}
+	flLat.fill(&frow, flWall)
+	frow.Notes = errNote(flErr, "DeleteUser's sequence one user after the other; latency per user; ops/s = users gone from pg_roles per second")
+	r.report.add(frow)
+
+	brow := Row{Scenario: "broker-revoke", Template: tmpl, N: brokerRevoked, Concurrency: 8, Errors: brErr.errors}
+	brow.WallS = round2(brWall.Seconds())
+	brow.OpsPerS = round2(float64(brokerRevoked) / brWall.Seconds())
+	brow.RatioToFloor = ratio(brow.OpsPerS / frow.OpsPerS)
+	brow.Extra = map[string]float64{"revoke_call_ms_half1": ms2(brLat[0]), "revoke_call_ms_half2": ms2(brLat[1])}
+	brow.Notes = errNote(brErr, "RevokeLeases(role, spiffe_id) per half (the server revokes 8 at a time); ratio = users gone per second ÷ floor's (target ≥ 1)")
+	r.report.add(brow)
+	return nil
+}
+
+func ms2(d time.Duration) float64 { return round2(float64(d) / float64(time.Millisecond)) }
+
+func errNote(res loadResult, note string) string {
+	if res.firstErr != nil {
+		return fmt.Sprintf("%s; first error: %v", note, res.firstErr)
+	}
+	return note
+}

@@ -1,0 +1,201 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// deferredEnv is a Manager on a BoltStore holding stored, restored with
+// DeferLoad.
+func deferredEnv(t *testing.T, stored ...Lease) (*Manager, *fakeBackend, *fakeClock, *BoltStore) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "leases.db")
+	s := openTestBolt(t, path)
+	if err := s.PutAll(context.Background(), stored); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	backend, clock := newFakeBackend(), newFakeClock()
+	m, err := NewManager(Config{Store: s, Backend: backend, Now: clock.Now,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, backend, clock, s
+}
+
+func TestDeferLoad(t *testing.T) {
+	clock := newFakeClock()
+	old := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
+	old.State = StateActive
+	overdue := makeLease(t, clock.Now().Add(-2*time.Hour), time.Hour, 2*time.Hour)
+	overdue.State = StateActive
+	m, backend, _, _ := deferredEnv(t, old, overdue)
+	ctx := context.Background()
+	if err := m.DeferLoad(ctx); err != nil {
+		t.Fatalf("DeferLoad: %v", err)
+	}
+	if err := m.DeferLoad(ctx); err == nil {
+		t.Error("second DeferLoad succeeded")
+	}
+	select {
+	case <-m.Restored():
+		t.Fatal("Restored closed before Run")
+	default:
+	}
+
+	// Before the restore: issuing works, the expiry loop does nothing, and
+	// whatever needs the old leases waits.
+	fresh := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
+	if err := m.Begin(ctx, fresh); err != nil {
+		t.Fatalf("Begin before restore: %v", err)
+	}
+	if _, err := m.Activate(ctx, fresh.ID); err != nil {
+		t.Fatalf("Activate before restore: %v", err)
+	}
+	gone := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
+	if err := m.Begin(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Activate(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Revoke(ctx, gone.ID); err != nil {
+		t.Fatalf("Revoke of a lease issued during the restore: %v", err)
+	}
+	if n := m.ProcessDue(ctx); n != 0 {
+		t.Errorf("ProcessDue before restore started %d", n)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	if _, err := m.Renew(short, old.ID, time.Minute); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Renew of a restoring lease = %v, want to wait until ctx ends", err)
+	}
+	cancel()
+	got := make(chan bool)
+	go func() {
+		_, ok := m.Get(old.ID)
+		got <- ok
+	}()
+	select {
+	case <-got:
+		t.Fatal("Get of a restoring lease returned before the restore")
+	case <-time.After(20 * time.Millisecond):
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- m.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	if ok := <-got; !ok {
+		t.Error("Get after the restore: not found")
+	}
+	<-m.Restored()
+
+	var ids []string
+	for _, l := range m.List(nil) {
+		ids = append(ids, l.ID)
+	}
+	for _, want := range []string{old.ID, fresh.ID} {
+		if !slices.Contains(ids, want) {
+			t.Errorf("List lacks %s", want)
+		}
+	}
+	if slices.Contains(ids, gone.ID) {
+		t.Errorf("lease revoked during the restore came back")
+	}
+	// The overdue restored lease is revoked by the running loop.
+	deadline := time.Now().Add(5 * time.Second)
+	for backend.Drops(overdue.ID) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("overdue restored lease never revoked")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestDeferLoadRefusesUndecodableStore(t *testing.T) {
+	clock := newFakeClock()
+	good := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
+	good.State = StateActive
+	m, _, _, s := deferredEnv(t, good)
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketName).Put([]byte("00000000000000000000000000000000"), []byte{codecV2, 9, 'x'})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The damage is found when the store is opened.
+	path := s.db.Path()
+	s.Close()
+	s2, err := OpenBolt(path)
+	if err != nil {
+		t.Fatalf("OpenBolt: %v", err)
+	}
+	defer s2.Close()
+	m, err = NewManager(Config{Store: s2, Backend: newFakeBackend(), Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DeferLoad(context.Background()); !errors.Is(err, ErrStoreCorrupt) {
+		t.Errorf("DeferLoad = %v, want ErrStoreCorrupt", err)
+	}
+}
+
+func TestDeferLoadUncheckedStoreLoadsAtOnce(t *testing.T) {
+	clock := newFakeClock()
+	l := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
+	l.State = StateActive
+	env := newEnv(t, nil, l)
+	if err := env.m.DeferLoad(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-env.m.Restored():
+	default:
+		t.Fatal("MemStore: not restored when DeferLoad returned")
+	}
+	mustState(t, env.m, l.ID, StateActive)
+}
+
+func TestCodecV2RejectsDamage(t *testing.T) {
+	clock := newFakeClock()
+	l := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
+	l.State, l.LastError, l.Attempts, l.Expired = StateRevoking, "boom", 3, true
+	v, err := encodeLease(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decodeLease([]byte(l.ID), v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := normalizeTimes(l); !slices.Equal(got.RevocationStatements, want.RevocationStatements) ||
+		got.LastError != want.LastError || !got.ExpireTime.Equal(want.ExpireTime) || got.Attempts != 3 || !got.Expired {
+		t.Errorf("round trip: got %+v, want %+v", got, want)
+	}
+	if err := checkRecord([]byte(l.ID), v); err != nil {
+		t.Errorf("checkRecord of a good record: %v", err)
+	}
+	for cut := 1; cut < len(v); cut++ {
+		if _, err := decodeLease([]byte(l.ID), v[:cut]); err == nil {
+			t.Errorf("decode of the first %d of %d bytes succeeded", cut, len(v))
+		}
+		if err := checkRecord([]byte(l.ID), v[:cut]); err == nil {
+			t.Errorf("checkRecord of the first %d of %d bytes succeeded", cut, len(v))
+		}
+	}
+	if _, err := decodeLease([]byte(l.ID), append(v, 0)); err == nil {
+		t.Error("decode with a trailing byte succeeded")
+	}
+}
