@@ -43,7 +43,7 @@ go test -race -count=1 -timeout 20m -skip "$slow|$mysql_broker" $(go list ./... 
 
 echo "== go test -race -v: SPIRE integration (real server + agent) and the reduced fault suite (make test-faults runs the full one)"
 go test -race -count=1 -timeout 15m -v -run "$slow" ./broker/ ./cmd/credbroker/ ./identity/spireregistry/ ./internal/spiretest/ |
-	grep -E '^(--- |ok |FAIL|PASS$)|^    [a-z_]+_test\.go:[0-9]+: |^(scenario|kill|database|corrupt) '
+	grep -E '^(--- |ok |FAIL|PASS$)|^    [a-z_]+_test\.go:[0-9]+: |^(scenario|kill|postgres|mariadb|corrupt) '
 
 echo "== go test -race -v: MySQL/MariaDB (plugin conformance suite and MySQL cases, broker end to end; a SKIP fails the run)"
 if ! out=$(go test -race -count=1 -timeout 10m -v ./plugins/mysql/ 2>&1 &&
