@@ -73,11 +73,6 @@ func (r *Reconciler) Once(ctx context.Context) int {
 			continue
 		}
 		for _, u := range rep.usernames {
-			// Listed again just before the drop: the broker may have
-			// created it a moment ago under a fresh record.
-			if s.backed(rep.database, u) {
-				continue
-			}
 			err := s.dbs[rep.database].DB.DeleteUser(ctx, plugins.DeleteUserRequest{Username: u})
 			if err != nil {
 				s.log.Warn("reconciler: orphan not dropped", "database", rep.database, "username", u, "error", err)
@@ -88,8 +83,4 @@ func (r *Reconciler) Once(ctx context.Context) int {
 		}
 	}
 	return dropped
-}
-
-func (s *Server) backed(database, username string) bool {
-	return len(s.leases.List(func(l lease.Lease) bool { return l.Database == database && l.Username == username })) > 0
 }

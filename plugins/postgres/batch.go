@@ -274,10 +274,15 @@ func (db *DB) deleteBatch(ctx context.Context, calls []*dropCall) {
 	finish(todo, nil)
 }
 
-// endSessionsOf is endSessions for several users at once.
+// endSessionsOf terminates every backend of the users and returns once
+// pg_stat_activity shows none. NOLOGIN is already committed, so the count
+// can only go down; terminating again on each round catches a backend that
+// was still authenticating during the previous one.
 func (db *DB) endSessionsOf(ctx context.Context, names []string) error {
 	delay := pollFirst
 	for {
+		// The count is of backends present in this round's snapshot, each
+		// of which has just been signalled.
 		var seen int
 		err := db.pool.QueryRow(ctx,
 			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = ANY($1)", names).Scan(&seen)

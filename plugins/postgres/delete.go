@@ -114,31 +114,7 @@ func (db *DB) deleteOne(ctx context.Context, c *dropCall) error {
 	return nil
 }
 
-// endSessions terminates every backend of the user and returns once
-// pg_stat_activity shows none. NOLOGIN is already committed, so the count
-// can only go down; terminating again on each round catches a backend that
-// was still authenticating during the previous one.
+// endSessions is endSessionsOf for one user.
 func (db *DB) endSessions(ctx context.Context, name string) error {
-	delay := pollFirst
-	for {
-		// The count is of backends present in this round's snapshot, each
-		// of which has just been signalled.
-		var seen int
-		err := db.pool.QueryRow(ctx,
-			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1", name).Scan(&seen)
-		if err != nil {
-			return err
-		}
-		if seen == 0 {
-			return nil
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = min(2*delay, pollMax)
-	}
+	return db.endSessionsOf(ctx, []string{name})
 }
