@@ -152,7 +152,7 @@ func (f *floor) drop(ctx context.Context, name string, revoke []string) error {
 	for {
 		var seen int
 		if err := f.pool.QueryRow(ctx,
-			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1", name).Scan(&seen); err != nil {
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = ANY($1)", []string{name}).Scan(&seen); err != nil {
 			return err
 		}
 		if seen == 0 {
