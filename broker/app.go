@@ -140,7 +140,13 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if err != nil {
 		return nil, err
 	}
-	if err := a.manager.Load(ctx); err != nil {
+	// The store's records are all checked here (a store that would not load
+	// refuses the start), but restored in Run, so that a broker holding a
+	// million leases serves within a second of starting: new credentials are
+	// issued at once, and whatever needs the old leases (Get, List, Renew,
+	// Revoke, the registry sweep, the reconciler) waits for the restore. A
+	// restore that fails all the same ends Run with its error.
+	if err := a.manager.DeferLoad(ctx); err != nil {
 		return nil, fmt.Errorf("restore leases: %w", err)
 	}
 	a.runners = append(a.runners, a.manager.Run)

@@ -27,8 +27,13 @@ func (s *Server) findOrphans(ctx context.Context) []orphanReport {
 			out = append(out, orphanReport{database: name, err: err})
 			continue
 		}
-		backed := map[string]bool{}
-		for _, l := range s.leases.List(func(l lease.Lease) bool { return l.Database == name }) {
+		leases, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.Database == name })
+		if err != nil {
+			out = append(out, orphanReport{database: name, err: err})
+			continue
+		}
+		backed := make(map[string]bool, len(leases))
+		for _, l := range leases {
 			backed[l.Username] = true
 		}
 		r := orphanReport{database: name, usernames: []string{}}
@@ -69,7 +74,7 @@ func (r *Reconciler) Once(ctx context.Context) int {
 	dropped := 0
 	for _, rep := range s.findOrphans(ctx) {
 		if rep.err != nil {
-			s.log.Warn("reconciler: cannot list users", "database", rep.database, "error", rep.err)
+			s.log.Warn("reconciler: cannot compare users with leases", "database", rep.database, "error", rep.err)
 			continue
 		}
 		for _, u := range rep.usernames {

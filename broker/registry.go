@@ -217,8 +217,13 @@ func (s *Server) observeRegistry(ctx context.Context, at time.Time, ids map[stri
 	for _, id := range again {
 		s.log.Info("audit: workload registered again in SPIRE", "spiffe_id", id)
 	}
+	active, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.State == lease.StateActive })
+	if err != nil {
+		s.log.Error("registry: cannot list leases; nothing revoked", "error", err)
+		return
+	}
 	gone := map[string]bool{}
-	for _, l := range s.leases.List(func(l lease.Lease) bool { return l.State == lease.StateActive }) {
+	for _, l := range active {
 		if _, ok := ids[l.Owner]; !ok {
 			gone[l.Owner] = true
 		}

@@ -37,8 +37,8 @@ type Leases interface {
 	Discard(ctx context.Context, id string) error
 	Renew(ctx context.Context, id string, increment time.Duration) (lease.Lease, error)
 	Revoke(ctx context.Context, id string) (lease.Lease, error)
-	Get(id string) (lease.Lease, bool)
-	List(filter func(lease.Lease) bool) []lease.Lease
+	Get(ctx context.Context, id string) (lease.Lease, error)
+	List(ctx context.Context, filter func(lease.Lease) bool) ([]lease.Lease, error)
 }
 
 // Server implements CredentialService and AdminService.
@@ -204,12 +204,15 @@ func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 
 // ownLease returns the caller's lease; someone else's is reported as absent
 // so its existence is not revealed.
-func (s *Server) ownLease(caller spiffeid.ID, id string) (lease.Lease, error) {
+func (s *Server) ownLease(ctx context.Context, caller spiffeid.ID, id string) (lease.Lease, error) {
 	if !lease.ValidID(id) {
 		return lease.Lease{}, invalidArg("lease_id is malformed")
 	}
-	l, ok := s.leases.Get(id)
-	if !ok || l.Owner != caller.String() || l.State == lease.StateCreating {
+	l, err := s.leases.Get(ctx, id)
+	if err != nil {
+		return lease.Lease{}, err
+	}
+	if l.Owner != caller.String() || l.State == lease.StateCreating {
 		return lease.Lease{}, lease.ErrNotFound
 	}
 	return l, nil
@@ -233,7 +236,10 @@ func (s *Server) renewIncrement(l lease.Lease, inc time.Duration) (time.Duration
 // returns the final leases. A lease that is already gone counts as revoked
 // by someone else and is not reported.
 func (s *Server) revokeAll(ctx context.Context, keep func(lease.Lease) bool) ([]lease.Lease, error) {
-	targets := s.leases.List(func(l lease.Lease) bool { return l.State != lease.StateCreating && keep(l) })
+	targets, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.State != lease.StateCreating && keep(l) })
+	if err != nil {
+		return nil, err
+	}
 	type result struct {
 		l   lease.Lease
 		err error

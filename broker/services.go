@@ -82,7 +82,7 @@ func (s credentialService) RenewLease(ctx context.Context, req *pb.RenewLeaseReq
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.ownLease(id, req.GetLeaseId())
+	l, err := s.ownLease(ctx, id, req.GetLeaseId())
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +102,7 @@ func (s credentialService) RevokeLease(ctx context.Context, req *pb.RevokeLeaseR
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.ownLease(id, req.GetLeaseId())
+	l, err := s.ownLease(ctx, id, req.GetLeaseId())
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +120,10 @@ func (s credentialService) ListLeases(ctx context.Context, _ *pb.ListLeasesReque
 		return nil, err
 	}
 	owner := id.String()
-	ls := s.leases.List(func(l lease.Lease) bool { return l.Owner == owner && l.State != lease.StateCreating })
+	ls, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.Owner == owner && l.State != lease.StateCreating })
+	if err != nil {
+		return nil, err
+	}
 	return &pb.ListLeasesResponse{Leases: toPBs(ls)}, nil
 }
 
@@ -254,9 +257,12 @@ func (s adminService) ListLeases(ctx context.Context, req *pb.AdminListLeasesReq
 		after = string(b)
 	}
 	role, owner := req.GetRole(), req.GetSpiffeId()
-	ls := s.leases.List(func(l lease.Lease) bool {
+	ls, err := s.leases.List(ctx, func(l lease.Lease) bool {
 		return l.ID > after && (role == "" || l.Role == role) && (owner == "" || l.Owner == owner)
 	})
+	if err != nil {
+		return nil, err
+	}
 	// Pages are in id order so a token stays valid while leases come and go.
 	sort.Slice(ls, func(i, j int) bool { return ls[i].ID < ls[j].ID })
 	resp := &pb.AdminListLeasesResponse{}

@@ -122,7 +122,7 @@ func TestCrashRecovery(t *testing.T) {
 				t.Fatalf("ProcessDue started %d, want 1", n)
 			}
 			m.wg.Wait()
-			if _, ok := m.Get(id); ok {
+			if _, ok := get(m, id); ok {
 				t.Error("lease not gone after recovery")
 			}
 			if n := len(scanAll(t, store)); n != 0 {

@@ -5,7 +5,7 @@
 //
 // # States
 //
-//	state     meaning                                      on restart (Load)
+//	state     meaning                                      on restart (Load, DeferLoad)
 //	CREATING  intent written, user may or may not exist    drop the user, delete the record
 //	ACTIVE    user exists, credential handed out           queued at expiry; overdue ones revoked, rate-limited
 //	REVOKING  revocation started or failing; LastError     retried at once, then capped backoff, forever

@@ -46,7 +46,7 @@ func TestLoad(t *testing.T) {
 		if env.backend.Drops(creatingOK.ID) != 1 {
 			t.Error("not dropped")
 		}
-		if _, ok := env.m.Get(creatingOK.ID); ok {
+		if _, ok := get(env.m, creatingOK.ID); ok {
 			t.Error("still in memory")
 		}
 		if _, ok := env.store.Get(creatingOK.ID); ok {
@@ -85,7 +85,7 @@ func TestLoad(t *testing.T) {
 			t.Fatalf("started %d, want 2", n)
 		}
 		for _, id := range []string{overdue.ID, revoking.ID} {
-			if _, ok := env.m.Get(id); ok {
+			if _, ok := get(env.m, id); ok {
 				t.Errorf("%s not revoked", id)
 			}
 		}
@@ -126,7 +126,7 @@ func TestLoadErrors(t *testing.T) {
 			if err := env.m.Load(bg); !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
-			if got := env.m.List(nil); len(got) != 0 {
+			if got := list(t, env.m, nil); len(got) != 0 {
 				t.Errorf("failed Load left %d leases", len(got))
 			}
 			if env.backend.TotalDrops() != 0 {
@@ -187,7 +187,7 @@ func TestOverdueStormRateLimited(t *testing.T) {
 	if got := env.backend.TotalDrops(); got != leases {
 		t.Errorf("drops = %d, want %d", got, leases)
 	}
-	if env.store.Len() != 0 || len(env.m.List(nil)) != 0 {
+	if env.store.Len() != 0 || len(list(t, env.m, nil)) != 0 {
 		t.Error("leases left after the storm")
 	}
 	for _, l := range stored {
@@ -255,7 +255,7 @@ func TestProcessDueSkipsBusyLease(t *testing.T) {
 	if n := env.drain(); n != 1 {
 		t.Fatalf("started %d after release, want 1", n)
 	}
-	if _, ok := env.m.Get(l.ID); ok {
+	if _, ok := get(env.m, l.ID); ok {
 		t.Error("lease not revoked")
 	}
 }
@@ -332,7 +332,7 @@ func TestRun(t *testing.T) {
 	}
 	gone := func() bool {
 		for _, l := range short {
-			if _, ok := m.Get(l.ID); ok {
+			if _, ok := get(m, l.ID); ok {
 				return false
 			}
 		}

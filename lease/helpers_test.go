@@ -216,7 +216,7 @@ func (m *Manager) queuedAt(id string) (time.Time, bool) {
 
 func mustState(t *testing.T, m *Manager, id string, want State) Lease {
 	t.Helper()
-	l, ok := m.Get(id)
+	l, ok := get(m, id)
 	if !ok {
 		t.Fatalf("Get(%s): not found, want %s", id, want)
 	}
@@ -224,4 +224,21 @@ func mustState(t *testing.T, m *Manager, id string, want State) Lease {
 		t.Fatalf("Get(%s).State = %s, want %s", id, l.State, want)
 	}
 	return l
+}
+
+// get is Manager.Get as a found flag, for tests that only ask whether a
+// lease is known.
+func get(m *Manager, id string) (Lease, bool) {
+	l, err := m.Get(context.Background(), id)
+	return l, err == nil
+}
+
+// list is Manager.List for tests, which never run a failing restore.
+func list(t testing.TB, m *Manager, filter func(Lease) bool) []Lease {
+	t.Helper()
+	ls, err := m.List(context.Background(), filter)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	return ls
 }

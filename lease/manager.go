@@ -374,25 +374,31 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 	return l.clone(), nil
 }
 
-// Get returns a copy of the lease with id.
-func (m *Manager) Get(id string) (Lease, bool) {
-	if m.awaitLease(context.Background(), id) != nil {
-		return Lease{}, false
+// Get returns a copy of the lease with id, or ErrNotFound. While a
+// deferred restore is pending, a lease not yet known is waited for; if the
+// restore failed, its error is returned.
+func (m *Manager) Get(ctx context.Context, id string) (Lease, error) {
+	if err := m.awaitLease(ctx, id); err != nil {
+		return Lease{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e := m.leases[id]
 	if e == nil || !e.stored {
-		return Lease{}, false
+		return Lease{}, ErrNotFound
 	}
-	return e.lease.clone(), true
+	return e.lease.clone(), nil
 }
 
 // List returns a snapshot of the leases for which filter (nil: all) returns
 // true, sorted by IssueTime then ID. filter runs without any lock held.
-func (m *Manager) List(filter func(Lease) bool) []Lease {
-	if m.awaitLease(context.Background(), "") != nil {
-		return nil
+// While a deferred restore is pending it waits for it, so that no caller
+// (an orphan reconciler, a registry sweep) mistakes a lease not yet
+// restored for an absent one; if the restore failed, its error is returned
+// and never a partial list.
+func (m *Manager) List(ctx context.Context, filter func(Lease) bool) ([]Lease, error) {
+	if err := m.awaitLease(ctx, ""); err != nil {
+		return nil, err
 	}
 	m.mu.Lock()
 	all := make([]Lease, 0, len(m.leases))
@@ -411,7 +417,7 @@ func (m *Manager) List(filter func(Lease) bool) []Lease {
 	slices.SortFunc(out, func(a, b Lease) int {
 		return cmp.Or(a.IssueTime.Compare(b.IssueTime), cmp.Compare(a.ID, b.ID))
 	})
-	return out
+	return out, nil
 }
 
 // NewID returns a new lease id: 32 lowercase hex characters from

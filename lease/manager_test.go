@@ -131,7 +131,7 @@ func TestLifecycle(t *testing.T) {
 	if rev.State != StateRevoked || rev.Expired {
 		t.Errorf("Revoke = state %s expired %v", rev.State, rev.Expired)
 	}
-	if _, ok := m.Get(l.ID); ok {
+	if _, ok := get(m, l.ID); ok {
 		t.Error("revoked lease still in Get")
 	}
 	if env.store.Len() != 0 {
@@ -177,7 +177,7 @@ func TestBegin(t *testing.T) {
 			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
-			got, ok := env.m.Get(l.ID)
+			got, ok := get(env.m, l.ID)
 			if tt.wantErr != nil {
 				if ok && l.ID != existing.ID {
 					t.Errorf("failed Begin left %+v", got)
@@ -225,7 +225,7 @@ func TestActivate(t *testing.T) {
 		if err := env.m.Abort(bg, l.ID, errors.New("activate failed")); err != nil {
 			t.Fatalf("Abort: %v", err)
 		}
-		if _, ok := env.m.Get(l.ID); ok || env.store.Len() != 0 || env.backend.Drops(l.ID) != 1 {
+		if _, ok := get(env.m, l.ID); ok || env.store.Len() != 0 || env.backend.Drops(l.ID) != 1 {
 			t.Errorf("after Abort: in map %v, stored %d, drops %d", ok, env.store.Len(), env.backend.Drops(l.ID))
 		}
 	})
@@ -307,14 +307,14 @@ func TestRenew(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(env, l)
 			}
-			before, _ := env.m.Get(l.ID)
+			before, _ := get(env.m, l.ID)
 			beforeAt, _ := env.m.queuedAt(l.ID)
 			got, err := env.m.Renew(bg, l.ID, tt.increment)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
 				}
-				after, _ := env.m.Get(l.ID)
+				after, _ := get(env.m, l.ID)
 				afterAt, _ := env.m.queuedAt(l.ID)
 				if !after.ExpireTime.Equal(before.ExpireTime) || !afterAt.Equal(beforeAt) {
 					t.Errorf("failed Renew changed expiry: %v→%v, queue %v→%v", before.ExpireTime, after.ExpireTime, beforeAt, afterAt)
@@ -419,7 +419,7 @@ func TestRevokeDeleteFailureRetries(t *testing.T) {
 	if n := env.drain(); n != 1 {
 		t.Fatalf("ProcessDue started %d, want 1", n)
 	}
-	if _, ok := env.m.Get(l.ID); ok || env.store.Len() != 0 {
+	if _, ok := get(env.m, l.ID); ok || env.store.Len() != 0 {
 		t.Error("lease not gone after retry")
 	}
 	if n := env.backend.Drops(l.ID); n != 2 {
@@ -508,7 +508,7 @@ func TestAbort(t *testing.T) {
 			} else if err != nil {
 				t.Fatalf("Abort: %v", err)
 			}
-			if _, ok := env.m.Get(l.ID); ok || env.store.Len() != 0 {
+			if _, ok := get(env.m, l.ID); ok || env.store.Len() != 0 {
 				t.Error("lease not gone")
 			}
 			if err := env.m.Abort(bg, l.ID, nil); !errors.Is(err, ErrNotFound) {
@@ -576,7 +576,7 @@ func TestRetryForever(t *testing.T) {
 	if n := env.drain(); n != 1 {
 		t.Fatalf("final attempt: ProcessDue started %d", n)
 	}
-	if _, ok := env.m.Get(l.ID); ok || env.store.Len() != 0 {
+	if _, ok := get(env.m, l.ID); ok || env.store.Len() != 0 {
 		t.Error("lease not gone after the drop succeeded")
 	}
 	if n := env.backend.Drops(l.ID); n != failures+1 {
@@ -619,7 +619,7 @@ func TestConcurrentRevokeCoalesces(t *testing.T) {
 				t.Fatalf("round %d: caller %d got %s, %v", round, i, states[i], err)
 			}
 		}
-		if _, ok := env.m.Get(l.ID); ok || env.store.Len() != 0 {
+		if _, ok := get(env.m, l.ID); ok || env.store.Len() != 0 {
 			t.Fatalf("round %d: lease not gone", round)
 		}
 	}
@@ -648,7 +648,7 @@ func TestRenewRevokeRace(t *testing.T) {
 			}
 		})
 		wg.Wait()
-		if _, ok := env.m.Get(l.ID); ok {
+		if _, ok := get(env.m, l.ID); ok {
 			t.Fatalf("round %d: revoked lease resurrected in memory", round)
 		}
 		if env.store.Len() != 0 {
@@ -677,27 +677,27 @@ func TestList(t *testing.T) {
 	}
 	// Same IssueTime → ordered by ID.
 	slices.SortFunc(want, func(a, b string) int {
-		la, _ := env.m.Get(a)
-		lb, _ := env.m.Get(b)
+		la, _ := get(env.m, a)
+		lb, _ := get(env.m, b)
 		if c := la.IssueTime.Compare(lb.IssueTime); c != 0 {
 			return c
 		}
 		return cmp.Compare(a, b)
 	})
 	var got []string
-	for _, l := range env.m.List(nil) {
+	for _, l := range list(t, env.m, nil) {
 		got = append(got, l.ID)
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("List order = %v, want %v", got, want)
 	}
-	only := env.m.List(func(l Lease) bool { return l.ID == want[2] })
+	only := list(t, env.m, func(l Lease) bool { return l.ID == want[2] })
 	if len(only) != 1 || only[0].ID != want[2] {
 		t.Errorf("filtered List = %v", only)
 	}
 	// A snapshot: changing it changes nothing.
 	only[0].RevocationStatements[0] = "changed"
-	if l, _ := env.m.Get(want[2]); l.RevocationStatements[0] == "changed" {
+	if l, _ := get(env.m, want[2]); l.RevocationStatements[0] == "changed" {
 		t.Error("List shares memory with the manager")
 	}
 }

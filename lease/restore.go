@@ -28,9 +28,9 @@ type restoring struct {
 // them waits. A store that would not load is still refused here, before
 // anything is served: OpenBolt has checked every record. A Store that has
 // not (any but BoltStore) is loaded at once, as by Load. If the restore
-// fails nonetheless (the disk, or ctx ended), Run returns the error, Get
-// and List report nothing and the other calls fail with it: the broker must
-// stop.
+// fails nonetheless (the disk, or ctx ended), Run returns the error and
+// Get, List, Renew and Revoke return it too (never a partial answer): the
+// broker must stop.
 func (m *Manager) DeferLoad(ctx context.Context) error {
 	c, ok := m.cfg.Store.(interface{ checked() error })
 	if !ok {

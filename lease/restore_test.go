@@ -80,7 +80,7 @@ func TestDeferLoad(t *testing.T) {
 	cancel()
 	got := make(chan bool)
 	go func() {
-		_, ok := m.Get(old.ID)
+		_, ok := get(m, old.ID)
 		got <- ok
 	}()
 	select {
@@ -104,7 +104,7 @@ func TestDeferLoad(t *testing.T) {
 	<-m.Restored()
 
 	var ids []string
-	for _, l := range m.List(nil) {
+	for _, l := range list(t, m, nil) {
 		ids = append(ids, l.ID)
 	}
 	for _, want := range []string{old.ID, fresh.ID} {
@@ -149,6 +149,34 @@ func TestDeferLoadRefusesUndecodableStore(t *testing.T) {
 	}
 	if err := m.DeferLoad(context.Background()); !errors.Is(err, ErrStoreCorrupt) {
 		t.Errorf("DeferLoad = %v, want ErrStoreCorrupt", err)
+	}
+}
+
+// A deferred restore that fails leaves nothing that looks like an answer:
+// Run returns the error, and List and Get return it instead of a partial or
+// empty list (which an orphan reconciler would take for "no leases").
+func TestDeferLoadFailureIsReported(t *testing.T) {
+	clock := newFakeClock()
+	l := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
+	l.State = StateActive
+	m, _, _, s := deferredEnv(t, l)
+	if err := m.DeferLoad(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The store fails under the restore: closed, as by a dying disk.
+	s.Close()
+	if err := m.Run(context.Background()); err == nil {
+		t.Fatal("Run over a failing restore returned nil")
+	}
+	<-m.Restored()
+	if ls, err := m.List(context.Background(), nil); err == nil {
+		t.Errorf("List after a failed restore = %d leases, nil error", len(ls))
+	}
+	if _, err := m.Get(context.Background(), l.ID); err == nil || errors.Is(err, ErrNotFound) {
+		t.Errorf("Get after a failed restore = %v, want the restore's error", err)
+	}
+	if _, err := m.Revoke(context.Background(), l.ID); err == nil || errors.Is(err, ErrNotFound) {
+		t.Errorf("Revoke after a failed restore = %v, want the restore's error", err)
 	}
 }
 

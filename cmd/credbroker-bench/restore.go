@@ -10,8 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,14 +23,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
-	"github.com/credbroker/credbroker/plugins"
-	"github.com/credbroker/credbroker/plugins/postgres"
 )
 
 // restoreChildCmd runs one broker start in a child process, so that its
@@ -40,10 +34,8 @@ import (
 const restoreChildCmd = "__restore-child"
 
 // restore writes N ACTIVE leases into a bbolt store directly, then starts a
-// broker on it in a fresh process, twice: as broker.NewApp wires it today
-// (Manager.Load before serving), and with the deferred restore
-// (Manager.DeferLoad: serve first, restore in Run) assembled here the same
-// way, which NewApp does not use yet.
+// broker on it (broker.NewApp, as cmd/credbroker does) in a fresh process:
+// time to serving, time until every lease is restored and queued, memory.
 func (r *runner) restore(ctx context.Context) error {
 	n := r.sizes.restore
 	path := filepath.Join(r.tmpDir(), "leases.db")
@@ -57,12 +49,12 @@ func (r *runner) restore(ctx context.Context) error {
 	}
 	fmt.Fprintf(r.log, "bench: wrote %d leases (%d MB) in %s\n", n, info.Size()>>20, time.Since(start).Round(time.Millisecond))
 
-	for _, mode := range []string{"load", "deferred"} {
-		res, err := r.runRestoreChild(ctx, path, mode)
+	{
+		res, err := r.runRestoreChild(ctx, path)
 		if err != nil {
-			return fmt.Errorf("restore %s: %w", mode, err)
+			return fmt.Errorf("restore: %w", err)
 		}
-		row := Row{Scenario: "restore-1M " + mode, N: n, Concurrency: 1}
+		row := Row{Scenario: "restore-1M", N: n, Concurrency: 1}
 		row.WallS = round2(res.HeapMs / 1000)
 		row.Extra = map[string]float64{
 			"serving_ms":            res.ServingMs,
@@ -77,12 +69,8 @@ func (r *runner) restore(ctx context.Context) error {
 			"peak_rss_mb":           mb(res.HWM),
 			"store_mb":              mb(info.Size()),
 		}
-		how := "broker.NewApp as wired: Manager.Load before serving"
-		if mode == "deferred" {
-			how = "Manager.DeferLoad (checks every record, serves, restores in Run); assembled like NewApp, which does not call it yet"
-		}
-		row.Notes = fmt.Sprintf("%s; serving %.0f ms, full heap %.0f ms, first IssueCredential %.0f ms; RSS +%.0f MB = %.0f B/lease (anon %.0f, store mmap %.0f; after GC+scavenge %.0f); targets: serving ≤ 1000 ms, heap ≤ 5000 ms, ≤ 512 B/lease",
-			how, res.ServingMs, res.HeapMs, res.FirstIssueMs, mb(res.RSSHeap-res.RSSBefore),
+		row.Notes = fmt.Sprintf("broker.NewApp (every record checked, then served, leases restored in Run); serving %.0f ms, full heap %.0f ms, first IssueCredential %.0f ms; RSS +%.0f MB = %.0f B/lease (anon %.0f, store mmap %.0f; after GC+scavenge %.0f); targets: serving ≤ 1000 ms, heap ≤ 5000 ms, ≤ 512 B/lease",
+			res.ServingMs, res.HeapMs, res.FirstIssueMs, mb(res.RSSHeap-res.RSSBefore),
 			row.Extra["rss_bytes_per_lease"], row.Extra["anon_bytes_per_lease"], row.Extra["file_bytes_per_lease"], row.Extra["settled_rss_per_lease"])
 		if res.Err != "" {
 			row.Errors = 1
@@ -153,12 +141,12 @@ type restoreResult struct {
 	Err          string  `json:"error,omitempty"`
 }
 
-func (r *runner) runRestoreChild(ctx context.Context, path, mode string) (restoreResult, error) {
+func (r *runner) runRestoreChild(ctx context.Context, path string) (restoreResult, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return restoreResult{}, err
 	}
-	cmd := exec.CommandContext(ctx, exe, restoreChildCmd, "-store", path, "-mode", mode, "-dsn", r.pg.dsn)
+	cmd := exec.CommandContext(ctx, exe, restoreChildCmd, "-store", path, "-dsn", r.pg.dsn)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -208,7 +196,6 @@ func procStatus() (rss, anon, file, hwm int64) {
 func restoreChild(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet(restoreChildCmd, flag.ContinueOnError)
 	store := fs.String("store", "", "")
-	mode := fs.String("mode", "load", "")
 	dsn := fs.String("dsn", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -216,7 +203,7 @@ func restoreChild(args []string, stdout io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if p := os.Getenv("CREDBROKER_BENCH_CHILD_CPUPROFILE"); p != "" {
-		f, err := os.Create(p + "." + *mode)
+		f, err := os.Create(p)
 		if err != nil {
 			return err
 		}
@@ -239,34 +226,16 @@ func restoreChild(args []string, stdout io.Writer) error {
 	res.RSSBefore, res.AnonBefore, res.FileBefore, _ = procStatus()
 
 	start := time.Now()
-	var (
-		srv      *childBroker
-		restored <-chan struct{}
-	)
-	switch *mode {
-	case "load":
-		b, err := pg.newBrokerCA(ctx, brokerOptions{StorePath: *store, Prefix: brokerPrefix}, ca)
-		if err != nil {
-			return err
-		}
-		// NewApp returned: Load has restored and queued every lease.
-		res.OpenMs = ms2(time.Since(start))
-		res.HeapMs = res.OpenMs
-		b.serve(ctx)
-		defer b.stop()
-		srv = &childBroker{addr: b.addr, ca: ca}
-	case "deferred":
-		d, err := startDeferred(ctx, pg, *store, ca)
-		if err != nil {
-			return err
-		}
-		res.OpenMs = ms2(time.Since(start))
-		defer d.stop()
-		srv = &childBroker{addr: d.addr, ca: ca}
-		restored = d.manager.Restored()
-	default:
-		return fmt.Errorf("unknown mode %q", *mode)
+	b, err := pg.newBrokerCA(ctx, brokerOptions{StorePath: *store, Prefix: brokerPrefix}, ca)
+	if err != nil {
+		return err
 	}
+	// NewApp returned: every record is checked; the restore runs in Run.
+	res.OpenMs = ms2(time.Since(start))
+	b.serve(ctx)
+	defer b.stop()
+	srv := &childBroker{addr: b.addr, ca: ca}
+	restored := b.app.Manager().Restored()
 
 	// Serving: the first health check over mTLS that answers SERVING.
 	cc, err := srv.dial()
@@ -293,10 +262,8 @@ func restoreChild(args []string, stdout io.Writer) error {
 		res.Err = "first IssueCredential: " + err.Error()
 	}
 	res.FirstIssueMs = ms2(time.Since(start))
-	if restored != nil {
-		<-restored
-		res.HeapMs = ms2(time.Since(start))
-	}
+	<-restored
+	res.HeapMs = ms2(time.Since(start))
 	res.RSSHeap, res.AnonHeap, res.FileHeap, res.HWM = procStatus()
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -318,98 +285,4 @@ func (c *childBroker) dial() (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	return grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, serverID))))
-}
-
-// deferredBroker is the broker's own components assembled as broker.NewApp
-// does, except that the lease manager restores with DeferLoad.
-type deferredBroker struct {
-	addr    string
-	manager *lease.Manager
-	grpc    *grpc.Server
-	db      plugins.Database
-	store   *lease.BoltStore
-	cancel  context.CancelFunc
-	done    chan struct{}
-}
-
-func startDeferred(ctx context.Context, pg *pgEnv, path string, ca *identity.DevCA) (*deferredBroker, error) {
-	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	src, err := ca.Source(serverID)
-	if err != nil {
-		return nil, err
-	}
-	store, err := lease.OpenBolt(path, lease.WithMustExist())
-	if err != nil {
-		return nil, err
-	}
-	c := pg.cfg.ConnConfig
-	pdb, err := postgres.New(ctx, postgres.Config{
-		Host: c.Host, Port: int(c.Port), Database: c.Database, Username: c.User, Password: c.Password,
-		SSLMode: "disable", MaxConns: 8, Prefix: brokerPrefix, Marker: benchMarker, Lazy: true,
-	})
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	db := plugins.Sanitized(pdb)
-	main := &broker.Database{Name: "main", Plugin: "postgres", Host: c.Host, Port: int(c.Port), DBName: c.Database, SSLMode: "disable", DB: db}
-	m, err := lease.NewManager(lease.Config{Store: store, Backend: pluginBackend{db}, Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	if err := m.DeferLoad(ctx); err != nil {
-		return nil, err
-	}
-	roles := map[string]*broker.Role{}
-	for _, t := range templates {
-		roles[t.Name] = &broker.Role{
-			Name: t.Name, Database: main, DefaultTTL: time.Hour, MaxTTL: 24 * time.Hour,
-			Allowed:            []identity.Pattern{identity.MustParsePattern("spiffe://example.org/bench/*")},
-			CreationStatements: t.Stmts,
-		}
-	}
-	srv := broker.NewServer(broker.ServerConfig{
-		Roles: roles, Databases: map[string]*broker.Database{"main": main}, Leases: m,
-		Admins: identity.NewAdminSet(nil), Logger: log,
-	})
-	g := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(src, benchTD))),
-		grpc.ChainUnaryInterceptor(srv.UnaryAuth),
-		grpc.ChainStreamInterceptor(srv.StreamAuth),
-	)
-	srv.Register(g)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(g, hs)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	d := &deferredBroker{addr: lis.Addr().String(), manager: m, grpc: g, db: db, store: store, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(d.done)
-		_ = m.Run(rctx)
-	}()
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	go func() { _ = g.Serve(lis) }()
-	return d, nil
-}
-
-func (d *deferredBroker) stop() {
-	d.grpc.Stop()
-	d.cancel()
-	<-d.done
-	d.db.Close()
-	d.store.Close()
-}
-
-// pluginBackend is broker's backend for one database.
-type pluginBackend struct{ db plugins.Database }
-
-func (b pluginBackend) Drop(ctx context.Context, l lease.Lease) error {
-	return b.db.DeleteUser(ctx, plugins.DeleteUserRequest{Username: l.Username, Statements: l.RevocationStatements})
-}
-
-func (b pluginBackend) Extend(ctx context.Context, l lease.Lease) error {
-	return b.db.UpdateUser(ctx, plugins.UpdateUserRequest{Username: l.Username, Expiration: l.ExpireTime})
 }
