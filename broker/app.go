@@ -230,17 +230,18 @@ func openDatabase(ctx context.Context, name string, dc DatabaseConfig, marker st
 	switch dc.Plugin {
 	case "postgres":
 		db, err = postgres.New(ctx, postgres.Config{
-			Host:           dc.Host,
-			Port:           dc.Port,
-			Database:       dc.Database,
-			Username:       dc.Username,
-			Password:       pw,
-			SSLMode:        dc.SSLMode,
-			MaxConns:       int32(dc.MaxConnections),
-			ConnectTimeout: dc.ConnectTimeout.Duration,
-			Prefix:         dc.UsernamePrefix,
-			Marker:         marker,
-			Lazy:           true,
+			Host:            dc.Host,
+			Port:            dc.Port,
+			Database:        dc.Database,
+			Username:        dc.Username,
+			Password:        pw,
+			SSLMode:         dc.SSLMode,
+			MaxConns:        int32(dc.MaxConnections),
+			ConnectTimeout:  dc.ConnectTimeout.Duration,
+			Prefix:          dc.UsernamePrefix,
+			Marker:          marker,
+			Lazy:            true,
+			ScramIterations: dc.ScramIterations,
 		})
 	case "mysql":
 		var tls string

@@ -17,6 +17,7 @@ import (
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/plugins"
 	"github.com/credbroker/credbroker/plugins/mysql"
+	"github.com/credbroker/credbroker/plugins/postgres"
 )
 
 // Config is the operator's YAML file. docs/config.md is its reference; keep
@@ -103,6 +104,9 @@ type DatabaseConfig struct {
 	// UsernamePrefix starts every user the broker creates here (default
 	// "cb"); with the marker comment it is how the broker recognises its own.
 	UsernamePrefix string `yaml:"username_prefix"`
+	// ScramIterations is the iteration count of the SCRAM-SHA-256 verifiers
+	// sent to a postgres database (default 4096). See docs/config.md.
+	ScramIterations int `yaml:"scram_iterations"`
 
 	// Password exists only so that an inline secret is refused with a
 	// message that says what to do instead.
@@ -385,6 +389,12 @@ func (c *Config) Validate() error {
 			if err := mysql.CheckHost(d.UserHost); err != nil {
 				return bad(key+".user_host", "%v", err)
 			}
+		}
+		switch {
+		case d.ScramIterations != 0 && d.Plugin != "postgres":
+			return bad(key+".scram_iterations", "only applies to plugin postgres")
+		case d.ScramIterations < 0 || d.ScramIterations > postgres.MaxScramIterations:
+			return bad(key+".scram_iterations", "must be between 1 and %d", postgres.MaxScramIterations)
 		}
 	}
 	if len(c.Roles) == 0 {

@@ -70,6 +70,8 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"no name placeholder", "CREATE ROLE {{name}}", "CREATE ROLE fixed", "roles.orders-readonly.creation_statements"},
 		{"bad role name", "  orders-readonly:", "  'Orders Readonly':", "roles.Orders Readonly"},
 		{"bad prefix", "password_env: PW", "password_env: PW\n    username_prefix: 'x-y'", "databases.orders.username_prefix"},
+		{"negative scram iterations", "password_env: PW", "password_env: PW\n    scram_iterations: -1", "databases.orders.scram_iterations"},
+		{"huge scram iterations", "password_env: PW", "password_env: PW\n    scram_iterations: 100000000", "databases.orders.scram_iterations"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -56,6 +56,7 @@ func TestParseConfigMySQLRefusals(t *testing.T) {
 		{"NUL in user_host", "user_host: 10.0.%", `user_host: "10.0.\0"`, "databases.shop.user_host"},
 		{"long user_host", "user_host: 10.0.%", "user_host: " + strings.Repeat("h", 256), "databases.shop.user_host"},
 		{"user_host on postgres", "plugin: mysql", "plugin: postgres", "databases.shop.user_host"},
+		{"scram_iterations on mysql", "user_host: 10.0.%", "user_host: 10.0.%\n    scram_iterations: 16", "databases.shop.scram_iterations"},
 		{"plaintext password clause", "IDENTIFIED BY PASSWORD {{password}}", "IDENTIFIED BY {{password}}", "roles.shop-readonly.creation_statements"},
 	}
 	for _, tc := range cases {

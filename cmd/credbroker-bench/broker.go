@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/plugins/postgres"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -41,7 +43,9 @@ type brokerOptions struct {
 	RevokeConcurrency int
 	RevokeRate        float64
 	MaxConns          int
-	Now               func() time.Time
+	// ScramIterations of the verifiers (0: the default, 4096).
+	ScramIterations int
+	Now             func() time.Time
 }
 
 // runningBroker is a broker.App serving on loopback with a dev CA, as
@@ -104,8 +108,9 @@ databases:
     sslmode: disable
     max_connections: %d
     username_prefix: %s
+    scram_iterations: %d
 roles:%s`, adminID, store, strings.Join(rev, ", "), c.Host, c.Port, c.Database, c.User, passwordEnv,
-		max(o.MaxConns, 8), o.Prefix, roles.String())
+		max(o.MaxConns, 8), o.Prefix, cmp.Or(o.ScramIterations, postgres.DefaultScramIterations), roles.String())
 	return broker.ParseConfig([]byte(yaml))
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credbroker/credbroker/broker"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -160,12 +161,12 @@ func (r *runner) issueAndRevoke(ctx context.Context, tmpl string) error {
 	frow.Notes = errNote(flErr, "DeleteUser's sequence one user after the other; latency per user; ops/s = users gone from pg_roles per second")
 	r.report.add(frow)
 
-	brow := Row{Scenario: "broker-revoke", Template: tmpl, N: brokerRevoked, Concurrency: 8, Errors: brErr.errors}
+	brow := Row{Scenario: "broker-revoke", Template: tmpl, N: brokerRevoked, Concurrency: broker.BulkRevokeConcurrency, Errors: brErr.errors}
 	brow.WallS = round2(brWall.Seconds())
 	brow.OpsPerS = round2(float64(brokerRevoked) / brWall.Seconds())
 	brow.RatioToFloor = ratio(brow.OpsPerS / frow.OpsPerS)
 	brow.Extra = map[string]float64{"revoke_call_ms_half1": ms2(brLat[0]), "revoke_call_ms_half2": ms2(brLat[1])}
-	brow.Notes = errNote(brErr, "RevokeLeases(role, spiffe_id) per half (the server revokes 8 at a time); ratio = users gone per second ÷ floor's (target ≥ 1)")
+	brow.Notes = errNote(brErr, "RevokeLeases(role, spiffe_id) per half (the server revokes broker.BulkRevokeConcurrency at a time); ratio = users gone per second ÷ floor's (target ≥ 1)")
 	r.report.add(brow)
 	return nil
 }

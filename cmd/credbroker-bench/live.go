@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/broker"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -19,7 +20,7 @@ import (
 // membership up to sizes.liveGroup or until the time budget runs out,
 // whichever comes first.
 func (r *runner) live(ctx context.Context) error {
-	b, err := r.pg.startBroker(ctx, brokerOptions{Dir: r.tmpDir(), Prefix: brokerPrefix, MaxConns: 32})
+	b, err := r.pg.startBroker(ctx, brokerOptions{Dir: r.tmpDir(), Prefix: brokerPrefix, MaxConns: 32, ScramIterations: r.sizes.liveIters})
 	if err != nil {
 		return err
 	}
@@ -103,6 +104,8 @@ func (r *runner) liveOne(ctx context.Context, clients []pb.CredentialServiceClie
 		row.Extra = map[string]float64{}
 	}
 	row.Extra["group_members"] = float64(members)
+	row.Extra["scram_iterations"] = float64(r.sizes.liveIters)
+	row.Notes += fmt.Sprintf("; scram_iterations %d", r.sizes.liveIters)
 	r.report.add(row)
 
 	// Revoke them all with one RevokeLeases call; time until pg_roles
@@ -111,7 +114,7 @@ func (r *runner) liveOne(ctx context.Context, clients []pb.CredentialServiceClie
 	resp, rerr := admin.RevokeLeases(ctx, &pb.RevokeLeasesRequest{Role: tmpl})
 	werr := r.pg.waitUsers(ctx, brokerPrefix+"_"+tmpl, 0, 10*time.Minute)
 	took := time.Since(start)
-	rrow := Row{Scenario: "live-per-role revoke", Template: tmpl, N: live, Concurrency: 8}
+	rrow := Row{Scenario: "live-per-role revoke", Template: tmpl, N: live, Concurrency: broker.BulkRevokeConcurrency}
 	rrow.WallS = round2(took.Seconds())
 	rrow.OpsPerS = round2(float64(live) / took.Seconds())
 	rrow.Notes = fmt.Sprintf("one RevokeLeases(role) for all %d; until pg_roles shows none", live)

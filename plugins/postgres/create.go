@@ -33,7 +33,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	if err := plugins.ValidateStatements(req.Statements, true); err != nil {
 		return fmt.Errorf("postgres: new user %s: %w: %w", name, plugins.ErrInvalidStatement, err)
 	}
-	verifier, err := newScramVerifier(req.Password)
+	verifier, err := newScramVerifier(req.Password, db.iters)
 	if err != nil {
 		return fmt.Errorf("postgres: new user %s: %w", name, err)
 	}

@@ -122,12 +122,12 @@ func TestScramVerifierMatchesServer(t *testing.T) {
 }
 
 func TestNewScramVerifierIsSalted(t *testing.T) {
-	a, _ := newScramVerifier("same")
-	b, _ := newScramVerifier("same")
+	a, _ := newScramVerifier("same", DefaultScramIterations)
+	b, _ := newScramVerifier("same", DefaultScramIterations)
 	if a == b {
 		t.Error("two verifiers of one password are equal: salt is not random")
 	}
-	if pv := parseVerifier(t, a); len(pv.salt) != scramSaltLen || pv.iterations != scramIterations {
+	if pv := parseVerifier(t, a); len(pv.salt) != scramSaltLen || pv.iterations != DefaultScramIterations {
 		t.Errorf("salt %d bytes, %d iterations", len(pv.salt), pv.iterations)
 	}
 }

@@ -43,6 +43,12 @@ type Config struct {
 	Marker string
 	// ConnectTimeout bounds each new connection. Default 5s.
 	ConnectTimeout time.Duration
+	// ScramIterations is the PBKDF2 iteration count of the SCRAM-SHA-256
+	// verifiers the broker computes (default 4096, PostgreSQL's). The server
+	// repeats that derivation at every CREATE ROLE (to refuse an empty
+	// password), and every client at every login, so it is the largest cost
+	// of issuance on the server (docs/config.md weighs it).
+	ScramIterations int
 	// Lazy skips the startup ping: the broker must start (and answer
 	// UNAVAILABLE for this database) while the server is down.
 	Lazy bool
@@ -58,6 +64,7 @@ type DB struct {
 	where  string // host:port, for errors
 	secret string // admin password, only to scrub it from errors
 	drops  dropQueue
+	iters  int // SCRAM iterations
 }
 
 var _ plugins.Database = (*DB)(nil)
@@ -75,6 +82,12 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.ScramIterations == 0 {
+		c.ScramIterations = DefaultScramIterations
+	}
+	if c.ScramIterations < 1 || c.ScramIterations > MaxScramIterations {
+		return nil, fmt.Errorf("postgres: scram iterations %d must be between 1 and %d", c.ScramIterations, MaxScramIterations)
 	}
 	if !prefixRE.MatchString(c.Prefix) {
 		return nil, fmt.Errorf("postgres: prefix %q must match %s", c.Prefix, prefixRE)
@@ -121,6 +134,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 		names:  regexp.MustCompile(`^` + c.Prefix + `_` + rolePartRE + `_` + randomPartRE + `$`),
 		where:  fmt.Sprintf("%s:%d", c.Host, c.Port),
 		secret: c.Password,
+		iters:  c.ScramIterations,
 	}
 	if !c.Lazy {
 		if err := db.Ping(ctx); err != nil {

@@ -279,6 +279,41 @@ func TestPlaintextPasswordNeverReachesServer(t *testing.T) {
 	}
 }
 
+// ScramIterations sets the verifier's iteration count; the server accepts
+// it and the workload logs in with the plaintext over SCRAM as before
+// (the throwaway cluster's host auth is scram-sha-256).
+func TestScramIterations(t *testing.T) {
+	f := setup(t)
+	c := f.config(t)
+	c.ScramIterations = 16
+	db := f.newDB(t, c)
+	ctx := t.Context()
+	name := generate(t, db, "iters")
+	pw := create(t, db, name, time.Now().Add(time.Hour), f.groupTemplate())
+	var stored string
+	if err := f.admin.QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = $1", name).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(stored, "SCRAM-SHA-256$16:") {
+		t.Errorf("stored verifier of %s does not carry 16 iterations", name)
+	}
+	sess, err := f.login(ctx, name, pw)
+	if err != nil {
+		t.Fatalf("login as %s: %v", name, err)
+	}
+	sess.Close()
+	if _, err := f.login(ctx, name, pw+"x"); err == nil {
+		t.Error("login with a wrong password succeeded")
+	}
+	for _, bad := range []int{-1, postgres.MaxScramIterations + 1} {
+		c := f.config(t)
+		c.ScramIterations = bad
+		if _, err := postgres.New(ctx, c); err == nil {
+			t.Errorf("New with %d iterations succeeded", bad)
+		}
+	}
+}
+
 func TestGenerateUsernameHostileRoles(t *testing.T) {
 	f := setup(t)
 	db := f.newDB(t, f.config(t))

@@ -11,8 +11,11 @@ import (
 
 // PostgreSQL's defaults (SCRAM_SHA_256_DEFAULT_ITERATIONS, SCRAM_DEFAULT_SALT_LEN).
 const (
-	scramIterations = 4096
-	scramSaltLen    = 16
+	DefaultScramIterations = 4096
+	scramSaltLen           = 16
+	// MaxScramIterations bounds the setting: each iteration is server CPU
+	// at every CREATE ROLE.
+	MaxScramIterations = 1 << 20
 )
 
 // scramVerifier returns the SCRAM-SHA-256 verifier PostgreSQL stores in
@@ -39,12 +42,12 @@ func scramVerifier(password string, salt []byte, iterations int) (string, error)
 }
 
 // newScramVerifier uses a fresh random salt, as the server would.
-func newScramVerifier(password string) (string, error) {
+func newScramVerifier(password string, iterations int) (string, error) {
 	salt := make([]byte, scramSaltLen)
 	if _, err := rand.Read(salt); err != nil {
 		return "", fmt.Errorf("scram: salt: %w", err)
 	}
-	return scramVerifier(password, salt, scramIterations)
+	return scramVerifier(password, salt, iterations)
 }
 
 func hmacSHA256(key []byte, msg string) []byte {
