@@ -27,14 +27,16 @@ in_checkout=$repo/.cache/tools/spire-$SPIRE_VERSION
 log() { echo "spire-tools: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# complete DIR: both binaries are there, run, and report version 1.13.3
-# (a build without release ldflags says "1.13.3-dev-unk"; ours say "v1.13.3").
+# complete DIR: both binaries are there, run, and report exactly version
+# 1.13.3 (a build without release ldflags says "1.13.3-dev-unk"; one tagged
+# "v1.13.3" makes spire-server panic at start, since its datastore parses the
+# tag as semver).
 complete() {
 	local d=$1 bin out
 	for bin in spire-server spire-agent; do
 		[[ -x $d/$bin ]] || return 1
 		out=$("$d/$bin" --version 2>&1) || return 1
-		[[ $out == *"${SPIRE_VERSION#v}"* ]] || return 1
+		[[ $out == "${SPIRE_VERSION#v}" ]] || return 1
 	done
 }
 
@@ -66,6 +68,7 @@ if complete "$in_checkout"; then
 	log "copying SPIRE $SPIRE_VERSION from $in_checkout"
 	cp "$in_checkout/spire-server" "$in_checkout/spire-agent" "$work/bin/"
 else
+	[[ -d $in_checkout ]] && log "ignoring $in_checkout: not a working SPIRE $SPIRE_VERSION build"
 	log "building spire-server and spire-agent $SPIRE_VERSION into $dest (about 10 minutes on 2 cores; once per machine)"
 	[[ $(go env CGO_ENABLED) == 1 ]] ||
 		die "cgo is disabled; SPIRE's SQLite datastore needs it (CGO_ENABLED=1 and gcc)"
@@ -83,7 +86,7 @@ else
 		cd "$work/src"
 		# -buildvcs=false: the copy is not a git checkout.
 		GOFLAGS=-buildvcs=false GOWORK=off nice -n 10 go build -trimpath \
-			-ldflags "-X $SPIRE_MODULE/pkg/common/version.gittag=$SPIRE_VERSION" \
+			-ldflags "-X $SPIRE_MODULE/pkg/common/version.gittag=${SPIRE_VERSION#v}" \
 			-o "$work/bin/" ./cmd/spire-server ./cmd/spire-agent
 	) >&2 || die "go build of SPIRE $SPIRE_VERSION failed (see above)"
 	log "built in $(($(date +%s) - start))s"
