@@ -208,7 +208,26 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, records int, invali
 		_ = db.Close()
 		return nil, 0, nil, err
 	}
+	_ = db.View(func(tx *bolt.Tx) error { // fails only on a closed db
+		dropMapped(tx)
+		return nil
+	})
 	return db, records, invalid, nil
+}
+
+// dropMapped gives back the resident pages of the store's memory map.
+// Reading every record (OpenBolt's verification, a Scan) faults in every
+// page of the file, and they would stay mapped in this process: ~200 bytes
+// of RSS per lease, nearly as much as the leases take in the heap
+// (docs/performance.md §4). They leave the process, not the page cache;
+// later reads fault back in the few pages they need.
+//
+// It must be called inside a read transaction: bbolt remaps the file only
+// under its mmap lock, which a read transaction holds shared, so the map
+// cannot move while the kernel is told about it. tx.Size is how much of the
+// map holds data.
+func dropMapped(tx *bolt.Tx) {
+	dropResident(tx.DB().Info().Data, uintptr(tx.Size()))
 }
 
 // verify reads every page of the leases bucket once, which is cheap for the
@@ -365,6 +384,11 @@ func (s *BoltStore) Delete(ctx context.Context, id string) error {
 // before anything is served, as Load would.
 func (s *BoltStore) checked() error { return s.invalid }
 
+// scanDropEvery is how many bytes of records Scan reads between two
+// dropMapped calls: what the store's map adds to RSS at most during a scan.
+// A variable for tests.
+var scanDropEvery = 32 << 20
+
 // Scan calls fn for every stored lease, in key order. It holds a read
 // transaction for its duration, so fn should be quick (the Manager copies
 // what it needs and does its I/O afterwards). A record that cannot be
@@ -382,10 +406,18 @@ func (s *BoltStore) Scan(ctx context.Context, fn func(Lease) error) (err error) 
 		if b == nil {
 			return fmt.Errorf("lease: store scan: no %q bucket: %w", bucketName, ErrStoreCorrupt)
 		}
+		// A scan reads the whole file: give its pages back as it goes, so
+		// that they never all stay resident (dropMapped).
+		defer dropMapped(tx)
+		read := 0
 		in := newInterner()
 		return b.ForEach(func(k, v []byte) error {
 			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if read += len(k) + len(v); read >= scanDropEvery {
+				dropMapped(tx)
+				read = 0
 			}
 			l, err := decodeLeaseWith(k, v, in)
 			if err != nil {

@@ -47,7 +47,7 @@ func (m *Manager) load(ctx context.Context) error {
 		hint = h.sizeHint()
 	}
 	loaded := make(map[string]*entry, hint)
-	due := make([]qitem, 0, hint) // becomes the queue's items
+	due := make([]*entry, 0, hint) // becomes the queue's heap
 	var creating []*entry
 	var counts [StateExpired + 1]int
 	var bad error // a record Load refuses, told apart from a store failure
@@ -58,7 +58,8 @@ func (m *Manager) load(ctx context.Context) error {
 		case l.State != StateCreating && l.State != StateActive && l.State != StateRevoking:
 			return fmt.Errorf("lease: load %s: stored state %s: %w", l.ID, l.State, ErrStoreCorrupt)
 		}
-		e := newEntry(normalizeTimes(l))
+		l = normalizeTimes(l)
+		e := newEntry(l)
 		e.stored = true
 		n := len(loaded)
 		if loaded[l.ID] = e; len(loaded) == n { // one hash, not a lookup and an insert
@@ -67,9 +68,11 @@ func (m *Manager) load(ctx context.Context) error {
 		counts[l.State]++
 		switch l.State {
 		case StateActive:
-			due = append(due, qitem{id: l.ID, at: nanos(e.lease.ExpireTime)})
+			e.due = nanos(l.ExpireTime)
+			due = append(due, e)
 		case StateRevoking:
-			due = append(due, qitem{id: l.ID, at: nanos(now)})
+			e.due = nanos(now)
+			due = append(due, e)
 		case StateCreating:
 			e.tryLock() // new entry: cannot fail; held until dropped below
 			creating = append(creating, e)
@@ -136,7 +139,7 @@ func (m *Manager) load(ctx context.Context) error {
 		loaded[id] = e
 	}
 	m.leases = loaded
-	m.queue.pushItems(due)
+	m.queue.pushAll(due)
 	m.mu.Unlock()
 
 	// Interrupted creations are few (at most the requests in flight at the
@@ -204,7 +207,7 @@ func (m *Manager) nextWake(started int) time.Duration {
 		return maxSleep
 	}
 	now := m.now()
-	if d := first.at.Sub(now); d > 0 {
+	if d := first.dueTime().Sub(now); d > 0 {
 		return min(d, maxSleep)
 	}
 	// Something is due that ProcessDue did not start.
@@ -234,19 +237,18 @@ func (m *Manager) ProcessDue(ctx context.Context) int {
 	now := m.now()
 	limit := min(m.cfg.BatchSize, m.cfg.RevokeConcurrency-m.inflight, m.limiter.available(now))
 	started := 0
-	var busy []string
+	var busy []*entry
 	for started < limit {
 		due := m.queue.PopDue(now, limit-started)
 		if len(due) == 0 {
 			break
 		}
-		for _, q := range due {
-			e := m.leases[q.id]
-			if e == nil {
+		for _, e := range due {
+			if e.gone {
 				continue
 			}
 			if e.flight != nil || !e.tryLock() {
-				busy = append(busy, q.id)
+				busy = append(busy, e)
 				continue
 			}
 			f := &flight{done: make(chan struct{})}
@@ -258,8 +260,8 @@ func (m *Manager) ProcessDue(ctx context.Context) int {
 			go m.expire(ctx, e, f)
 		}
 	}
-	for _, id := range busy {
-		m.queue.Push(id, now.Add(busyRetry))
+	for _, e := range busy {
+		m.queue.Push(e, now.Add(busyRetry))
 	}
 	return started
 }
@@ -267,7 +269,7 @@ func (m *Manager) ProcessDue(ctx context.Context) int {
 // expire runs one revocation the expiry loop started; it owns e's lock.
 func (m *Manager) expire(ctx context.Context, e *entry, f *flight) {
 	defer m.wg.Done()
-	l, err := m.revokeLocked(ctx, e, e.lease.State == StateActive)
+	l, err := m.revokeLocked(ctx, e, e.state == StateActive)
 	m.finish(e, f, l, err)
 	e.unlock()
 	m.mu.Lock()

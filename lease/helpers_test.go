@@ -211,7 +211,11 @@ func (env *testEnv) drain() int {
 func (m *Manager) queuedAt(id string) (time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.queue.At(id)
+	e := m.leases[id]
+	if e == nil {
+		return time.Time{}, false
+	}
+	return m.queue.At(e)
 }
 
 func mustState(t *testing.T, m *Manager, id string, want State) Lease {

@@ -97,66 +97,6 @@ type Manager struct {
 	running atomic.Bool
 }
 
-// entry is one lease in memory.
-type entry struct {
-	// op is the lease lock: whoever holds it may change the lease, and
-	// holds it across the I/O. A channel of capacity 1, so acquiring it can
-	// honour ctx; made on first use, because most of a million restored
-	// leases are never locked before they expire (see opc).
-	op atomic.Pointer[chan struct{}]
-
-	// Read with mu or op held; written with both held.
-	lease  Lease
-	stored bool // Begin's Put succeeded; invisible before
-	gone   bool // deleted from the map: the user is absent
-
-	flight *flight // revocation being run, joined by later callers; guarded by mu
-}
-
-// flight is one revocation attempt that concurrent Revoke calls and the
-// expiry loop share, so exactly one Drop runs for all of them.
-type flight struct {
-	done  chan struct{}
-	lease Lease // valid after done is closed
-	err   error
-}
-
-func newEntry(l Lease) *entry {
-	return &entry{lease: l}
-}
-
-// opc returns the lock channel, making it if needed.
-func (e *entry) opc() chan struct{} {
-	if c := e.op.Load(); c != nil {
-		return *c
-	}
-	c := make(chan struct{}, 1)
-	if e.op.CompareAndSwap(nil, &c) {
-		return c
-	}
-	return *e.op.Load()
-}
-
-func (e *entry) lock(ctx context.Context) error {
-	select {
-	case e.opc() <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (e *entry) tryLock() bool {
-	select {
-	case e.opc() <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
-func (e *entry) unlock() { <-e.opc() }
-
 // NewManager checks cfg and returns a Manager. It starts no goroutine: call
 // Load, then Run.
 func NewManager(cfg Config) (*Manager, error) {
@@ -208,11 +148,11 @@ func (m *Manager) signal() {
 	}
 }
 
-// scheduleLocked queues id at at and wakes Run if id became the earliest.
+// scheduleLocked queues e at at and wakes Run if e became the earliest.
 // m.mu must be held; the wake-up is sent without blocking.
-func (m *Manager) scheduleLocked(id string, at time.Time) {
-	m.queue.Push(id, at)
-	if first, _ := m.queue.Peek(); first.id == id {
+func (m *Manager) scheduleLocked(e *entry, at time.Time) {
+	m.queue.Push(e, at)
+	if first, _ := m.queue.Peek(); first == e {
 		m.signal()
 	}
 }
@@ -242,7 +182,7 @@ func (m *Manager) lockEntry(ctx context.Context, id string) (*entry, error) {
 // setLease replaces e's lease. e's lock must be held.
 func (m *Manager) setLease(e *entry, l Lease) {
 	m.mu.Lock()
-	e.lease = l
+	e.set(l)
 	m.mu.Unlock()
 }
 
@@ -302,7 +242,7 @@ func (m *Manager) Activate(ctx context.Context, id string) (Lease, error) {
 		return Lease{}, err
 	}
 	defer e.unlock()
-	l := e.lease.clone()
+	l := e.lease()
 	if l.State != StateCreating {
 		return Lease{}, fmt.Errorf("lease: activate %s: state %s: %w", id, l.State, ErrWrongState)
 	}
@@ -311,8 +251,8 @@ func (m *Manager) Activate(ctx context.Context, id string) (Lease, error) {
 		return Lease{}, storeErr("activate", id, err)
 	}
 	m.mu.Lock()
-	e.lease = l
-	m.scheduleLocked(id, l.ExpireTime)
+	e.set(l)
+	m.scheduleLocked(e, l.ExpireTime)
 	m.mu.Unlock()
 	m.log.LogAttrs(ctx, slog.LevelInfo, "lease: activated", append(leaseAttrs(l),
 		slog.Time("expire_time", l.ExpireTime))...)
@@ -336,7 +276,7 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 		return Lease{}, err
 	}
 	defer e.unlock()
-	l := e.lease.clone()
+	l := e.lease()
 	if l.State != StateActive {
 		return Lease{}, fmt.Errorf("lease: renew %s: state %s: %w", id, l.State, ErrNotActive)
 	}
@@ -368,8 +308,8 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 		return Lease{}, storeErr("renew", id, err)
 	}
 	m.mu.Lock()
-	e.lease = l
-	m.queue.Push(id, exp) // heap.Fix: the lease is queued
+	e.set(l)
+	m.queue.Push(e, exp) // heap.Fix: the lease is queued
 	m.mu.Unlock()
 	return l.clone(), nil
 }
@@ -387,7 +327,7 @@ func (m *Manager) Get(ctx context.Context, id string) (Lease, error) {
 	if e == nil || !e.stored {
 		return Lease{}, ErrNotFound
 	}
-	return e.lease.clone(), nil
+	return e.lease(), nil
 }
 
 // List returns a snapshot of the leases for which filter (nil: all) returns
@@ -404,7 +344,7 @@ func (m *Manager) List(ctx context.Context, filter func(Lease) bool) ([]Lease, e
 	all := make([]Lease, 0, len(m.leases))
 	for _, e := range m.leases {
 		if e.stored {
-			all = append(all, e.lease.clone())
+			all = append(all, e.lease())
 		}
 	}
 	m.mu.Unlock()

@@ -13,6 +13,54 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func at(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
 
+// queued is an entry of the queue as the tests name it.
+type queued struct {
+	id string
+	at time.Time
+}
+
+// testQueue is an expiryQueue with the map that the Manager keeps beside
+// it, so that tests can name entries by id.
+type testQueue struct {
+	*expiryQueue
+	byID map[string]*entry
+}
+
+func newTestQueue() *testQueue {
+	return &testQueue{expiryQueue: newExpiryQueue(), byID: map[string]*entry{}}
+}
+
+// entry returns the entry of id, made on first use (not queued).
+func (q *testQueue) entry(id string) *entry {
+	e, ok := q.byID[id]
+	if !ok {
+		e = newEntry(Lease{ID: id})
+		q.byID[id] = e
+	}
+	return e
+}
+
+func (q *testQueue) push(id string, at time.Time)        { q.Push(q.entry(id), at) }
+func (q *testQueue) update(id string, at time.Time) bool { return q.Update(q.entry(id), at) }
+func (q *testQueue) remove(id string) bool               { return q.Remove(q.entry(id)) }
+func (q *testQueue) at(id string) (time.Time, bool)      { return q.At(q.entry(id)) }
+
+func (q *testQueue) peek() (queued, bool) {
+	e, ok := q.Peek()
+	if !ok {
+		return queued{}, false
+	}
+	return queued{e.id, e.dueTime()}, true
+}
+
+func (q *testQueue) popDue(now time.Time, max int) []queued {
+	var out []queued
+	for _, e := range q.PopDue(now, max) {
+		out = append(out, queued{e.id, e.dueTime()})
+	}
+	return out
+}
+
 func ids(qs []queued) []string {
 	out := make([]string, len(qs))
 	for i, q := range qs {
@@ -21,21 +69,29 @@ func ids(qs []queued) []string {
 	return out
 }
 
-// checkHeap verifies the heap property and that every item knows its index.
-func checkHeap(t *testing.T, q *expiryQueue) {
+// checkHeap verifies the heap property, that every queued entry knows its
+// index and that every other entry knows it is not queued.
+func checkHeap(t *testing.T, q *testQueue) {
 	t.Helper()
-	if len(q.h) != len(q.byID) {
-		t.Fatalf("heap has %d items, map %d", len(q.h), len(q.byID))
-	}
-	for i, it := range q.h {
-		if it.index != i {
-			t.Fatalf("item %s at %d has index %d", it.id, i, it.index)
+	queued := 0
+	for id, e := range q.byID {
+		if e.index < 0 {
+			continue
 		}
-		if q.byID[it.id] != it {
-			t.Fatalf("item %s not in map", it.id)
+		queued++
+		if int(e.index) >= len(q.h) || q.h[e.index] != e {
+			t.Fatalf("entry %s has index %d, not its place in the heap", id, e.index)
+		}
+	}
+	if len(q.h) != queued {
+		t.Fatalf("heap has %d entries, %d know they are queued", len(q.h), queued)
+	}
+	for i, e := range q.h {
+		if int(e.index) != i {
+			t.Fatalf("entry %s at %d has index %d", e.id, i, e.index)
 		}
 		if p := (i - 1) / 2; i > 0 && q.h.Less(i, p) {
-			t.Fatalf("item %d (%s) sorts before its parent %d", i, it.id, p)
+			t.Fatalf("entry %d (%s) sorts before its parent %d", i, e.id, p)
 		}
 	}
 }
@@ -56,15 +112,15 @@ func TestQueueOrdering(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			q := newExpiryQueue()
+			q := newTestQueue()
 			for _, p := range tt.push {
-				q.Push(p.id, p.at)
+				q.push(p.id, p.at)
 				checkHeap(t, q)
 			}
-			if first, ok := q.Peek(); ok != (len(tt.want) > 0) || (ok && first.id != tt.want[0]) {
+			if first, ok := q.peek(); ok != (len(tt.want) > 0) || (ok && first.id != tt.want[0]) {
 				t.Errorf("Peek = %v, %v; want first %v", first, ok, tt.want)
 			}
-			got := ids(q.PopDue(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), 1000))
+			got := ids(q.popDue(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), 1000))
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("PopDue order = %v, want %v", got, tt.want)
 			}
@@ -91,22 +147,22 @@ func TestQueueUpdate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			q := newExpiryQueue()
+			q := newTestQueue()
 			for i, id := range []string{"a", "b", "c", "d"} {
-				q.Push(id, at(i+1))
+				q.push(id, at(i+1))
 			}
 			before := len(q.h)
-			if ok := q.Update(tt.id, tt.to); ok != tt.wantOK {
+			if ok := q.update(tt.id, tt.to); ok != tt.wantOK {
 				t.Fatalf("Update = %v, want %v", ok, tt.wantOK)
 			}
 			checkHeap(t, q)
 			if len(q.h) != before {
 				t.Fatalf("Update changed Len from %d to %d", before, len(q.h))
 			}
-			if got, ok := q.At(tt.id); tt.wantOK && (!ok || !got.Equal(tt.to)) {
+			if got, ok := q.at(tt.id); tt.wantOK && (!ok || !got.Equal(tt.to)) {
 				t.Errorf("At(%s) = %v, %v; want %v", tt.id, got, ok, tt.to)
 			}
-			if got := ids(q.PopDue(at(1000), 10)); !slices.Equal(got, tt.want) {
+			if got := ids(q.popDue(at(1000), 10)); !slices.Equal(got, tt.want) {
 				t.Errorf("order = %v, want %v", got, tt.want)
 			}
 		})
@@ -114,15 +170,15 @@ func TestQueueUpdate(t *testing.T) {
 }
 
 func TestQueuePushExistingUpdates(t *testing.T) {
-	q := newExpiryQueue()
-	q.Push("a", at(1))
-	q.Push("b", at(2))
-	q.Push("a", at(3))
+	q := newTestQueue()
+	q.push("a", at(1))
+	q.push("b", at(2))
+	q.push("a", at(3))
 	checkHeap(t, q)
 	if q.Len() != 2 {
 		t.Fatalf("Len = %d, want 2", q.Len())
 	}
-	if got := ids(q.PopDue(at(10), 10)); !slices.Equal(got, []string{"b", "a"}) {
+	if got := ids(q.popDue(at(10), 10)); !slices.Equal(got, []string{"b", "a"}) {
 		t.Errorf("order = %v", got)
 	}
 }
@@ -142,18 +198,18 @@ func TestQueueRemove(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			q := newExpiryQueue()
+			q := newTestQueue()
 			for _, id := range []string{"e", "c", "a", "d", "b"} {
-				q.Push(id, at(int(id[0]-'a')))
+				q.push(id, at(int(id[0]-'a')))
 			}
 			for _, id := range tt.remove {
-				q.Remove(id)
+				q.remove(id)
 				checkHeap(t, q)
-				if _, ok := q.At(id); ok {
+				if _, ok := q.at(id); ok {
 					t.Fatalf("%s still queued after Remove", id)
 				}
 			}
-			if got := ids(q.PopDue(at(1000), 10)); !slices.Equal(got, tt.want) {
+			if got := ids(q.popDue(at(1000), 10)); !slices.Equal(got, tt.want) {
 				t.Errorf("order = %v, want %v", got, tt.want)
 			}
 		})
@@ -177,11 +233,11 @@ func TestQueuePopDue(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			q := newExpiryQueue()
+			q := newTestQueue()
 			for i, id := range []string{"a", "b", "c", "d", "e"} {
-				q.Push(id, at(i+1))
+				q.push(id, at(i+1))
 			}
-			if got := ids(q.PopDue(tt.now, tt.max)); !slices.Equal(got, tt.want) {
+			if got := ids(q.popDue(tt.now, tt.max)); !slices.Equal(got, tt.want) {
 				t.Errorf("PopDue = %v, want %v", got, tt.want)
 			}
 			checkHeap(t, q)
@@ -189,9 +245,54 @@ func TestQueuePopDue(t *testing.T) {
 				t.Errorf("Len = %d, want %d", q.Len(), tt.left)
 			}
 			for _, id := range tt.want {
-				if _, ok := q.At(id); ok {
+				if _, ok := q.at(id); ok {
 					t.Errorf("%s still queued after PopDue", id)
 				}
+			}
+		})
+	}
+}
+
+// TestQueuePushAll is Load's path: restored entries queued at once, into
+// an empty queue or beside leases queued meanwhile (DeferLoad).
+func TestQueuePushAll(t *testing.T) {
+	tests := []struct {
+		name     string
+		queued   []queued // pushed one by one first
+		restored []queued
+		want     []string
+	}{
+		{name: "empty", want: nil},
+		{name: "into empty", restored: []queued{{"c", at(3)}, {"a", at(1)}, {"b", at(2)}}, want: []string{"a", "b", "c"}},
+		{name: "nothing restored", queued: []queued{{"b", at(2)}, {"a", at(1)}}, want: []string{"a", "b"}},
+		{
+			name:     "beside queued",
+			queued:   []queued{{"x", at(2)}, {"y", at(5)}},
+			restored: []queued{{"c", at(3)}, {"a", at(1)}, {"b", at(6)}, {"d", at(5)}},
+			want:     []string{"a", "x", "c", "d", "y", "b"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := newTestQueue()
+			for _, p := range tt.queued {
+				q.push(p.id, p.at)
+			}
+			var es []*entry
+			for _, p := range tt.restored {
+				e := q.entry(p.id)
+				e.due = nanos(p.at)
+				es = append(es, e)
+			}
+			q.pushAll(es)
+			checkHeap(t, q)
+			for _, p := range tt.restored {
+				if got, ok := q.at(p.id); !ok || !got.Equal(p.at) {
+					t.Errorf("At(%s) = %v, %v; want %v", p.id, got, ok, p.at)
+				}
+			}
+			if got := ids(q.popDue(at(1000), 100)); !slices.Equal(got, tt.want) {
+				t.Errorf("order = %v, want %v", got, tt.want)
 			}
 		})
 	}
@@ -201,21 +302,21 @@ func TestQueuePopDue(t *testing.T) {
 // operations.
 func TestQueueRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	q := newExpiryQueue()
+	q := newTestQueue()
 	ref := map[string]time.Time{}
 	for step := 0; step < 5000; step++ {
 		id := strconv.Itoa(r.IntN(200))
 		switch op := r.IntN(10); {
 		case op < 5:
 			ts := at(r.IntN(1000))
-			q.Push(id, ts)
+			q.push(id, ts)
 			ref[id] = ts
 		case op < 7:
-			q.Remove(id)
+			q.remove(id)
 			delete(ref, id)
 		default:
 			now := at(r.IntN(1000))
-			for _, p := range q.PopDue(now, r.IntN(5)) {
+			for _, p := range q.popDue(now, r.IntN(5)) {
 				want, ok := ref[p.id]
 				if !ok || !want.Equal(p.at) || p.at.After(now) {
 					t.Fatalf("step %d: popped %v, ref %v %v, now %v", step, p, want, ok, now)
@@ -229,7 +330,7 @@ func TestQueueRandom(t *testing.T) {
 		if q.Len() != len(ref) {
 			t.Fatalf("step %d: Len %d, ref %d", step, q.Len(), len(ref))
 		}
-		if first, ok := q.Peek(); ok {
+		if first, ok := q.peek(); ok {
 			for id, ts := range ref {
 				if ts.Before(first.at) {
 					t.Fatalf("step %d: Peek %v but %s is due at %v", step, first, id, ts)
@@ -242,32 +343,32 @@ func TestQueueRandom(t *testing.T) {
 const benchSize = 1_000_000
 
 // benchQueue returns a queue of benchSize entries at random times within a
-// day, and their ids.
-func benchQueue(b *testing.B) (*expiryQueue, []string) {
+// day, and the entries.
+func benchQueue(b *testing.B) (*expiryQueue, []*entry) {
 	b.Helper()
 	r := rand.New(rand.NewPCG(3, 4))
 	q := newExpiryQueue()
-	keys := make([]string, benchSize)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("%032x", i)
-		q.Push(keys[i], t0.Add(time.Duration(r.Int64N(int64(24*time.Hour)))))
+	es := make([]*entry, benchSize)
+	for i := range es {
+		es[i] = newEntry(Lease{ID: fmt.Sprintf("%032x", i)})
+		q.Push(es[i], t0.Add(time.Duration(r.Int64N(int64(24*time.Hour)))))
 	}
-	return q, keys
+	return q, es
 }
 
 func BenchmarkQueuePush(b *testing.B) {
 	q, _ := benchQueue(b)
 	r := rand.New(rand.NewPCG(5, 6))
-	keys := make([]string, b.N)
+	es := make([]*entry, b.N)
 	times := make([]time.Time, b.N)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("n%031x", i)
+	for i := range es {
+		es[i] = newEntry(Lease{ID: fmt.Sprintf("n%031x", i)})
 		times[i] = t0.Add(time.Duration(r.Int64N(int64(24 * time.Hour))))
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		q.Push(keys[i], times[i])
+		q.Push(es[i], times[i])
 	}
 }
 
@@ -276,7 +377,7 @@ func BenchmarkQueuePop(b *testing.B) {
 	// Add b.N more so the queue holds at least benchSize throughout.
 	r := rand.New(rand.NewPCG(7, 8))
 	for i := 0; i < b.N; i++ {
-		q.Push(fmt.Sprintf("n%031x", i), t0.Add(time.Duration(r.Int64N(int64(24*time.Hour)))))
+		q.Push(newEntry(Lease{ID: fmt.Sprintf("n%031x", i)}), t0.Add(time.Duration(r.Int64N(int64(24*time.Hour)))))
 	}
 	end := t0.Add(48 * time.Hour)
 	b.ReportAllocs()
@@ -289,14 +390,14 @@ func BenchmarkQueuePop(b *testing.B) {
 }
 
 func BenchmarkQueueFix(b *testing.B) {
-	q, keys := benchQueue(b)
+	q, es := benchQueue(b)
 	r := rand.New(rand.NewPCG(9, 10))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// A renewal: some lease moves later by up to an hour.
-		id := keys[r.IntN(len(keys))]
-		cur, _ := q.At(id)
-		q.Update(id, cur.Add(time.Duration(r.Int64N(int64(time.Hour)))))
+		e := es[r.IntN(len(es))]
+		cur, _ := q.At(e)
+		q.Update(e, cur.Add(time.Duration(r.Int64N(int64(time.Hour)))))
 	}
 }

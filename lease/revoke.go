@@ -57,7 +57,7 @@ func (m *Manager) Revoke(ctx context.Context, id string) (Lease, error) {
 		switch {
 		case e.gone:
 			err = ErrNotFound
-		case e.lease.State == StateCreating:
+		case e.state == StateCreating:
 			err = fmt.Errorf("lease: revoke %s: still being created: %w", id, ErrWrongState)
 		default:
 			l, err = m.revokeLocked(ctx, e, false)
@@ -96,7 +96,7 @@ func (m *Manager) Abort(ctx context.Context, id string, cause error) error {
 		return err
 	}
 	defer e.unlock()
-	attrs := leaseAttrs(e.lease)
+	attrs := leaseAttrs(e.lease())
 	if cause != nil {
 		attrs = append(attrs, slog.String("cause", cause.Error()))
 	}
@@ -115,7 +115,7 @@ func (m *Manager) Discard(ctx context.Context, id string) error {
 		return err
 	}
 	defer e.unlock()
-	if e.lease.State != StateCreating {
+	if e.state != StateCreating {
 		return fmt.Errorf("lease: discard %s: %w", id, ErrWrongState)
 	}
 	if err := m.cfg.Store.Delete(context.WithoutCancel(ctx), id); err != nil {
@@ -134,9 +134,9 @@ func (m *Manager) Discard(ctx context.Context, id string) error {
 // lease is gone and the final lease is returned; on failure it is REVOKING,
 // queued for a retry, and returned with the error.
 func (m *Manager) revokeLocked(ctx context.Context, e *entry, expired bool) (Lease, error) {
-	l := e.lease.clone()
+	l := e.lease()
 	m.mu.Lock()
-	m.queue.Remove(l.ID)
+	m.queue.Remove(e)
 	m.mu.Unlock()
 
 	if l.State != StateRevoking || (expired && !l.Expired) {
@@ -198,8 +198,8 @@ func (m *Manager) retryLater(ctx context.Context, e *entry, l Lease, lastError s
 	}
 	at := m.now().Add(backoff(l.Attempts, m.cfg.BackoffBase, m.cfg.BackoffMax))
 	m.mu.Lock()
-	e.lease = l
-	m.scheduleLocked(l.ID, at)
+	e.set(l)
+	m.scheduleLocked(e, at)
 	m.mu.Unlock()
 	return l.clone(), err
 }
