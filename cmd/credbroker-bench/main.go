@@ -57,6 +57,8 @@ type sizes struct {
 	liveGrantMax        int
 	liveBudget          time.Duration // per template, issuing
 	liveIters           int           // scram_iterations of the live-per-role broker
+	stormConc           int           // revocation.concurrency of the storm
+	stormRate           float64       // revocation.rate_per_second of the storm
 }
 
 func defaultSizes(scale float64) sizes {
@@ -72,6 +74,8 @@ func defaultSizes(scale float64) sizes {
 		liveGrantMax: 10_000, // stops at PostgreSQL's wall, whatever the scale
 		liveBudget:   time.Duration(float64(liveBudget) * scale),
 		liveIters:    liveScramIterations,
+		stormConc:    stormConcurrency,
+		stormRate:    stormRate,
 	}
 }
 
@@ -128,6 +132,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	liveN := fs.Int("live-n", 0, "live-per-role group target (default 100,000 × scale)")
 	liveIters := fs.Int("live-scram-iterations", liveScramIterations, "scram_iterations of the live-per-role broker (4096 is the broker's default)")
+	stormConc := fs.Int("storm-concurrency", stormConcurrency, "revocation.concurrency of the expiry-storm broker")
+	stormRt := fs.Float64("storm-rate", stormRate, "revocation.rate_per_second of the expiry-storm broker")
 	liveFor := fs.Duration("live-budget", 0, "time allowed to issue each live-per-role run (default 200s × scale); raise it to reach -live-n on a slow machine")
 	dir := fs.String("dir", "", "scratch directory (default: a new temporary one, removed at the end)")
 	if err := fs.Parse(args); err != nil {
@@ -174,6 +180,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		sz.liveGroup = *liveN
 	}
 	sz.liveIters = *liveIters
+	sz.stormConc, sz.stormRate = *stormConc, *stormRt
 	if *liveFor > 0 {
 		sz.liveBudget = *liveFor
 	}

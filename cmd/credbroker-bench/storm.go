@@ -57,7 +57,7 @@ func (r *runner) storm(ctx context.Context) error {
 	clock.freeze(t0)
 	b, err := r.pg.startBroker(ctx, brokerOptions{
 		Dir: r.tmpDir(), Prefix: brokerPrefix, MaxConns: 32, Now: clock.Now,
-		RevokeConcurrency: stormConcurrency, RevokeRate: stormRate,
+		RevokeConcurrency: r.sizes.stormConc, RevokeRate: r.sizes.stormRate,
 	})
 	if err != nil {
 		return err
@@ -117,12 +117,12 @@ func (r *runner) storm(ctx context.Context) error {
 		return err
 	}
 
-	row := Row{Scenario: "expiry-storm", Template: "group", N: n, Concurrency: stormConcurrency}
+	row := Row{Scenario: "expiry-storm", Template: "group", N: n, Concurrency: r.sizes.stormConc}
 	row.WallS = round2(took.Seconds())
 	row.OpsPerS = round2(float64(n-left) / took.Seconds())
 	row.Extra = map[string]float64{"all_gone_s": round2(took.Seconds()), "left": float64(left), "setup_issue_per_s": round2(float64(n) / setup.wall.Seconds())}
-	row.Notes = fmt.Sprintf("%d leases expiring within one second; all users gone from pg_roles after %.1f s (target ≤ 30 s); revocation.concurrency %d, rate_per_second %d",
-		n, took.Seconds(), stormConcurrency, stormRate)
+	row.Notes = fmt.Sprintf("%d leases expiring within one second; all users gone from pg_roles after %.1f s (target ≤ 30 s); revocation.concurrency %d, rate_per_second %g",
+		n, took.Seconds(), r.sizes.stormConc, r.sizes.stormRate)
 	if left > 0 {
 		row.Errors = left
 		row.Notes += fmt.Sprintf("; %d still present after 3 minutes", left)
