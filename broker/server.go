@@ -157,16 +157,25 @@ func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		State:                lease.StateCreating,
 		RevocationStatements: role.RevocationStatements,
 	}
-	if err := s.leases.Begin(ctx, l); err != nil {
-		return lease.Lease{}, nil, err
-	}
-	failpoint.Hit("issue-after-intent")
+	// The CREATING record is written while the plugin prepares the user;
+	// the plugin waits for it before the user can exist (before COMMIT on
+	// PostgreSQL), so the record's fsync and the database's work overlap.
+	in := startIntent(func() error { return s.leases.Begin(ctx, l) })
 	err = db.NewUser(ctx, plugins.NewUserRequest{
 		Username:   username,
 		Password:   password,
 		Expiration: l.ExpireTime,
 		Statements: role.CreationStatements,
+		Intent:     in.wait,
 	})
+	if ierr := in.result(); ierr != nil {
+		if err == nil {
+			// The plugin broke its contract and created a user no record
+			// backs: it must not outlive this call.
+			s.dropUnrecorded(ctx, db, username)
+		}
+		return lease.Lease{}, nil, ierr
+	}
 	if errors.Is(err, plugins.ErrNotCreated) {
 		// Nothing exists on the server: forget the intent, leave nothing.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -200,6 +209,50 @@ func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		DbName:   d.DBName,
 		Dsn:      d.dsn(username, password),
 	}, nil
+}
+
+// intent is the CREATING record of one issuance, written in the background
+// while the plugin works (plugins.NewUserRequest.Intent).
+type intent struct {
+	done chan struct{}
+	err  error // valid once done is closed
+}
+
+func startIntent(begin func() error) *intent {
+	in := &intent{done: make(chan struct{})}
+	go func() {
+		defer close(in.done)
+		if in.err = begin(); in.err == nil {
+			failpoint.Hit("issue-after-intent")
+		}
+	}()
+	return in
+}
+
+// wait is NewUserRequest.Intent: nil once the record is durable.
+func (in *intent) wait(ctx context.Context) error {
+	select {
+	case <-in.done:
+		return in.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// result waits for the write to end, whatever became of the request, so
+// that the issuance knows whether a record exists to clean up.
+func (in *intent) result() error {
+	<-in.done
+	return in.err
+}
+
+// dropUnrecorded removes a user created without its record (a plugin that
+// did not wait for NewUserRequest.Intent).
+func (s *Server) dropUnrecorded(ctx context.Context, db plugins.Database, username string) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := db.DeleteUser(dctx, plugins.DeleteUserRequest{Username: username})
+	s.log.Error("plugin created a user before its lease record was durable; dropped it", "username", username, "dropped", err == nil)
 }
 
 // ownLease returns the caller's lease; someone else's is reported as absent

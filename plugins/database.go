@@ -62,6 +62,14 @@ type NewUserRequest struct {
 	// Statements are the role's creation statements with {{name}},
 	// {{password}} and {{expiration}} placeholders (see Template).
 	Statements []string
+	// Intent, if set, waits until the broker's record of this user is
+	// durable (and may be called more than once). The plugin must call it,
+	// and get nil, before the user can exist: before COMMIT where DDL is
+	// transactional (PostgreSQL), before the first statement where it is
+	// not (MySQL). If it returns an error the plugin creates nothing and
+	// returns an error wrapping ErrNotCreated. The broker writes the record
+	// while the plugin works, so the two overlap instead of adding up.
+	Intent func(ctx context.Context) error
 }
 
 // UpdateUserRequest moves a user's expiry.

@@ -27,7 +27,7 @@ var issueModes = []struct {
 	Name   string
 	Conc   int
 	Rounds int
-}{{"seq", 1, 3}, {"c8", 8, 2}, {"c32", 32, 2}}
+}{{"seq", 1, 4}, {"c8", 8, 4}, {"c32", 32, 4}}
 
 // Two workload identities split the broker's leases into two halves that
 // RevokeLeases can revoke one after the other (see issueAndRevoke).
@@ -39,8 +39,9 @@ var halfIDs = [2]spiffeid.ID{
 // issueAndRevoke measures, for one template, floor-issue and broker-issue
 // at each concurrency, then floor-revoke and broker-revoke of everything
 // issued. The machine is shared and noisy, so floor and broker alternate
-// in rounds (floor, broker, floor, broker, …) and each side's figures are
-// taken over all its rounds: drift hits both alike.
+// in rounds, in ABBA order (floor, broker, broker, floor, …: a drift that
+// grows through the run, such as pg_roles filling up, costs both sides
+// alike), and each side's figures are taken over all its rounds.
 func (r *runner) issueAndRevoke(ctx context.Context, tmpl string) error {
 	stmts := floorStmts(tmpl)
 
@@ -72,20 +73,31 @@ func (r *runner) issueAndRevoke(ctx context.Context, tmpl string) error {
 			if round == m.Rounds-1 {
 				per = n - per*(m.Rounds-1)
 			}
-			fl.merge(runLoad(ctx, per, m.Conc, func(ctx context.Context, _, i int) error {
-				name := newUsername(floorPrefix, tmpl)
-				if err := f.create(ctx, name, time.Now().Add(issueTTL), stmts); err != nil {
+			runFloor := func() {
+				fl.merge(runLoad(ctx, per, m.Conc, func(ctx context.Context, _, i int) error {
+					name := newUsername(floorPrefix, tmpl)
+					if err := f.create(ctx, name, time.Now().Add(issueTTL), stmts); err != nil {
+						return err
+					}
+					mu.Lock()
+					names[i%2] = append(names[i%2], name)
+					mu.Unlock()
+					return nil
+				}))
+			}
+			runBroker := func() {
+				br.merge(runLoad(ctx, per, m.Conc, func(ctx context.Context, w, i int) error {
+					_, err := clients[i%2][w].IssueCredential(ctx, issueReq(tmpl, issueTTL))
 					return err
-				}
-				mu.Lock()
-				names[i%2] = append(names[i%2], name)
-				mu.Unlock()
-				return nil
-			}))
-			br.merge(runLoad(ctx, per, m.Conc, func(ctx context.Context, w, i int) error {
-				_, err := clients[i%2][w].IssueCredential(ctx, issueReq(tmpl, issueTTL))
-				return err
-			}))
+				}))
+			}
+			if round%2 == 0 {
+				runFloor()
+				runBroker()
+			} else {
+				runBroker()
+				runFloor()
+			}
 		}
 		pool.Close()
 		brokerIssued += len(br.lat)

@@ -118,6 +118,14 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 		failure = statementFailure("creating the marker role", failure)
 		return notCreated{wrap(ctx, op, failure, unavailable(failure))}
 	}
+	// CREATE USER commits at once (DDL is not transactional here): the
+	// broker's record of the user must be durable before it is sent.
+	if req.Intent != nil {
+		if err := req.Intent(ctx); err != nil {
+			_ = conn.Close()
+			return notCreated{fmt.Errorf("mysql: %s: %w", op, err)}
+		}
+	}
 	failure = db.runCreation(ctx, conn, stmts, acct, hash, req.Password)
 	// Back to the pool (a broken one is discarded) before the cleanup
 	// below, which needs a connection of its own: with a pool of one it

@@ -39,6 +39,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("ListUsers", s.testListUsers)
 	t.Run("InvalidUsernameRefused", s.testInvalidUsernameRefused)
 	t.Run("FailingStatementLeavesNoUser", s.testFailingStatementLeavesNoUser)
+	t.Run("IntentGatesCreation", s.testIntentGatesCreation)
 	t.Run("ConcurrentIssuance", s.testConcurrentIssuance)
 }
 
@@ -436,6 +437,51 @@ func (s *suite) testInvalidUsernameRefused(t *testing.T) {
 	if err == nil || errors.Is(err, plugins.ErrInvalidUsername) {
 		t.Errorf("DeleteUser(%q) on a closed plugin = %v, want a connection error", valid, err)
 	}
+}
+
+// testIntentGatesCreation: the user must not exist before
+// NewUserRequest.Intent returns nil, and a failing Intent leaves nothing.
+func (s *suite) testIntentGatesCreation(t *testing.T) {
+	ctx := testContext(t)
+	t.Run("waits", func(t *testing.T) {
+		u := s.newCredentials(t, "intent")
+		calls := 0
+		err := s.db.NewUser(ctx, plugins.NewUserRequest{
+			Username: u.name, Password: u.password, Expiration: expiry(time.Hour), Statements: s.h.CreationStatements,
+			Intent: func(context.Context) error {
+				calls++
+				if s.exists(ctx, t, u.name) {
+					t.Errorf("user %s exists (visible to others) before Intent returned", u.name)
+				}
+				return nil
+			},
+		})
+		if err != nil {
+			t.Fatalf("NewUser: %s", scrub(err, u.password))
+		}
+		if calls == 0 {
+			t.Fatal("NewUser never called Intent")
+		}
+		if !s.exists(ctx, t, u.name) {
+			t.Fatalf("user %s absent after NewUser", u.name)
+		}
+		s.login(ctx, t, u)
+	})
+	t.Run("refused", func(t *testing.T) {
+		u := s.newCredentials(t, "intent")
+		refusal := errors.New("lease store unavailable")
+		err := s.db.NewUser(ctx, plugins.NewUserRequest{
+			Username: u.name, Password: u.password, Expiration: expiry(time.Hour), Statements: s.h.CreationStatements,
+			Intent: func(context.Context) error { return refusal },
+		})
+		if !errors.Is(err, plugins.ErrNotCreated) {
+			t.Errorf("NewUser with a failing Intent = %v, want plugins.ErrNotCreated", scrub(err, u.password))
+		}
+		if s.exists(ctx, t, u.name) {
+			t.Errorf("user %s exists although Intent failed", u.name)
+		}
+		s.mustNotLogin(ctx, t, u.name, u.password, "Intent failed")
+	})
 }
 
 func (s *suite) testFailingStatementLeavesNoUser(t *testing.T) {

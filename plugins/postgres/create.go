@@ -77,6 +77,13 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 				return statementFailure(i, len(req.Statements), err, verifier)
 			}
 		}
+		// The role exists once this transaction commits: not before the
+		// broker's record of it is durable.
+		if req.Intent != nil {
+			if err := req.Intent(ctx); err != nil {
+				return intentError{err}
+			}
+		}
 		return nil
 	})
 	if err == nil {
@@ -106,6 +113,12 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	}
 	return fmt.Errorf("postgres: %s: %w", op, err)
 }
+
+// intentError is the broker's refusal to let the user exist
+// (NewUserRequest.Intent): never retried.
+type intentError struct{ error }
+
+func (e intentError) Unwrap() error { return e.error }
 
 // notCreated marks err with plugins.ErrNotCreated, keeping its chain.
 type notCreated struct{ error }
