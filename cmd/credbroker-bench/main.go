@@ -65,8 +65,8 @@ func defaultSizes(scale float64) sizes {
 	s := func(n int) int { return max(1, int(float64(n)*scale)) }
 	return sizes{
 		scale:        scale,
-		issueSeq:     s(400),
-		issueConc:    s(1600),
+		issueSeq:     s(300),
+		issueConc:    s(1000), // per side ≤ 2,300 users: under the per-user GRANT wall (live-per-role)
 		restore:      s(1_000_000),
 		storm:        s(10_000),
 		stormProbe:   s(400),
