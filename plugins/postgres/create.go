@@ -65,10 +65,29 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 		"COMMENT ON ROLE "+quoteIdent(name)+" IS "+marker,
 	)
 
+	// The role exists once the transaction commits: not before the broker's
+	// record of it is durable (req.Intent). That wait overlaps the template;
+	// it comes before COMMIT, or before the ACL lock if the template takes
+	// it, so that no other issuance queues behind a wait for this one's
+	// record.
+	intentDone := req.Intent == nil
+	awaitIntent := func() error {
+		if intentDone {
+			return nil
+		}
+		if err := req.Intent(ctx); err != nil {
+			return intentError{err}
+		}
+		intentDone = true
+		return nil
+	}
 	attempts, err := db.inTx(ctx, func(tx pgx.Tx) error {
 		lock := aclLock{tx: tx}
 		for i, s := range stmts {
 			if i < len(req.Statements) && objectGrantRE.MatchString(req.Statements[i]) {
+				if err := awaitIntent(); err != nil {
+					return err
+				}
 				if err := lock.take(ctx); err != nil {
 					return err
 				}
@@ -77,14 +96,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 				return statementFailure(i, len(req.Statements), err, verifier)
 			}
 		}
-		// The role exists once this transaction commits: not before the
-		// broker's record of it is durable.
-		if req.Intent != nil {
-			if err := req.Intent(ctx); err != nil {
-				return intentError{err}
-			}
-		}
-		return nil
+		return awaitIntent()
 	})
 	if err == nil {
 		return nil
