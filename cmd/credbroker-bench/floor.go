@@ -128,8 +128,8 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 }
 
 // drop is DeleteUser's fixed sequence for one user: marker check, NOLOGIN,
-// end sessions (polled until none), then one transaction with REASSIGN
-// OWNED, DROP OWNED and DROP ROLE (the advisory lock first when the user
+// end sessions (polled until none), then one transaction with GRANT … TO
+// CURRENT_USER, REASSIGN OWNED, DROP OWNED and DROP ROLE (the advisory lock first when the user
 // holds object privileges).
 func (f *floor) drop(ctx context.Context, name string, revoke []string) error {
 	var marker *string
@@ -162,7 +162,7 @@ func (f *floor) drop(ctx context.Context, name string, revoke []string) error {
 		delay = min(2*delay, 100*time.Millisecond)
 	}
 	values := map[string]string{plugins.PlaceholderName: ident}
-	stmts := make([]string, 0, len(revoke)+3)
+	stmts := make([]string, 0, len(revoke)+4)
 	for _, s := range revoke {
 		r, err := plugins.Render(s, values)
 		if err != nil {
@@ -171,6 +171,7 @@ func (f *floor) drop(ctx context.Context, name string, revoke []string) error {
 		stmts = append(stmts, r)
 	}
 	stmts = append(stmts,
+		"GRANT "+ident+" TO CURRENT_USER",
 		"REASSIGN OWNED BY "+ident+" TO CURRENT_USER",
 		"DROP OWNED BY "+ident,
 		"DROP ROLE IF EXISTS "+ident,

@@ -19,7 +19,8 @@ import (
 //	ALTER ROLE a NOLOGIN; ALTER ROLE b NOLOGIN; …        (one round trip)
 //	terminate backends WHERE usename = ANY($1), polled until none
 //	BEGIN; [advisory lock]; revocation statements of each;
-//	REASSIGN OWNED BY a, b, … TO CURRENT_USER; DROP OWNED BY a, b, …;
+//	GRANT a, b, … TO CURRENT_USER; REASSIGN OWNED BY a, b, … TO CURRENT_USER;
+//	DROP OWNED BY a, b, …;
 //	DROP ROLE IF EXISTS a, b, …; COMMIT
 //
 // A lone call never waits: it runs the one-user sequence (deleteOne) at
@@ -257,6 +258,7 @@ func (db *DB) deleteBatch(ctx context.Context, calls []*dropCall) {
 			}
 		}
 		for _, s := range []string{
+			"GRANT " + list + " TO CURRENT_USER", // see DeleteUser
 			"REASSIGN OWNED BY " + list + " TO CURRENT_USER",
 			"DROP OWNED BY " + list,
 			"DROP ROLE IF EXISTS " + list,

@@ -75,6 +75,9 @@ func (db *DB) deleteOne(ctx context.Context, c *dropCall) error {
 	}
 
 	stmts := append(slices.Clip(revoke),
+		// REASSIGN/DROP OWNED need the privileges of the role; an admin
+		// that is not a superuser takes them for the rest of its life.
+		"GRANT "+ident+" TO CURRENT_USER",
 		"REASSIGN OWNED BY "+ident+" TO CURRENT_USER",
 		"DROP OWNED BY "+ident,
 		"DROP ROLE IF EXISTS "+ident,

@@ -198,6 +198,63 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestConformanceNonSuperuserAdmin runs the whole suite as the admin
+// docs/config.md asks for, which is not a superuser: CREATEROLE, membership
+// of pg_signal_backend, ADMIN OPTION on the group role, and the grant option
+// on the table granted per user.
+func TestConformanceNonSuperuserAdmin(t *testing.T) {
+	f := setup(t)
+	ctx := t.Context()
+	name := f.group[:len(f.group)-len("_readers")] + "_admin"
+	pw, err := plugins.GeneratePassword()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, g := pgx.Identifier{name}.Sanitize(), pgx.Identifier{f.group}.Sanitize()
+	f.exec(t, `CREATE ROLE `+a+` LOGIN CREATEROLE PASSWORD '`+pw+`';
+		GRANT pg_signal_backend TO `+a+`;
+		GRANT `+g+` TO `+a+` WITH ADMIN OPTION;
+		GRANT SELECT ON `+f.table("allowed_t")+` TO `+a+` WITH GRANT OPTION`)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		// Objects reassigned to the admin go with it.
+		if _, err := f.admin.Exec(ctx, "DROP OWNED BY "+a+"; DROP ROLE "+a); err != nil {
+			t.Errorf("drop admin: %v", err)
+		}
+	})
+	var super bool
+	if err := f.admin.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = $1", name).Scan(&super); err != nil || super {
+		t.Fatalf("admin %s: superuser %v, %v", name, super, err)
+	}
+	c := f.config(t)
+	c.Username, c.Password = name, pw
+	pluginstest.Run(t, pluginstest.Harness{
+		New: func(t *testing.T) plugins.Database {
+			db, err := postgres.New(t.Context(), c)
+			if err != nil {
+				t.Fatalf("postgres.New as %s: %v", name, err)
+			}
+			return db
+		},
+		CreationStatements:     f.groupTemplate(),
+		PerUserGrantStatements: f.perUserGrantTemplate(),
+		Login:                  f.login,
+		AllowedQuery:           "SELECT * FROM " + f.table("allowed_t"),
+		ForbiddenQuery:         "SELECT * FROM " + f.table("forbidden_t"),
+		ServerExpiry:           f.validUntil,
+		CreateOwnedObject: func(ctx context.Context, s pluginstest.Session) error {
+			return s.Exec(ctx, "CREATE TABLE "+f.table("owned_"+randomSuffix(t))+" (id int)")
+		},
+		UserExists: f.userExists,
+		SessionCount: func(ctx context.Context, username string) (int, error) {
+			var n int
+			err := f.admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", username).Scan(&n)
+			return n, err
+		},
+	})
+}
+
 // create makes a user with the given template and returns its password.
 func create(t *testing.T, db *postgres.DB, name string, exp time.Time, stmts []string) string {
 	t.Helper()
