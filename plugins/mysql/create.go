@@ -3,6 +3,7 @@ package mysql
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"time"
 
@@ -159,7 +160,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 // ever listed once the template is through.
 func (db *DB) runCreation(ctx context.Context, conn querier, stmts []string, acct string, secrets ...string) error {
 	for i, s := range stmts {
-		if _, err := conn.ExecContext(ctx, s); err != nil {
+		if err := execRetryingDeadlocks(ctx, conn, s); err != nil {
 			return statementFailure(fmt.Sprintf("creation statement %d", i+1), err, secrets...)
 		}
 	}
@@ -168,7 +169,7 @@ func (db *DB) runCreation(ctx context.Context, conn querier, stmts []string, acc
 		return err
 	}
 	for attempt := 1; ; attempt++ {
-		_, err := conn.ExecContext(ctx, "GRANT "+role+" TO "+acct)
+		err := execRetryingDeadlocks(ctx, conn, "GRANT "+role+" TO "+acct)
 		if n := errNumber(err); (n == erInvalidRole || n == erUnknownAuthID) && attempt == 1 {
 			// The role was dropped since it was made: make it again.
 			db.forgetMarker()
@@ -181,6 +182,34 @@ func (db *DB) runCreation(ctx context.Context, conn querier, stmts []string, acc
 			return statementFailure("granting the marker role", err, secrets...)
 		}
 		return nil
+	}
+}
+
+// Deadlock retries: the server rolls back only the statement it picked as
+// the victim (each DDL statement commits on its own), so sending it again
+// is safe. Lock wait timeouts are not retried: they have already spent the
+// server's whole wait.
+const (
+	deadlockAttempts  = 5
+	deadlockBaseDelay = 10 * time.Millisecond
+)
+
+// execRetryingDeadlocks runs one statement, again after a deadlock.
+func execRetryingDeadlocks(ctx context.Context, conn querier, stmt string) error {
+	delay := deadlockBaseDelay
+	for attempt := 1; ; attempt++ {
+		_, err := conn.ExecContext(ctx, stmt)
+		if errNumber(err) != erLockDeadlock || attempt == deadlockAttempts {
+			return err
+		}
+		t := time.NewTimer(delay + rand.N(delay))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		delay *= 2
 	}
 }
 

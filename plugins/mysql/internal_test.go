@@ -1,9 +1,15 @@
 package mysql
 
 import (
+	"context"
+	"database/sql"
+	"errors"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	mysqldrv "github.com/go-sql-driver/mysql"
 )
 
 func TestNativeHash(t *testing.T) {
@@ -136,5 +142,52 @@ func TestTLSFromSSLMode(t *testing.T) {
 	}
 	if _, err := TLSFromSSLMode("sometimes"); err == nil {
 		t.Error("TLSFromSSLMode accepted an unknown mode")
+	}
+}
+
+// scriptedExec answers ExecContext with the errors it holds, in order, then
+// success; it only counts calls (the retry policy, not a database
+// behaviour, is under test here).
+type scriptedExec struct {
+	errs  []error
+	calls int
+}
+
+func (s *scriptedExec) ExecContext(context.Context, string, ...any) (sql.Result, error) {
+	s.calls++
+	if len(s.errs) > 0 {
+		err := s.errs[0]
+		s.errs = s.errs[1:]
+		return nil, err
+	}
+	return nil, nil
+}
+
+func (s *scriptedExec) QueryContext(context.Context, string, ...any) (*sql.Rows, error) {
+	return nil, errors.New("not scripted")
+}
+
+func TestExecRetryingDeadlocks(t *testing.T) {
+	deadlock := &mysqldrv.MySQLError{Number: erLockDeadlock, Message: "Deadlock found"}
+	lockWait := &mysqldrv.MySQLError{Number: erLockWaitTimeout, Message: "Lock wait timeout exceeded"}
+	ctx := context.Background()
+
+	q := &scriptedExec{errs: []error{deadlock, deadlock}}
+	if err := execRetryingDeadlocks(ctx, q, "GRANT x TO y"); err != nil || q.calls != 3 {
+		t.Errorf("two deadlocks then success: err %v after %d calls, want nil after 3", err, q.calls)
+	}
+	q = &scriptedExec{errs: slices.Repeat([]error{deadlock}, deadlockAttempts+1)}
+	if err := execRetryingDeadlocks(ctx, q, "GRANT x TO y"); errNumber(err) != erLockDeadlock || q.calls != deadlockAttempts {
+		t.Errorf("endless deadlocks: err %v after %d calls, want the deadlock after %d", err, q.calls, deadlockAttempts)
+	}
+	q = &scriptedExec{errs: []error{lockWait}}
+	if err := execRetryingDeadlocks(ctx, q, "GRANT x TO y"); errNumber(err) != erLockWaitTimeout || q.calls != 1 {
+		t.Errorf("lock wait timeout: err %v after %d calls, want it at once", err, q.calls)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	q = &scriptedExec{errs: []error{deadlock, deadlock}}
+	if err := execRetryingDeadlocks(cancelled, q, "GRANT x TO y"); err == nil || q.calls != 1 {
+		t.Errorf("cancelled: err %v after %d calls, want the deadlock at once", err, q.calls)
 	}
 }
