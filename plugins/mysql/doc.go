@@ -21,7 +21,9 @@
 // the failing statement's outcome is known (the server answered it). After
 // a connection lost mid-statement or a cancelled call the server may still
 // complete the statement, so the error is left unmarked and the broker keeps
-// revoking the user until the server confirms it is gone.
+// revoking the user until the server confirms it is gone. A statement the
+// server rolls back as a deadlock victim is sent again (up to 5 times)
+// before it counts as failed.
 //
 // # Why a hash and not the password
 //
