@@ -172,11 +172,17 @@ func (f *fixture) userExists(ctx context.Context, username string) (bool, error)
 
 func TestConformance(t *testing.T) {
 	f := setup(t)
-	pluginstest.Run(t, pluginstest.Harness{
+	pluginstest.Run(t, f.harness(t, f.config(t)))
+}
+
+// harness is the conformance suite's view of the fixture, with the plugin
+// connecting as c says.
+func (f *fixture) harness(t *testing.T, c postgres.Config) pluginstest.Harness {
+	return pluginstest.Harness{
 		New: func(t *testing.T) plugins.Database {
-			db, err := postgres.New(t.Context(), f.config(t))
+			db, err := postgres.New(t.Context(), c)
 			if err != nil {
-				t.Fatalf("postgres.New: %v", err)
+				t.Fatalf("postgres.New as %s: %v", c.Username, err)
 			}
 			return db
 		},
@@ -195,7 +201,7 @@ func TestConformance(t *testing.T) {
 			err := f.admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", username).Scan(&n)
 			return n, err
 		},
-	})
+	}
 }
 
 // TestConformanceNonSuperuserAdmin runs the whole suite as the admin
@@ -229,30 +235,7 @@ func TestConformanceNonSuperuserAdmin(t *testing.T) {
 	}
 	c := f.config(t)
 	c.Username, c.Password = name, pw
-	pluginstest.Run(t, pluginstest.Harness{
-		New: func(t *testing.T) plugins.Database {
-			db, err := postgres.New(t.Context(), c)
-			if err != nil {
-				t.Fatalf("postgres.New as %s: %v", name, err)
-			}
-			return db
-		},
-		CreationStatements:     f.groupTemplate(),
-		PerUserGrantStatements: f.perUserGrantTemplate(),
-		Login:                  f.login,
-		AllowedQuery:           "SELECT * FROM " + f.table("allowed_t"),
-		ForbiddenQuery:         "SELECT * FROM " + f.table("forbidden_t"),
-		ServerExpiry:           f.validUntil,
-		CreateOwnedObject: func(ctx context.Context, s pluginstest.Session) error {
-			return s.Exec(ctx, "CREATE TABLE "+f.table("owned_"+randomSuffix(t))+" (id int)")
-		},
-		UserExists: f.userExists,
-		SessionCount: func(ctx context.Context, username string) (int, error) {
-			var n int
-			err := f.admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", username).Scan(&n)
-			return n, err
-		},
-	})
+	pluginstest.Run(t, f.harness(t, c))
 }
 
 // create makes a user with the given template and returns its password.
