@@ -2,16 +2,16 @@ package broker
 
 import (
 	"context"
-
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/credbroker/credbroker/lease"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/credbroker/credbroker/lease"
 )
 
 var (
