@@ -148,18 +148,14 @@ func (f *floor) drop(ctx context.Context, name string, revoke []string) error {
 	if _, err := f.pool.Exec(ctx, "ALTER ROLE "+ident+" NOLOGIN"); err != nil {
 		return err
 	}
-	delay := 5 * time.Millisecond
-	for {
+	err = plugins.UntilNone(ctx, func(ctx context.Context) (int, error) {
 		var seen int
-		if err := f.pool.QueryRow(ctx,
-			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = ANY($1)", []string{name}).Scan(&seen); err != nil {
-			return err
-		}
-		if seen == 0 {
-			break
-		}
-		time.Sleep(delay)
-		delay = min(2*delay, 100*time.Millisecond)
+		err := f.pool.QueryRow(ctx,
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = ANY($1)", []string{name}).Scan(&seen)
+		return seen, err
+	})
+	if err != nil {
+		return err
 	}
 	values := map[string]string{plugins.PlaceholderName: ident}
 	stmts := make([]string, 0, len(revoke)+4)

@@ -202,12 +202,8 @@ func execRetryingDeadlocks(ctx context.Context, conn querier, stmt string) error
 		if errNumber(err) != erLockDeadlock || attempt == deadlockAttempts {
 			return err
 		}
-		t := time.NewTimer(delay + rand.N(delay))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if plugins.Sleep(ctx, delay+rand.N(delay)) != nil {
 			return err
-		case <-t.C:
 		}
 		delay *= 2
 	}

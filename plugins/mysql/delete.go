@@ -3,15 +3,8 @@ package mysql
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/credbroker/credbroker/plugins"
-)
-
-// Polling of the process list while the user's connections exit.
-const (
-	pollFirst = 5 * time.Millisecond
-	pollMax   = 100 * time.Millisecond
 )
 
 // DeleteUser implements plugins.Database; see the package comment for the
@@ -123,31 +116,20 @@ func revocationFailure(i int, err error) error {
 // can only go down; killing again on each round catches a connection that
 // was still authenticating during the previous one.
 func (db *DB) endSessions(ctx context.Context, name string) error {
-	delay := pollFirst
-	for {
+	return plugins.UntilNone(ctx, func(ctx context.Context) (int, error) {
 		ids, err := db.sessions(ctx, name)
 		if err != nil {
-			return err
-		}
-		if len(ids) == 0 {
-			return nil
+			return 0, err
 		}
 		for _, id := range ids {
 			// The id is an integer from the server, not a string.
 			_, err := db.pool.ExecContext(ctx, fmt.Sprintf("KILL CONNECTION %d", id))
 			if err != nil && errNumber(err) != erNoSuchThread { // gone meanwhile
-				return err
+				return 0, err
 			}
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = min(2*delay, pollMax)
-	}
+		return len(ids), nil
+	})
 }
 
 // sessions lists the ids of the user's connections. A killed connection

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/credbroker/credbroker/plugins"
 )
 
 // Concurrent DeleteUser calls are coalesced: while one revocation runs,
@@ -281,26 +283,12 @@ func (db *DB) deleteBatch(ctx context.Context, calls []*dropCall) {
 // can only go down; terminating again on each round catches a backend that
 // was still authenticating during the previous one.
 func (db *DB) endSessionsOf(ctx context.Context, names []string) error {
-	delay := pollFirst
-	for {
+	return plugins.UntilNone(ctx, func(ctx context.Context) (int, error) {
 		// The count is of backends present in this round's snapshot, each
 		// of which has just been signalled.
 		var seen int
 		err := db.pool.QueryRow(ctx,
 			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = ANY($1)", names).Scan(&seen)
-		if err != nil {
-			return err
-		}
-		if seen == 0 {
-			return nil
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = min(2*delay, pollMax)
-	}
+		return seen, err
+	})
 }

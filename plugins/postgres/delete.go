@@ -5,17 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/credbroker/credbroker/plugins"
-)
-
-// Polling of pg_stat_activity while the user's backends exit.
-const (
-	pollFirst = 5 * time.Millisecond
-	pollMax   = 100 * time.Millisecond
 )
 
 // DeleteUser implements plugins.Database; see the package comment for the

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/credbroker/credbroker/plugins"
 )
 
 // grantLockKey is the advisory lock every transaction that changes object
@@ -100,12 +102,8 @@ func (db *DB) inTx(ctx context.Context, fn func(pgx.Tx) error) (int, error) {
 		}
 		delay := txBaseDelay << (attempt - 1)
 		delay += rand.N(delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if plugins.Sleep(ctx, delay) != nil {
 			return attempt, err
-		case <-t.C:
 		}
 	}
 }
