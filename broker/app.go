@@ -19,8 +19,6 @@ import (
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
-	"github.com/credbroker/credbroker/plugins/mysql"
-	"github.com/credbroker/credbroker/plugins/postgres"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -96,19 +94,23 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	a.closers = append(a.closers, func() { _ = store.Close() })
 
 	for _, name := range sortedKeys(cfg.Databases) {
-		d, err := openDatabase(ctx, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
+		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
 		if err != nil {
 			return nil, err
 		}
-		if d.ping != nil {
-			if err := d.ping.Ping(ctx); err != nil {
-				// Not fatal: leases on other databases must keep being served
-				// and revoked; issuance here answers UNAVAILABLE until it is back.
-				a.log.Warn("database unreachable at startup", "database", name, "error", err)
-			}
-		}
 		a.dbs[name] = d
 		a.closers = append(a.closers, d.DB.Close)
+		if !d.DB.Capabilities().ServerExpiry {
+			// Said once per start so that nobody relies on the server to end
+			// a lease the broker could not revoke while it was down.
+			a.log.Warn("database has no server-side expiry: users outlive their lease while the broker is down, until it is back and revokes them",
+				"database", name, "plugin", d.Plugin)
+		}
+		if err := d.DB.Ping(ctx); err != nil {
+			// Not fatal: leases on other databases must keep being served
+			// and revoked; issuance here answers UNAVAILABLE until it is back.
+			a.log.Warn("database unreachable at startup", "database", name, "error", err)
+		}
 	}
 
 	roles := make(map[string]*Role, len(cfg.Roles))
@@ -221,56 +223,30 @@ func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, err
 	return src, nil
 }
 
-func openDatabase(ctx context.Context, name string, dc DatabaseConfig, marker string) (*Database, error) {
+func openDatabase(ctx context.Context, catalog *plugins.Catalog, name string, dc DatabaseConfig, marker string) (*Database, error) {
 	pw, err := dc.AdminPassword()
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s: %w", name, err)
 	}
-	var db plugins.Database
-	switch dc.Plugin {
-	case "postgres":
-		db, err = postgres.New(ctx, postgres.Config{
-			Host:            dc.Host,
-			Port:            dc.Port,
-			Database:        dc.Database,
-			Username:        dc.Username,
-			Password:        pw,
-			SSLMode:         dc.SSLMode,
-			MaxConns:        int32(dc.MaxConnections),
-			ConnectTimeout:  dc.ConnectTimeout.Duration,
-			Prefix:          dc.UsernamePrefix,
-			Marker:          marker,
-			Lazy:            true,
-			ScramIterations: dc.ScramIterations,
-		})
-	case "mysql":
-		var tls string
-		if tls, err = mysql.TLSFromSSLMode(dc.SSLMode); err != nil {
-			break
-		}
-		db, err = mysql.New(ctx, mysql.Config{
-			Host:           dc.Host,
-			Port:           dc.Port,
-			Database:       dc.Database,
-			Username:       dc.Username,
-			Password:       pw,
-			TLS:            tls,
-			MaxConns:       dc.MaxConnections,
-			ConnectTimeout: dc.ConnectTimeout.Duration,
-			Prefix:         dc.UsernamePrefix,
-			Marker:         marker,
-			UserHost:       dc.UserHost,
-			Lazy:           true,
-		})
-	default:
-		err = fmt.Errorf("unknown plugin %q", dc.Plugin)
-	}
+	factory, err := catalog.Lookup(dc.Plugin)
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s: %w", name, err)
 	}
-	ping, _ := db.(pinger)
+	ep := plugins.Endpoint{Host: dc.Host, Port: dc.Port, Database: dc.Database, SSLMode: dc.SSLMode}
+	db, err := factory.Open(ctx, plugins.Settings{
+		Endpoint:       ep,
+		Username:       dc.Username,
+		Password:       pw,
+		MaxConns:       dc.MaxConnections,
+		ConnectTimeout: dc.ConnectTimeout.Duration,
+		UsernamePrefix: dc.UsernamePrefix,
+		Marker:         marker,
+		Options:        dc.Options,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("databases.%s: %w", name, err)
+	}
 	return &Database{
-		ping:    ping,
 		Name:    name,
 		Plugin:  dc.Plugin,
 		Host:    dc.Host,
@@ -278,11 +254,8 @@ func openDatabase(ctx context.Context, name string, dc DatabaseConfig, marker st
 		DBName:  dc.Database,
 		SSLMode: dc.SSLMode,
 		DB:      plugins.Sanitized(db),
+		factory: factory,
 	}, nil
-}
-
-type pinger interface {
-	Ping(ctx context.Context) error
 }
 
 // Addr is where the gRPC server listens.

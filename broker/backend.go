@@ -3,45 +3,30 @@ package broker
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/url"
-	"strconv"
 
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
-	"github.com/credbroker/credbroker/plugins/mysql"
 )
 
 // Database is one configured database: the plugin plus what a client needs
 // to reach it.
 type Database struct {
 	Name   string // logical name from the config
-	Plugin string // "postgres" or "mysql"
+	Plugin string // the plugins.Factory type, e.g. "postgres"
 	Host   string
 	Port   int
 	DBName string // server-side database name
-	// SSLMode is echoed into the DSN handed to clients (mysql: as the
-	// matching tls parameter).
+	// SSLMode is echoed into the DSN handed to clients (each engine maps it
+	// to its driver's setting).
 	SSLMode string
 	DB      plugins.Database
-	ping    pinger // optional startup check
+	factory plugins.Factory // builds the client DSN
 }
 
 // dsn builds the ready-to-use connection string for the workload's driver.
 func (d *Database) dsn(username, password string) string {
-	switch d.Plugin {
-	case "mysql":
-		return mysql.ClientDSN(d.Host, d.Port, d.DBName, username, password, d.SSLMode)
-	default:
-		u := url.URL{
-			Scheme:   "postgres",
-			User:     url.UserPassword(username, password),
-			Host:     net.JoinHostPort(d.Host, strconv.Itoa(d.Port)),
-			Path:     "/" + d.DBName,
-			RawQuery: url.Values{"sslmode": {d.SSLMode}}.Encode(),
-		}
-		return u.String()
-	}
+	ep := plugins.Endpoint{Host: d.Host, Port: d.Port, Database: d.DBName, SSLMode: d.SSLMode}
+	return d.factory.ClientDSN(ep, username, password)
 }
 
 // backend routes lease operations to the lease's database. It implements

@@ -16,8 +16,6 @@ import (
 
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/plugins"
-	"github.com/credbroker/credbroker/plugins/mysql"
-	"github.com/credbroker/credbroker/plugins/postgres"
 )
 
 // Config is the operator's YAML file. docs/config.md is its reference; keep
@@ -38,6 +36,10 @@ type Config struct {
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
 	Roles     map[string]RoleConfig     `yaml:"roles"`
+
+	// catalog knows the engines the databases name; NewApp opens them
+	// through it.
+	catalog *plugins.Catalog
 }
 
 // SVIDConfig says where the broker's own X.509-SVID comes from: the SPIFFE
@@ -97,16 +99,13 @@ type DatabaseConfig struct {
 	SSLMode        string   `yaml:"sslmode"`
 	MaxConnections int      `yaml:"max_connections"`
 	ConnectTimeout Duration `yaml:"connect_timeout"`
-	// UserHost is the host part of the accounts the broker creates on a
-	// mysql database ('name'@'<user_host>', default '%'); quoted by the
-	// plugin. Not used by postgres.
-	UserHost string `yaml:"user_host"`
 	// UsernamePrefix starts every user the broker creates here (default
 	// "cb"); with the marker comment it is how the broker recognises its own.
 	UsernamePrefix string `yaml:"username_prefix"`
-	// ScramIterations is the iteration count of the SCRAM-SHA-256 verifiers
-	// sent to a postgres database (default 4096). See docs/config.md.
-	ScramIterations int `yaml:"scram_iterations"`
+	// Options are the keys only the plugin knows (mysql: user_host;
+	// postgres: scram_iterations), checked by its plugins.Factory. Any key
+	// not above lands here, so the catalog refuses unknown ones by name.
+	Options map[string]any `yaml:",inline"`
 
 	// Password exists only so that an inline secret is refused with a
 	// message that says what to do instead.
@@ -160,10 +159,8 @@ func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 var (
 	roleNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 	dbNameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-	prefixRE   = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
+	prefixRE   = regexp.MustCompile(`^` + plugins.PrefixPattern + `$`)
 	instanceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	// KnownPlugins lists the database plugins this build supports.
-	knownPlugins = map[string]bool{"postgres": true, "mysql": true}
 )
 
 // ConfigError names the offending key.
@@ -174,19 +171,24 @@ type ConfigError struct {
 
 func (e *ConfigError) Error() string { return "config: " + e.Key + ": " + e.Msg }
 
-// LoadConfig reads, parses and validates the file at path.
-func LoadConfig(path string) (*Config, error) {
+// LoadConfig reads, parses and validates the file at path (see ParseConfig).
+func LoadConfig(path string, catalog *plugins.Catalog) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return ParseConfig(b)
+	return ParseConfig(b, catalog)
 }
 
 // ParseConfig parses and validates YAML. Unknown keys are refused so that a
-// typo cannot silently disable a setting.
-func ParseConfig(b []byte) (*Config, error) {
-	var c Config
+// typo cannot silently disable a setting. catalog is the set of database
+// engines the plugin keys may name (plugins/builtin.Catalog() in cmd/); the
+// Config keeps it so that NewApp opens each database through it.
+func ParseConfig(b []byte, catalog *plugins.Catalog) (*Config, error) {
+	if catalog == nil {
+		return nil, errors.New("config: no plugin catalog")
+	}
+	c := Config{catalog: catalog}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
@@ -344,14 +346,18 @@ func (c *Config) Validate() error {
 	if len(c.Databases) == 0 {
 		return bad("databases", "at least one database is required")
 	}
+	if c.catalog == nil {
+		return bad("databases", "no plugin catalog (build the Config with ParseConfig or LoadConfig)")
+	}
 	for _, name := range sortedKeys(c.Databases) {
 		d := c.Databases[name]
 		key := "databases." + name
 		if !dbNameRE.MatchString(name) {
 			return bad(key, "name must match %s", dbNameRE)
 		}
-		if !knownPlugins[d.Plugin] {
-			return bad(key+".plugin", "unknown plugin %q (known: mysql, postgres)", d.Plugin)
+		factory, err := c.catalog.Lookup(d.Plugin)
+		if err != nil {
+			return bad(key+".plugin", "%v", err)
 		}
 		if d.Password != "" {
 			return bad(key+".password", "inline secrets are not allowed; use password_env or password_file")
@@ -382,19 +388,11 @@ func (c *Config) Validate() error {
 		if d.MaxConnections < 1 {
 			return bad(key+".max_connections", "must be at least 1")
 		}
-		switch {
-		case d.UserHost != "" && d.Plugin != "mysql":
-			return bad(key+".user_host", "only applies to plugin mysql")
-		case d.UserHost != "":
-			if err := mysql.CheckHost(d.UserHost); err != nil {
-				return bad(key+".user_host", "%v", err)
+		if err := c.catalog.CheckOptions(factory.Type(), d.Options); err != nil {
+			if oe, ok := errors.AsType[*plugins.OptionError](err); ok {
+				return bad(key+"."+oe.Key, "%s", oe.Msg)
 			}
-		}
-		switch {
-		case d.ScramIterations != 0 && d.Plugin != "postgres":
-			return bad(key+".scram_iterations", "only applies to plugin postgres")
-		case d.ScramIterations < 0 || d.ScramIterations > postgres.MaxScramIterations:
-			return bad(key+".scram_iterations", "must be between 1 and %d", postgres.MaxScramIterations)
+			return bad(key, "%v", err)
 		}
 	}
 	if len(c.Roles) == 0 {
@@ -433,10 +431,12 @@ func (c *Config) Validate() error {
 		if err := plugins.ValidateStatements(r.CreationStatements, true); err != nil {
 			return bad(key+".creation_statements", "%v", err)
 		}
-		if c.Databases[r.Database].Plugin == "mysql" {
-			if err := mysql.CheckStatements(r.CreationStatements); err != nil {
-				return bad(key+".creation_statements", "%v", err)
-			}
+		factory, err := c.catalog.Lookup(c.Databases[r.Database].Plugin)
+		if err != nil {
+			return bad(key+".database", "%v", err) // unreachable: databases are checked first
+		}
+		if err := factory.CheckStatements(r.CreationStatements); err != nil {
+			return bad(key+".creation_statements", "%v", err)
 		}
 		if err := plugins.ValidateStatements(r.RevocationStatements, false); err != nil {
 			return bad(key+".revocation_statements", "%v", err)

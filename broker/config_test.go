@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"github.com/credbroker/credbroker/plugins/builtin"
+
 	"strings"
 	"testing"
 )
@@ -30,7 +32,7 @@ roles:
 `
 
 func TestParseConfigGood(t *testing.T) {
-	c, err := ParseConfig([]byte(goodConfig))
+	c, err := ParseConfig([]byte(goodConfig), builtin.Catalog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +80,7 @@ func TestParseConfigRefusals(t *testing.T) {
 			if !strings.Contains(goodConfig, tc.old) {
 				t.Fatalf("test case does not apply: %q not in config", tc.old)
 			}
-			_, err := ParseConfig([]byte(strings.Replace(goodConfig, tc.old, tc.new, 1)))
+			_, err := ParseConfig([]byte(strings.Replace(goodConfig, tc.old, tc.new, 1)), builtin.Catalog())
 			if err == nil {
 				t.Fatal("bad config accepted")
 			}
@@ -91,7 +93,7 @@ func TestParseConfigRefusals(t *testing.T) {
 
 func TestRevocationStatementsOnlyName(t *testing.T) {
 	cfg := strings.Replace(goodConfig, "IN ROLE orders_reader;\n", "IN ROLE orders_reader;\n    revocation_statements: [\"ALTER ROLE {{name}} PASSWORD {{password}}\"]\n", 1)
-	_, err := ParseConfig([]byte(cfg))
+	_, err := ParseConfig([]byte(cfg), builtin.Catalog())
 	if err == nil || !strings.Contains(err.Error(), "revocation_statements") {
 		t.Fatalf("got %v, want a revocation_statements error", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/plugins/builtin"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -74,7 +75,7 @@ databases:
   main: {plugin: postgres, host: 127.0.0.1, port: 1, database: x, username: x, password_env: HOME}
 roles:
   r: {database: main, default_ttl: 1m, max_ttl: 1m, allowed_spiffe_ids: ["spiffe://example.org/*"], creation_statements: ["CREATE ROLE {{name}}"]}
-`, path)))
+`, path)), builtin.Catalog())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/internal/testenv"
+	"github.com/credbroker/credbroker/plugins/builtin"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -207,7 +208,7 @@ roles:
       - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}};
 %[11]s
 `, t.TempDir(), e.pgHost, e.pgPort, cfgPG.Database, cfgPG.User, e.prefix, closed, e.reader, e.table, extra.databases, extra.roles, extra.top)
-	cfg, err := broker.ParseConfig([]byte(yaml))
+	cfg, err := broker.ParseConfig([]byte(yaml), builtin.Catalog())
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}

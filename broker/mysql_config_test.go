@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"github.com/credbroker/credbroker/plugins/builtin"
+
 	"strings"
 	"testing"
 )
@@ -30,15 +32,15 @@ roles:
 `
 
 func TestParseConfigMySQL(t *testing.T) {
-	c, err := ParseConfig([]byte(mysqlConfig))
+	c, err := ParseConfig([]byte(mysqlConfig), builtin.Catalog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := c.Databases["shop"]; d.Plugin != "mysql" || d.UserHost != "10.0.%" {
+	if d := c.Databases["shop"]; d.Plugin != "mysql" || d.Options["user_host"] != "10.0.%" {
 		t.Fatalf("unexpected parse: %+v", d)
 	}
 	// user_host is optional: the plugin defaults it to '%'.
-	if _, err := ParseConfig([]byte(strings.Replace(mysqlConfig, "    user_host: 10.0.%\n", "", 1))); err != nil {
+	if _, err := ParseConfig([]byte(strings.Replace(mysqlConfig, "    user_host: 10.0.%\n", "", 1)), builtin.Catalog()); err != nil {
 		t.Fatalf("config without user_host: %v", err)
 	}
 }
@@ -64,7 +66,7 @@ func TestParseConfigMySQLRefusals(t *testing.T) {
 			if !strings.Contains(mysqlConfig, tc.old) {
 				t.Fatalf("test case does not apply: %q not in config", tc.old)
 			}
-			_, err := ParseConfig([]byte(strings.Replace(mysqlConfig, tc.old, tc.new, 1)))
+			_, err := ParseConfig([]byte(strings.Replace(mysqlConfig, tc.old, tc.new, 1)), builtin.Catalog())
 			if err == nil {
 				t.Fatal("bad config accepted")
 			}

@@ -1,6 +1,10 @@
 // Package plugins defines the contract between the broker and a database
 // engine. Each engine lives in its own subpackage (plugins/postgres,
-// plugins/mysql) and must pass the conformance suite in plugins/pluginstest.
+// plugins/mysql), exports one Factory (its type name, its own config keys,
+// Open, the client DSN) and must pass the conformance suite in
+// plugins/pluginstest. The broker finds engines through a Catalog built from
+// those factories (plugins/builtin lists the built-in ones) and never
+// imports an engine package.
 //
 // The method set follows Vault's dbplugin v5 (NewUser / UpdateUser /
 // DeleteUser with request structs), narrowed to what a lease needs. A plugin
@@ -10,7 +14,6 @@ package plugins
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -39,8 +42,14 @@ type Database interface {
 	// marker (used by reconciliation and tests).
 	ListUsers(ctx context.Context) ([]string, error)
 
-	// Capabilities tells callers (and the conformance suite) what the engine
-	// supports, instead of silently skipping behaviour.
+	// Ping checks that the server answers and the admin credentials work.
+	// The broker calls it at startup; a failure is reported, not fatal.
+	Ping(ctx context.Context) error
+
+	// Capabilities tells callers what the engine supports, instead of
+	// silently skipping behaviour: the broker warns at startup about a
+	// database without server-side expiry, and the conformance suite checks
+	// the expiry only where the engine claims it.
 	Capabilities() Capabilities
 
 	// Close releases the pool.
@@ -85,21 +94,3 @@ type DeleteUserRequest struct {
 	Username   string
 	Statements []string
 }
-
-// Sentinel errors. Plugins wrap them with %w so the broker can map them to
-// gRPC codes without knowing the engine.
-var (
-	// ErrUnavailable: the server could not be reached or the connection broke.
-	ErrUnavailable = errors.New("database unavailable")
-	// ErrInvalidStatement: the server rejected a template statement (syntax,
-	// unknown object, permission). Nothing is left behind.
-	ErrInvalidStatement = errors.New("database rejected statement")
-	// ErrInvalidUsername: a username that does not match the plugin's
-	// strict pattern (never sent to the server).
-	ErrInvalidUsername = errors.New("invalid username")
-	// ErrNotCreated marks a NewUser error after which the plugin knows the
-	// user does not exist on the server (the transaction never committed,
-	// or its cleanup succeeded). Without it the broker must assume the user
-	// may exist and keep revoking it until the server confirms.
-	ErrNotCreated = errors.New("user not created")
-)

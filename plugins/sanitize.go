@@ -8,65 +8,74 @@ import (
 
 // Sanitized wraps a Database so that no error it returns can carry the
 // password of the request that caused it. The returned error keeps only the
-// scrubbed text and the package sentinel it matched (ErrUnavailable,
-// ErrInvalidStatement, ErrInvalidUsername): the original error chain, which
-// a driver may have filled with the statement text, is not reachable.
-// Model: Vault's DatabaseErrorSanitizerMiddleware.
-func Sanitized(db Database) Database { return sanitized{db} }
+// scrubbed text and the kinds it matched (ErrUnavailable,
+// ErrInvalidStatement, ErrInvalidUsername, ErrNotCreated, see Kind): the
+// original error chain, which a driver may have filled with the statement
+// text, is not reachable. Model: Vault's DatabaseErrorSanitizerMiddleware.
+func Sanitized(db Database) Database { return sanitized{db: db} }
 
-type sanitized struct{ Database }
+// sanitized forwards each method explicitly, never by embedding: a method
+// added to Database does not compile until it is added here, so nothing
+// passes through unscrubbed.
+type sanitized struct{ db Database }
 
 var _ Database = sanitized{}
 
+func (s sanitized) GenerateUsername(role string) (string, error) {
+	name, err := s.db.GenerateUsername(role)
+	return name, scrub(err)
+}
+
 func (s sanitized) NewUser(ctx context.Context, req NewUserRequest) error {
-	return scrub(s.Database.NewUser(ctx, req), req.Password)
+	return scrub(s.db.NewUser(ctx, req), req.Password)
 }
 
 func (s sanitized) UpdateUser(ctx context.Context, req UpdateUserRequest) error {
-	return scrub(s.Database.UpdateUser(ctx, req))
+	return scrub(s.db.UpdateUser(ctx, req))
 }
 
 func (s sanitized) DeleteUser(ctx context.Context, req DeleteUserRequest) error {
-	return scrub(s.Database.DeleteUser(ctx, req))
+	return scrub(s.db.DeleteUser(ctx, req))
 }
 
 func (s sanitized) ListUsers(ctx context.Context) ([]string, error) {
-	u, err := s.Database.ListUsers(ctx)
+	u, err := s.db.ListUsers(ctx)
 	return u, scrub(err)
 }
 
-// Unwrap exposes the wrapped plugin (tests, capability checks).
-func (s sanitized) Unwrap() Database { return s.Database }
+func (s sanitized) Ping(ctx context.Context) error { return scrub(s.db.Ping(ctx)) }
 
-type scrubbedError struct {
-	msg   string
-	kinds []error
+func (s sanitized) Capabilities() Capabilities { return s.db.Capabilities() }
+
+func (s sanitized) Close() { s.db.Close() }
+
+// Unwrap exposes the wrapped plugin (tests, capability checks).
+func (s sanitized) Unwrap() Database { return s.db }
+
+// scrubbedText is the scrubbed message, with the context error of the
+// original (if any) so callers can tell a cancelled call from a failed one.
+type scrubbedText struct {
+	msg string
+	ctx error
 }
 
-func (e *scrubbedError) Error() string   { return e.msg }
-func (e *scrubbedError) Unwrap() []error { return e.kinds }
+func (e *scrubbedText) Error() string { return e.msg }
+func (e *scrubbedText) Unwrap() error { return e.ctx }
 
 // scrub replaces every secret in err's text and cuts the chain down to the
-// sentinels it matched. Context errors are kept so callers can tell a
-// cancelled call from a failed one.
+// kinds it matched and its context error.
 func scrub(err error, secrets ...string) error {
 	if err == nil {
 		return nil
 	}
-	msg := err.Error()
-	for _, s := range secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
+	msg := redactSCRAM(Redact(err.Error(), secrets...))
+	text := &scrubbedText{msg: msg}
+	for _, c := range []error{context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, c) {
+			text.ctx = c
 		}
 	}
-	msg = redactSCRAM(msg)
-	var kinds []error
-	for _, k := range []error{ErrUnavailable, ErrInvalidStatement, ErrInvalidUsername, ErrNotCreated, context.Canceled, context.DeadlineExceeded} {
-		if errors.Is(err, k) {
-			kinds = append(kinds, k)
-		}
-	}
-	return &scrubbedError{msg: msg, kinds: kinds}
+	return &Error{Kind: KindOf(err), Err: text}
 }
 
 // redactSCRAM removes anything that looks like a SCRAM verifier, in case a

@@ -18,6 +18,7 @@ func (f fakeDB) NewUser(context.Context, plugins.NewUserRequest) error       { r
 func (f fakeDB) UpdateUser(context.Context, plugins.UpdateUserRequest) error { return f.err }
 func (f fakeDB) DeleteUser(context.Context, plugins.DeleteUserRequest) error { return f.err }
 func (f fakeDB) ListUsers(context.Context) ([]string, error)                 { return []string{"u"}, f.err }
+func (f fakeDB) Ping(context.Context) error                                  { return f.err }
 func (f fakeDB) Capabilities() plugins.Capabilities                          { return plugins.Capabilities{ServerExpiry: true} }
 func (f fakeDB) Close()                                                      {}
 
@@ -81,6 +82,7 @@ func TestSanitizedOtherMethods(t *testing.T) {
 	errs := map[string]error{
 		"UpdateUser": db.UpdateUser(ctx, plugins.UpdateUserRequest{Username: "u"}),
 		"DeleteUser": db.DeleteUser(ctx, plugins.DeleteUserRequest{Username: "u"}),
+		"Ping":       db.Ping(ctx),
 	}
 	users, err := db.ListUsers(ctx)
 	errs["ListUsers"] = err

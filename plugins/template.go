@@ -18,14 +18,6 @@ const (
 
 var placeholderRE = regexp.MustCompile(`\{\{\s*([A-Za-z_]*)\s*\}\}`)
 
-// Quoter renders values for one SQL dialect.
-type Quoter interface {
-	// Ident quotes an identifier (a user name).
-	Ident(s string) string
-	// Literal quotes a string literal.
-	Literal(s string) string
-}
-
 // ValidateStatements checks a role's statements before they are ever used:
 // only known placeholders and, for creation statements (requireName), at
 // least one statement with {{name}} present. Revocation statements may be
@@ -75,6 +67,27 @@ func Render(stmt string, values map[string]string) (string, error) {
 	})
 	if missing != "" {
 		return "", fmt.Errorf("placeholder {{%s}} has no value here", missing)
+	}
+	return out, nil
+}
+
+// RenderRevocation checks a lease's revocation statements and renders them
+// for one user, whose name the plugin has checked and quoted (name: an
+// identifier on PostgreSQL, 'user'@'host' on MySQL). Only {{name}} has a
+// value. Errors wrap ErrInvalidStatement; plugins call it before changing
+// anything, so a bad snapshot fails without leaving the user half-revoked.
+func RenderRevocation(stmts []string, name string) ([]string, error) {
+	if err := ValidateStatements(stmts, false); err != nil {
+		return nil, &Error{Kind: KindInvalidStatement, Err: fmt.Errorf("%w: %w", ErrInvalidStatement, err)}
+	}
+	values := map[string]string{PlaceholderName: name}
+	out := make([]string, 0, len(stmts))
+	for i, s := range stmts {
+		r, err := Render(s, values)
+		if err != nil {
+			return nil, &Error{Kind: KindInvalidStatement, Err: fmt.Errorf("revocation statement %d: %w: %w", i+1, ErrInvalidStatement, err)}
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/plugins/builtin"
 	"github.com/credbroker/credbroker/plugins/postgres"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -111,7 +112,7 @@ databases:
     scram_iterations: %d
 roles:%s`, adminID, store, strings.Join(rev, ", "), c.Host, c.Port, c.Database, c.User, passwordEnv,
 		max(o.MaxConns, 8), o.Prefix, cmp.Or(o.ScramIterations, postgres.DefaultScramIterations), roles.String())
-	return broker.ParseConfig([]byte(yaml))
+	return broker.ParseConfig([]byte(yaml), builtin.Catalog())
 }
 
 // startBroker builds and runs a broker; startup is what restore-1M measures,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/plugins/builtin"
 )
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
@@ -21,7 +22,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if *path == "" {
 		return fmt.Errorf("serve: --config is required")
 	}
-	cfg, err := broker.LoadConfig(*path)
+	cfg, err := broker.LoadConfig(*path, builtin.Catalog())
 	if err != nil {
 		return err
 	}
@@ -43,7 +44,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	if *path == "" {
 		return fmt.Errorf("check-config: --config is required")
 	}
-	if _, err := broker.LoadConfig(*path); err != nil {
+	if _, err := broker.LoadConfig(*path, builtin.Catalog()); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
@@ -62,7 +63,7 @@ func initStore(args []string, stdout, stderr io.Writer) error {
 	if *path == "" {
 		return fmt.Errorf("init-store: --config is required")
 	}
-	cfg, err := broker.LoadConfig(*path)
+	cfg, err := broker.LoadConfig(*path, builtin.Catalog())
 	if err != nil {
 		return err
 	}

@@ -29,13 +29,6 @@ var (
 	passwordPlaceRE = regexp.MustCompile(`\{\{\s*password\s*\}\}`)
 )
 
-// CheckStatements checks where {{password}} stands in creation statements,
-// for any server flavour; NewUser checks again for the actual one. The
-// broker runs it when it loads its configuration.
-func CheckStatements(stmts []string) error {
-	return checkPasswordClauses(stmts, nil)
-}
-
 // checkPasswordClauses refuses a {{password}} the flavour (nil: any) would
 // not read as a hash.
 func checkPasswordClauses(stmts []string, f *flavour) error {
@@ -69,28 +62,28 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	// Nothing has been sent before the first statement: every early return
 	// is marked not created.
 	if req.Password == "" {
-		return notCreated{fmt.Errorf("mysql: %s: empty password", op)}
+		return plugins.NotCreated(fmt.Errorf("mysql: %s: empty password", op))
 	}
 	exp, err := quoteTime(req.Expiration)
 	if err != nil {
-		return notCreated{fmt.Errorf("mysql: %s: %w", op, err)}
+		return plugins.NotCreated(fmt.Errorf("mysql: %s: %w", op, err))
 	}
 	if err := plugins.ValidateStatements(req.Statements, true); err != nil {
-		return notCreated{fmt.Errorf("mysql: %s: %w: %w", op, plugins.ErrInvalidStatement, err)}
+		return plugins.NotCreated(fmt.Errorf("mysql: %s: %w: %w", op, plugins.ErrInvalidStatement, err))
 	}
 	info, err := db.serverInfo(ctx)
 	if err != nil {
-		return notCreated{err}
+		return plugins.NotCreated(err)
 	}
 	if len(name) > info.nameLimit {
-		return notCreated{fmt.Errorf("mysql: %s: %w: longer than the server's limit of %d characters", op, plugins.ErrInvalidUsername, info.nameLimit)}
+		return plugins.NotCreated(fmt.Errorf("mysql: %s: %w: longer than the server's limit of %d characters", op, plugins.ErrInvalidUsername, info.nameLimit))
 	}
 	if err := checkPasswordClauses(req.Statements, &info.flavour); err != nil {
-		return notCreated{fmt.Errorf("mysql: %s: %w: %w", op, plugins.ErrInvalidStatement, err)}
+		return plugins.NotCreated(fmt.Errorf("mysql: %s: %w: %w", op, plugins.ErrInvalidStatement, err))
 	}
 	acct, err := account(name, db.host)
 	if err != nil {
-		return notCreated{fmt.Errorf("mysql: %s: %w", op, err)}
+		return plugins.NotCreated(fmt.Errorf("mysql: %s: %w", op, err))
 	}
 	hash := nativeHash(req.Password)
 	values := map[string]string{
@@ -102,7 +95,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	for i, s := range req.Statements {
 		r, err := plugins.Render(s, values)
 		if err != nil {
-			return notCreated{fmt.Errorf("mysql: %s: creation statement %d: %w: %w", op, i+1, plugins.ErrInvalidStatement, err)}
+			return plugins.NotCreated(fmt.Errorf("mysql: %s: creation statement %d: %w: %w", op, i+1, plugins.ErrInvalidStatement, err))
 		}
 		stmts = append(stmts, r)
 	}
@@ -111,20 +104,20 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	// statement makes hold for the next.
 	conn, err := db.pool.Conn(ctx)
 	if err != nil {
-		return notCreated{wrap(ctx, op, db.scrubbed(err), unavailable(err))}
+		return plugins.NotCreated(wrap(ctx, op, db.scrubbed(err), unavailable(err)))
 	}
 	failure := db.ensureMarker(ctx, conn)
 	if failure != nil {
 		_ = conn.Close()
 		failure = statementFailure("creating the marker role", failure)
-		return notCreated{wrap(ctx, op, failure, unavailable(failure))}
+		return plugins.NotCreated(wrap(ctx, op, failure, unavailable(failure)))
 	}
 	// CREATE USER commits at once (DDL is not transactional here): the
 	// broker's record of the user must be durable before it is sent.
 	if req.Intent != nil {
 		if err := req.Intent(ctx); err != nil {
 			_ = conn.Close()
-			return notCreated{fmt.Errorf("mysql: %s: %w", op, err)}
+			return plugins.NotCreated(fmt.Errorf("mysql: %s: %w", op, err))
 		}
 	}
 	failure = db.runCreation(ctx, conn, stmts, acct, hash, req.Password)
@@ -147,7 +140,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	// running the statement, and a drop that raced ahead of it proves
 	// nothing. The broker then keeps revoking until the user is gone.
 	if cleanup == nil && outcomeKnown(failure) {
-		return notCreated{err2}
+		return plugins.NotCreated(err2)
 	}
 	if cleanup != nil {
 		return fmt.Errorf("%w (removing the half-made user failed too, it will be retried: %v)", err2, cleanup)
@@ -209,48 +202,20 @@ func execRetryingDeadlocks(ctx context.Context, conn querier, stmt string) error
 	}
 }
 
-// notCreated marks err with plugins.ErrNotCreated, keeping its chain.
-type notCreated struct{ error }
-
-func (e notCreated) Unwrap() []error { return []error{e.error, plugins.ErrNotCreated} }
-
-// statementError is a statement the server rejected. Its text never
-// carries the hash or the password, which a syntax error may quote back.
-type statementError struct {
-	msg string
-	err error
-}
-
-func (e *statementError) Error() string { return e.msg }
-
-func (e *statementError) Unwrap() []error { return []error{plugins.ErrInvalidStatement, e.err} }
-
-// statementFailure describes the failure of one statement (what).
+// statementFailure describes the failure of one statement (what). Its text
+// never carries the hash or the password, which a syntax error may quote
+// back.
 func statementFailure(what string, err error, secrets ...string) error {
 	me, ok := mysqlErr(err)
 	if !ok || unavailable(err) {
-		return redactedError{redact(err.Error(), secrets...), err}
+		return plugins.Redacted(err, secrets...)
 	}
-	return &statementError{
-		msg: fmt.Sprintf("%s rejected: %s (error %d)", what, redact(me.Message, secrets...), me.Number),
-		// The driver's error, with the message scrubbed too.
-		err: redactedError{redact(me.Error(), secrets...), err},
-	}
+	// The driver's error is kept, with its message scrubbed too.
+	return plugins.Rejected(fmt.Sprintf("%s rejected: %s (error %d)", what, plugins.Redact(me.Message, secrets...), me.Number),
+		plugins.Redacted(err, secrets...))
 }
 
-// redactedError replaces an error's text and keeps its chain, so
-// errors.Is/As still see the driver's error.
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e redactedError) Error() string { return e.msg }
-func (e redactedError) Unwrap() error { return e.err }
-
-func (db *DB) scrubbed(err error) error {
-	return redactedError{redact(err.Error(), db.secret), err}
-}
+func (db *DB) scrubbed(err error) error { return plugins.Redacted(err, db.secret) }
 
 // outcomeKnown reports whether the server answered the statement, so that
 // it is known to have failed as a whole. A connection lost in flight or a

@@ -174,8 +174,8 @@ func TestHostileValues(t *testing.T) {
 		}
 		for tc, h := range hosts {
 			t.Run(tc, func(t *testing.T) {
-				if err := mysql.CheckHost(h); err == nil {
-					t.Errorf("CheckHost(%q) accepted it", h)
+				if err := (mysql.Factory{}).CheckOptions(map[string]any{"user_host": h}); err == nil {
+					t.Errorf("CheckOptions(user_host: %q) accepted it", h)
 				}
 				c := f.config(t)
 				c.UserHost = h
@@ -189,8 +189,8 @@ func TestHostileValues(t *testing.T) {
 
 	t.Run("hosts accepted", func(t *testing.T) {
 		for _, h := range []string{"%", "127.0.0.1", "127.0.0.%", "10.0.0.0/255.0.0.0", "app-1.example.com", "::1", "%.example.com", strings.Repeat("h", 255)} {
-			if err := mysql.CheckHost(h); err != nil {
-				t.Errorf("CheckHost(%q) = %v", h, err)
+			if err := (mysql.Factory{}).CheckOptions(map[string]any{"user_host": h}); err != nil {
+				t.Errorf("CheckOptions(user_host: %q) = %v", h, err)
 			}
 		}
 	})
@@ -230,7 +230,7 @@ func TestHostileValues(t *testing.T) {
 			if !errors.Is(err, plugins.ErrInvalidStatement) || !errors.Is(err, plugins.ErrNotCreated) {
 				t.Errorf("NewUser with %q = %v, want ErrInvalidStatement and ErrNotCreated", stmt, err)
 			}
-			if err := mysql.CheckStatements([]string{stmt}); err == nil {
+			if err := (mysql.Factory{}).CheckStatements([]string{stmt}); err == nil {
 				t.Errorf("CheckStatements(%q) accepted it", stmt)
 			}
 			if ok, _ := f.userExists(ctx, name); ok {
@@ -243,7 +243,7 @@ func TestHostileValues(t *testing.T) {
 			"CREATE USER {{name}} IDENTIFIED VIA mysql_native_password USING {{password}}",
 			"SET PASSWORD FOR {{name}} = {{password}}",
 		} {
-			if err := mysql.CheckStatements([]string{stmt}); err != nil {
+			if err := (mysql.Factory{}).CheckStatements([]string{stmt}); err != nil {
 				t.Errorf("CheckStatements(%q) = %v", stmt, err)
 			}
 		}
@@ -413,7 +413,7 @@ func TestClientDSN(t *testing.T) {
 	name := generate(t, db, "dsn")
 	pw := create(t, db, name, f.perUserGrantTemplate())
 
-	dsn := mysql.ClientDSN(c.Host, c.Port, f.db, name, pw, "disable")
+	dsn := mysql.Factory{}.ClientDSN(plugins.Endpoint{Host: c.Host, Port: c.Port, Database: f.db, SSLMode: "disable"}, name, pw)
 	conn, err := sql.Open("mysql", dsn)
 	if err != nil {
 		t.Fatalf("open the client DSN: %v", err)
@@ -424,7 +424,7 @@ func TestClientDSN(t *testing.T) {
 		t.Fatalf("query through the client DSN: n=%d err=%v", n, err)
 	}
 	for mode, want := range map[string]string{"disable": "", "prefer": "tls=preferred", "require": "tls=skip-verify", "verify-full": "tls=true"} {
-		got := mysql.ClientDSN("db.example", 3306, "shop", "u", "p", mode)
+		got := mysql.Factory{}.ClientDSN(plugins.Endpoint{Host: "db.example", Port: 3306, Database: "shop", SSLMode: mode}, "u", "p")
 		if want == "" && strings.Contains(got, "tls=") || !strings.Contains(got, want) {
 			t.Errorf("ClientDSN with sslmode %s = %q, want %q in it", mode, got, want)
 		}

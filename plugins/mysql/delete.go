@@ -18,23 +18,12 @@ func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) err
 	op := "delete " + name
 	// Revocation statements are rendered before anything changes, so a bad
 	// snapshot fails without leaving the user half-revoked.
-	if err := plugins.ValidateStatements(req.Statements, false); err != nil {
-		return fmt.Errorf("mysql: %s: %w: %w", op, plugins.ErrInvalidStatement, err)
-	}
 	render := func(host string) ([]string, error) {
 		acct, err := account(name, host)
 		if err != nil {
 			return nil, err
 		}
-		out := make([]string, 0, len(req.Statements))
-		for i, s := range req.Statements {
-			r, err := plugins.Render(s, map[string]string{plugins.PlaceholderName: acct})
-			if err != nil {
-				return nil, fmt.Errorf("revocation statement %d: %w: %w", i+1, plugins.ErrInvalidStatement, err)
-			}
-			out = append(out, r)
-		}
-		return out, nil
+		return plugins.RenderRevocation(req.Statements, acct)
 	}
 	if _, err := render(db.host); err != nil {
 		return fmt.Errorf("mysql: %s: %w", op, err)
@@ -105,10 +94,7 @@ func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) err
 
 func revocationFailure(i int, err error) error {
 	me, _ := mysqlErr(err)
-	return &statementError{
-		msg: fmt.Sprintf("revocation statement %d rejected: %s (error %d)", i+1, me.Message, me.Number),
-		err: err,
-	}
+	return plugins.Rejected(fmt.Sprintf("revocation statement %d rejected: %s (error %d)", i+1, me.Message, me.Number), err)
 }
 
 // endSessions kills every connection of the user and returns once the

@@ -4,12 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	mysqldrv "github.com/go-sql-driver/mysql"
+
+	"github.com/credbroker/credbroker/plugins"
 )
 
 func TestNativeHash(t *testing.T) {
@@ -60,7 +61,7 @@ func TestRandomLength(t *testing.T) {
 		{16, 2, 0, 0, false},  // MySQL 5.6
 	}
 	for _, c := range cases {
-		random, role, err := randomLength(c.limit, c.prefix)
+		random, role, err := usernameRules.Split(c.limit, c.prefix)
 		if (err == nil) != c.ok || random != c.random || role != c.role {
 			t.Errorf("randomLength(%d, %d) = %d, %d, %v; want %d, %d, ok=%v", c.limit, c.prefix, random, role, err, c.random, c.role, c.ok)
 		}
@@ -74,7 +75,11 @@ func TestRandomLength(t *testing.T) {
 // prefix the broker allows, over 10,000 names: all fit, none repeats, and
 // the random part keeps its 16 characters while the role part shrinks.
 func TestGenerateUsernameTightLimit(t *testing.T) {
-	db := &DB{prefix: "abcdefgh", names: regexp.MustCompile(`^abcdefgh_` + rolePartRE + `_` + randomPartRE + `$`)}
+	users, err := plugins.NewUsernames(usernameRules, "abcdefgh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := &DB{users: users}
 	db.server.Store(&serverInfo{flavour: flavourMySQL, nameLimit: 32})
 	seen := make(map[string]bool, 10000)
 	for i := range 10000 {
@@ -136,11 +141,11 @@ func TestTLSFromSSLMode(t *testing.T) {
 		"disable": "false", "allow": "preferred", "prefer": "preferred", "": "preferred",
 		"require": "skip-verify", "verify-ca": "true", "verify-full": "true",
 	} {
-		if got, err := TLSFromSSLMode(mode); err != nil || got != want {
-			t.Errorf("TLSFromSSLMode(%q) = %q, %v; want %q", mode, got, err, want)
+		if got, err := tlsFromSSLMode(mode); err != nil || got != want {
+			t.Errorf("tlsFromSSLMode(%q) = %q, %v; want %q", mode, got, err, want)
 		}
 	}
-	if _, err := TLSFromSSLMode("sometimes"); err == nil {
+	if _, err := tlsFromSSLMode("sometimes"); err == nil {
 		t.Error("TLSFromSSLMode accepted an unknown mode")
 	}
 }

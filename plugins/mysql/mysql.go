@@ -38,12 +38,12 @@ type Config struct {
 	Username string
 	Password string
 	// TLS is a go-sql-driver tls value ("false", "preferred", "skip-verify",
-	// "true"); TLSFromSSLMode maps a libpq sslmode to it. Empty means "false".
+	// "true"); the Factory maps a libpq sslmode to it. Empty means "false".
 	TLS string
 	// MaxConns bounds the pool. Default 8.
 	MaxConns int
-	// Prefix starts every generated username: a lowercase letter then up to
-	// 15 lowercase letters or digits. Default "cb".
+	// Prefix starts every generated username (plugins.PrefixPattern).
+	// Default "cb".
 	Prefix string
 	// Marker names a role (without privileges) granted to every user the
 	// broker creates; ListUsers returns only users holding it. MariaDB has
@@ -52,7 +52,7 @@ type Config struct {
 	// "credbroker".
 	Marker string
 	// UserHost is the host part of every account the broker creates
-	// ('name'@'host'). Default "%" (anywhere). See CheckHost for what is
+	// ('name'@'host'). Default "%" (anywhere). See checkHost for what is
 	// accepted.
 	UserHost string
 	// ConnectTimeout bounds each new connection. Default 5s.
@@ -66,10 +66,9 @@ type Config struct {
 // concurrent use.
 type DB struct {
 	pool   *sql.DB
-	prefix string
+	users  *plugins.Usernames
 	marker string
 	host   string // UserHost, checked
-	names  *regexp.Regexp
 	where  string // host:port, for errors
 	secret string // admin password, only to scrub it from errors
 
@@ -107,10 +106,7 @@ type serverInfo struct {
 	nameLimit int // characters allowed in a user name
 }
 
-var (
-	prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,15}$`)
-	markerRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
-)
+var markerRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
 
 // New builds the pool and, unless c.Lazy, checks that the admin credentials
 // work and learns the server's flavour and user-name limit (see Ping).
@@ -130,13 +126,14 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
 	}
-	if !prefixRE.MatchString(c.Prefix) {
-		return nil, fmt.Errorf("mysql: prefix %q must match %s", c.Prefix, prefixRE)
+	users, err := plugins.NewUsernames(usernameRules, c.Prefix)
+	if err != nil {
+		return nil, err
 	}
 	if !markerRE.MatchString(c.Marker) {
 		return nil, fmt.Errorf("mysql: marker %q must match %s", c.Marker, markerRE)
 	}
-	if err := CheckHost(c.UserHost); err != nil {
+	if err := checkHost(c.UserHost); err != nil {
 		return nil, fmt.Errorf("mysql: user host: %w", err)
 	}
 	if c.Host == "" || c.Port <= 0 || c.Port > 65535 || c.Username == "" {
@@ -167,7 +164,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	mc.Logger = &mysql.NopLogger{}
 	connector, err := mysql.NewConnector(mc)
 	if err != nil {
-		return nil, fmt.Errorf("mysql: connection settings: %s", redact(err.Error(), c.Password))
+		return nil, fmt.Errorf("mysql: connection settings: %s", plugins.Redact(err.Error(), c.Password))
 	}
 	pool := sql.OpenDB(connector)
 	pool.SetMaxOpenConns(c.MaxConns)
@@ -178,10 +175,9 @@ func New(ctx context.Context, c Config) (*DB, error) {
 
 	db := &DB{
 		pool:   pool,
-		prefix: c.Prefix,
+		users:  users,
 		marker: c.Marker,
 		host:   c.UserHost,
-		names:  regexp.MustCompile(`^` + c.Prefix + `_` + rolePartRE + `_` + randomPartRE + `$`),
 		where:  mc.Addr,
 		secret: c.Password,
 	}
@@ -205,7 +201,7 @@ func (db *DB) Ping(ctx context.Context) error {
 }
 
 func (db *DB) connectError(ctx context.Context, err error) error {
-	return wrap(ctx, "connect to "+db.where, errors.New(redact(err.Error(), db.secret)), unavailable(err))
+	return wrap(ctx, "connect to "+db.where, errors.New(plugins.Redact(err.Error(), db.secret)), unavailable(err))
 }
 
 // serverInfo returns what the server told the plugin on first contact,
@@ -249,7 +245,7 @@ func (db *DB) serverInfo(ctx context.Context) (serverInfo, error) {
 	default:
 		return info, wrap(ctx, "read user name limit", err, unavailable(err))
 	}
-	if _, _, err := randomLength(info.nameLimit, len(db.prefix)); err != nil {
+	if _, _, err := usernameRules.Split(info.nameLimit, len(db.users.Prefix())); err != nil {
 		return info, fmt.Errorf("mysql: %s %s: %w", info.flavour, info.version, err)
 	}
 	if len(db.marker) > info.nameLimit {
@@ -304,7 +300,8 @@ func (db *DB) ListUsers(ctx context.Context) ([]string, error) {
 	if info.flavour == flavourMySQL {
 		q = "SELECT DISTINCT TO_USER FROM mysql.role_edges WHERE FROM_USER = ? AND LEFT(TO_USER, ?) = ? ORDER BY TO_USER"
 	}
-	rows, err := db.pool.QueryContext(ctx, q, db.marker, len(db.prefix)+1, db.prefix+"_")
+	prefix := db.users.Prefix() + "_"
+	rows, err := db.pool.QueryContext(ctx, q, db.marker, len(prefix), prefix)
 	if err != nil {
 		return nil, wrap(ctx, "list users", err, unavailable(err))
 	}
@@ -315,7 +312,7 @@ func (db *DB) ListUsers(ctx context.Context) ([]string, error) {
 		if err := rows.Scan(&n); err != nil {
 			return nil, wrap(ctx, "list users", err, unavailable(err))
 		}
-		if db.names.MatchString(n) {
+		if db.users.Match(n) {
 			out = append(out, n)
 		}
 	}
@@ -434,26 +431,7 @@ func unavailable(err error) bool {
 	return false
 }
 
-// wrap adds the operation and, for connection problems, ErrUnavailable. A
-// done context wins, so a cancelled call is never reported as an outage.
+// wrap adds the operation and, for connection problems, plugins.KindUnavailable.
 func wrap(ctx context.Context, op string, err error, isUnavailable bool) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		if errors.Is(err, ctxErr) {
-			return fmt.Errorf("mysql: %s: %w", op, err)
-		}
-		return fmt.Errorf("mysql: %s: %w: %w", op, ctxErr, err)
-	}
-	if isUnavailable {
-		return fmt.Errorf("mysql: %s: %w: %w", op, plugins.ErrUnavailable, err)
-	}
-	return fmt.Errorf("mysql: %s: %w", op, err)
-}
-
-func redact(msg string, secrets ...string) string {
-	for _, s := range secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
-		}
-	}
-	return msg
+	return plugins.Wrap(ctx, "mysql: "+op, err, isUnavailable)
 }

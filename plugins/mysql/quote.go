@@ -5,13 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
-
-	"github.com/go-sql-driver/mysql"
 )
 
 // maxHostLen is the width of mysql.user.Host (MariaDB, MySQL 8.0.17+).
@@ -22,11 +18,11 @@ const maxHostLen = 255
 // backslash, no space, no @.
 var hostRE = regexp.MustCompile(`^[A-Za-z0-9._%:/-]+$`)
 
-// CheckHost validates the host part of the accounts the broker creates
+// checkHost validates the host part of the accounts the broker creates
 // (the user_host setting). It is deliberately narrower than what the server
 // accepts: a value that needs no escaping at all cannot be mis-escaped
 // under any sql_mode.
-func CheckHost(h string) error {
+func checkHost(h string) error {
 	switch {
 	case h == "":
 		return errors.New("host is empty")
@@ -85,11 +81,11 @@ func quoteTime(t time.Time) (string, error) {
 	return quoteString(t.UTC().Format("2006-01-02 15:04:05"))
 }
 
-// TLSFromSSLMode maps a libpq sslmode (the broker's one setting for both
+// tlsFromSSLMode maps a libpq sslmode (the broker's one setting for both
 // engines) to go-sql-driver's tls parameter. verify-ca is mapped to full
 // verification ("true"), which also checks the host name: go-sql-driver has
 // no CA-only mode, and the stricter reading is the safe one.
-func TLSFromSSLMode(sslmode string) (string, error) {
+func tlsFromSSLMode(sslmode string) (string, error) {
 	switch sslmode {
 	case "disable":
 		return "false", nil
@@ -101,19 +97,4 @@ func TLSFromSSLMode(sslmode string) (string, error) {
 		return "true", nil
 	}
 	return "", fmt.Errorf("unknown sslmode %q", sslmode)
-}
-
-// ClientDSN is the go-sql-driver DSN handed to a workload for its own user.
-// The name and password are generated (no character in them needs
-// escaping); the database name is path-escaped by the driver.
-func ClientDSN(host string, port int, database, username, password, sslmode string) string {
-	c := mysql.NewConfig()
-	c.User, c.Passwd = username, password
-	c.Net, c.Addr = "tcp", net.JoinHostPort(host, strconv.Itoa(port))
-	c.DBName = database
-	c.ParseTime = true
-	if tls, err := TLSFromSSLMode(sslmode); err == nil && tls != "false" {
-		c.TLSConfig = tls
-	}
-	return c.FormatDSN()
 }

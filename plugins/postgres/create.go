@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -112,7 +111,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 		absent = db.DeleteUser(cctx, plugins.DeleteUserRequest{Username: name}) == nil
 	}
 	if absent {
-		err = notCreated{err}
+		err = plugins.NotCreated(err)
 	}
 	op := "new user " + name
 	switch {
@@ -132,24 +131,10 @@ type intentError struct{ error }
 
 func (e intentError) Unwrap() error { return e.error }
 
-// notCreated marks err with plugins.ErrNotCreated, keeping its chain.
-type notCreated struct{ error }
-
-func (e notCreated) Unwrap() []error { return []error{e.error, plugins.ErrNotCreated} }
-
-// statementError is a statement the server rejected. Its text never carries
-// the verifier, which PostgreSQL may quote back in a syntax error.
-type statementError struct {
-	msg string
-	err *pgconn.PgError
-}
-
-func (e *statementError) Error() string { return e.msg }
-
-func (e *statementError) Unwrap() []error { return []error{plugins.ErrInvalidStatement, e.err} }
-
 // statementFailure describes the failure of stmts[i], where the first n
 // statements come from the role's template and the rest are the plugin's.
+// Its text never carries the verifier, which PostgreSQL may quote back in a
+// syntax error.
 func statementFailure(i, n int, err error, verifier string) error {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
 	if !ok || unavailable(err) || transient(err) {
@@ -159,9 +144,6 @@ func statementFailure(i, n int, err error, verifier string) error {
 	if i >= n {
 		what = "setting expiry and marker"
 	}
-	msg := strings.ReplaceAll(pgErr.Message, verifier, "[redacted]")
-	return &statementError{
-		msg: fmt.Sprintf("%s rejected: %s (SQLSTATE %s)", what, msg, pgErr.Code),
-		err: pgErr,
-	}
+	msg := plugins.Redact(pgErr.Message, verifier)
+	return plugins.Rejected(fmt.Sprintf("%s rejected: %s (SQLSTATE %s)", what, msg, pgErr.Code), pgErr)
 }

@@ -19,19 +19,9 @@ func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) err
 		return err
 	}
 	op := "delete " + name
-	// Revocation statements are rendered before anything changes, so a bad
-	// snapshot fails without leaving the user half-revoked.
-	if err := plugins.ValidateStatements(req.Statements, false); err != nil {
-		return fmt.Errorf("postgres: %s: %w: %w", op, plugins.ErrInvalidStatement, err)
-	}
-	values := map[string]string{plugins.PlaceholderName: quoteIdent(name)}
-	revoke := make([]string, 0, len(req.Statements))
-	for i, s := range req.Statements {
-		r, err := plugins.Render(s, values)
-		if err != nil {
-			return fmt.Errorf("postgres: %s: revocation statement %d: %w: %w", op, i+1, plugins.ErrInvalidStatement, err)
-		}
-		revoke = append(revoke, r)
+	revoke, err := plugins.RenderRevocation(req.Statements, quoteIdent(name))
+	if err != nil {
+		return fmt.Errorf("postgres: %s: %w", op, err)
 	}
 	return db.drop(ctx, &dropCall{name: name, revoke: revoke, aclLock: needsACLLock(req.Statements)})
 }

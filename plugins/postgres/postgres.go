@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -35,8 +34,8 @@ type Config struct {
 	SSLMode string
 	// MaxConns bounds the pool; 0 means pgx's default.
 	MaxConns int32
-	// Prefix starts every generated username: a lowercase letter then up to
-	// 15 lowercase letters or digits. Default "cb".
+	// Prefix starts every generated username (plugins.PrefixPattern).
+	// Default "cb".
 	Prefix string
 	// Marker is stored as the comment of every role the broker creates;
 	// ListUsers returns only roles carrying it. Default "credbroker".
@@ -58,9 +57,8 @@ type Config struct {
 // concurrent use.
 type DB struct {
 	pool   *pgxpool.Pool
-	prefix string
+	users  *plugins.Usernames
 	marker string
-	names  *regexp.Regexp
 	where  string // host:port, for errors
 	secret string // admin password, only to scrub it from errors
 	drops  dropQueue
@@ -68,8 +66,6 @@ type DB struct {
 }
 
 var _ plugins.Database = (*DB)(nil)
-
-var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,15}$`)
 
 // New connects to the server and checks the admin credentials work (unless
 // c.Lazy, see Ping).
@@ -89,8 +85,9 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	if c.ScramIterations < 1 || c.ScramIterations > MaxScramIterations {
 		return nil, fmt.Errorf("postgres: scram iterations %d must be between 1 and %d", c.ScramIterations, MaxScramIterations)
 	}
-	if !prefixRE.MatchString(c.Prefix) {
-		return nil, fmt.Errorf("postgres: prefix %q must match %s", c.Prefix, prefixRE)
+	users, err := plugins.NewUsernames(usernameRules, c.Prefix)
+	if err != nil {
+		return nil, err
 	}
 	if strings.ContainsRune(c.Marker, 0) {
 		return nil, errors.New("postgres: marker contains a NUL byte")
@@ -115,7 +112,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	}
 	pc, err := pgxpool.ParseConfig(strings.Join(kv, " "))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: connection settings: %s", redact(err.Error(), c.Password))
+		return nil, fmt.Errorf("postgres: connection settings: %s", plugins.Redact(err.Error(), c.Password))
 	}
 	pc.ConnConfig.Password = c.Password
 	pc.ConnConfig.ConnectTimeout = c.ConnectTimeout
@@ -125,13 +122,12 @@ func New(ctx context.Context, c Config) (*DB, error) {
 
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: %w: %s", plugins.ErrUnavailable, redact(err.Error(), c.Password))
+		return nil, &plugins.Error{Kind: plugins.KindUnavailable, Err: fmt.Errorf("postgres: %w: %s", plugins.ErrUnavailable, plugins.Redact(err.Error(), c.Password))}
 	}
 	db := &DB{
 		pool:   pool,
-		prefix: c.Prefix,
+		users:  users,
 		marker: c.Marker,
-		names:  regexp.MustCompile(`^` + c.Prefix + `_` + rolePartRE + `_` + randomPartRE + `$`),
 		where:  fmt.Sprintf("%s:%d", c.Host, c.Port),
 		secret: c.Password,
 		iters:  c.ScramIterations,
@@ -148,7 +144,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 // Ping checks that the server answers and the admin credentials work.
 func (db *DB) Ping(ctx context.Context) error {
 	if err := db.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres: connect to %s: %w: %s", db.where, plugins.ErrUnavailable, redact(err.Error(), db.secret))
+		return &plugins.Error{Kind: plugins.KindUnavailable, Err: fmt.Errorf("postgres: connect to %s: %w: %s", db.where, plugins.ErrUnavailable, plugins.Redact(err.Error(), db.secret))}
 	}
 	return nil
 }
@@ -186,7 +182,7 @@ func (db *DB) ListUsers(ctx context.Context) ([]string, error) {
 	rows, err := db.pool.Query(ctx, `
 		SELECT rolname FROM pg_roles
 		WHERE starts_with(rolname, $1) AND shobj_description(oid, 'pg_authid') = $2
-		ORDER BY rolname`, db.prefix+"_", db.marker)
+		ORDER BY rolname`, db.users.Prefix()+"_", db.marker)
 	if err != nil {
 		return nil, wrap(ctx, "list users", err)
 	}
@@ -196,7 +192,7 @@ func (db *DB) ListUsers(ctx context.Context) ([]string, error) {
 	}
 	out := names[:0]
 	for _, n := range names {
-		if db.names.MatchString(n) {
+		if db.users.Match(n) {
 			out = append(out, n)
 		}
 	}
@@ -251,24 +247,8 @@ func unavailable(err error) bool {
 	return pgErr.Code == "3D000" // the configured database vanished
 }
 
-// wrap adds the operation and, for connection problems, ErrUnavailable. A
-// done context wins, so a cancelled call is never reported as an outage.
+// wrap adds the operation and, for connection problems (unavailable),
+// plugins.KindUnavailable.
 func wrap(ctx context.Context, op string, err error) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		if errors.Is(err, ctxErr) {
-			return fmt.Errorf("postgres: %s: %w", op, err)
-		}
-		return fmt.Errorf("postgres: %s: %w: %w", op, ctxErr, err)
-	}
-	if unavailable(err) {
-		return fmt.Errorf("postgres: %s: %w: %w", op, plugins.ErrUnavailable, err)
-	}
-	return fmt.Errorf("postgres: %s: %w", op, err)
-}
-
-func redact(msg, secret string) string {
-	if secret == "" {
-		return msg
-	}
-	return strings.ReplaceAll(msg, secret, "[redacted]")
+	return plugins.Wrap(ctx, "postgres: "+op, err, unavailable(err))
 }
