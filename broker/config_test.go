@@ -98,3 +98,45 @@ func TestRevocationStatementsOnlyName(t *testing.T) {
 		t.Fatalf("got %v, want a revocation_statements error", err)
 	}
 }
+
+// TestParseConfigPluginKeys: engine-specific keys reach the plugin's
+// factory through the catalog; the operator sees the whole message.
+func TestParseConfigPluginKeys(t *testing.T) {
+	cases := []struct {
+		name, old, new, want string
+	}{
+		{"unknown plugin", "plugin: postgres", "plugin: oracle",
+			`config: databases.orders.plugin: unknown plugin "oracle" (known: mysql, postgres)`},
+		{"key of the other engine", "password_env: PW", "password_env: PW\n    user_host: '%'",
+			"config: databases.orders.user_host: only applies to plugin mysql"},
+		{"unknown key", "password_env: PW", "password_env: PW\n    sslmod: disable",
+			"config: databases.orders.sslmod: unknown key for plugin postgres"},
+		{"bad value", "password_env: PW", "password_env: PW\n    scram_iterations: 0x7fffffff",
+			"config: databases.orders.scram_iterations: must be between 1 and 1048576"},
+		{"not a number", "password_env: PW", "password_env: PW\n    scram_iterations: lots",
+			`config: databases.orders.scram_iterations: want an integer, got lots`},
+		{"prefix too long", "password_env: PW", "password_env: PW\n    username_prefix: abcdefghi",
+			"config: databases.orders.username_prefix: must match ^[a-z][a-z0-9]{0,7}$"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(goodConfig, tc.old) {
+				t.Fatalf("test case does not apply: %q not in config", tc.old)
+			}
+			_, err := ParseConfig([]byte(strings.Replace(goodConfig, tc.old, tc.new, 1)), builtin.Catalog())
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	c, err := ParseConfig([]byte(strings.Replace(goodConfig, "password_env: PW", "password_env: PW\n    scram_iterations: 16\n    username_prefix: abcdefgh", 1)), builtin.Catalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.Databases["orders"]; d.Options["scram_iterations"] != 16 || d.UsernamePrefix != "abcdefgh" {
+		t.Errorf("parsed %+v", d)
+	}
+	if _, err := ParseConfig([]byte(goodConfig), nil); err == nil {
+		t.Error("ParseConfig without a catalog succeeded")
+	}
+}

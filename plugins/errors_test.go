@@ -1,0 +1,102 @@
+package plugins_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/credbroker/credbroker/plugins"
+)
+
+func TestErrorKinds(t *testing.T) {
+	cause := errors.New("connection refused")
+	tests := []struct {
+		name string
+		err  error
+		want plugins.Kind
+		text string
+	}{
+		{"wrap unavailable", plugins.Wrap(context.Background(), "pg: op", cause, true), plugins.KindUnavailable, "pg: op: database unavailable: connection refused"},
+		{"wrap other", plugins.Wrap(context.Background(), "pg: op", cause, false), 0, "pg: op: connection refused"},
+		{"not created", plugins.NotCreated(plugins.Wrap(context.Background(), "pg: op", cause, true)), plugins.KindUnavailable | plugins.KindNotCreated, "pg: op: database unavailable: connection refused"},
+		{"rejected", plugins.Rejected("creation statement 1 rejected: syntax", cause), plugins.KindInvalidStatement, "creation statement 1 rejected: syntax"},
+		{"plain sentinel", fmt.Errorf("x: %w", plugins.ErrInvalidUsername), plugins.KindInvalidUsername, "x: invalid username"},
+		{"wrapped twice", fmt.Errorf("lease: %w", plugins.NotCreated(cause)), plugins.KindNotCreated, "lease: connection refused"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := plugins.KindOf(tc.err); got != tc.want {
+				t.Errorf("KindOf = %b, want %b", got, tc.want)
+			}
+			if tc.err.Error() != tc.text {
+				t.Errorf("text = %q, want %q", tc.err, tc.text)
+			}
+			k := plugins.KindOf(tc.err)
+			for _, c := range []struct {
+				is       bool
+				sentinel error
+			}{
+				{k.Unavailable(), plugins.ErrUnavailable},
+				{k.InvalidStatement(), plugins.ErrInvalidStatement},
+				{k.InvalidUsername(), plugins.ErrInvalidUsername},
+				{k.NotCreated(), plugins.ErrNotCreated},
+			} {
+				if errors.Is(tc.err, c.sentinel) != c.is {
+					t.Errorf("errors.Is(%v) = %v, kind says %v", c.sentinel, !c.is, c.is)
+				}
+			}
+			if k.Retryable() != k.Unavailable() {
+				t.Error("Retryable differs from Unavailable")
+			}
+			if e, ok := errors.AsType[*plugins.Error](tc.err); ok && e.Retryable() != k.Retryable() {
+				t.Error("(*Error).Retryable differs from its Kind")
+			}
+			if tc.name != "plain sentinel" && !errors.Is(tc.err, cause) {
+				t.Error("cause lost")
+			}
+		})
+	}
+}
+
+// A done context wins over the engine's verdict: a cancelled call is never
+// an outage.
+func TestWrapDoneContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := plugins.Wrap(ctx, "pg: op", errors.New("broken pipe"), true)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, plugins.ErrUnavailable) {
+		t.Errorf("Wrap after cancel = %v, want Canceled and not ErrUnavailable", err)
+	}
+}
+
+func TestRedacted(t *testing.T) {
+	inner := &driverError{stmt: "ALTER USER x IDENTIFIED BY '" + password + "'"}
+	err := plugins.Redacted(inner, password)
+	if strings.Contains(err.Error(), password) {
+		t.Error("password left in the text")
+	}
+	if _, ok := errors.AsType[*driverError](err); !ok {
+		t.Error("driver error not reachable")
+	}
+}
+
+func TestRenderRevocation(t *testing.T) {
+	got, err := plugins.RenderRevocation([]string{"REVOKE ALL ON t FROM {{name}}"}, `"cb_r_x"`)
+	if err != nil || len(got) != 1 || got[0] != `REVOKE ALL ON t FROM "cb_r_x"` {
+		t.Fatalf("RenderRevocation = %q, %v", got, err)
+	}
+	if got, err := plugins.RenderRevocation(nil, "x"); err != nil || len(got) != 0 {
+		t.Errorf("RenderRevocation(nil) = %q, %v", got, err)
+	}
+	for _, stmts := range [][]string{
+		{"ALTER ROLE {{name}} PASSWORD {{password}}"}, // no value here
+		{"REVOKE x FROM {{nme}}"},                     // unknown placeholder
+		{"  "},                                        // empty
+	} {
+		if _, err := plugins.RenderRevocation(stmts, "x"); !errors.Is(err, plugins.ErrInvalidStatement) {
+			t.Errorf("RenderRevocation(%q) = %v, want ErrInvalidStatement", stmts, err)
+		}
+	}
+}
