@@ -29,6 +29,7 @@ func Run(t *testing.T, h Harness) {
 		t.Fatal("pluginstest: the plugin reports ServerExpiry, so Harness.ServerExpiry is required")
 	}
 
+	t.Run("Ping", s.testPing)
 	t.Run("GenerateUsername", s.testGenerateUsername)
 	t.Run("Lifecycle", s.testLifecycle)
 	t.Run("ExpiredUserCannotLogin", s.testExpiredUserCannotLogin)
@@ -382,6 +383,21 @@ func (s *suite) testListUsers(t *testing.T) {
 // testInvalidUsernameRefused uses a closed plugin: a plugin that checked the
 // name only after contacting the server would report the closed pool
 // instead of plugins.ErrInvalidUsername.
+// testPing: a live server answers; a closed plugin's Ping fails as
+// unavailable (retryable), which the broker reports at startup.
+func (s *suite) testPing(t *testing.T) {
+	ctx := testContext(t)
+	if err := s.db.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	closed := s.h.New(t)
+	closed.Close()
+	err := closed.Ping(ctx)
+	if !errors.Is(err, plugins.ErrUnavailable) || !plugins.KindOf(err).Retryable() {
+		t.Errorf("Ping of a closed plugin = %v, want ErrUnavailable, retryable", err)
+	}
+}
+
 func (s *suite) testInvalidUsernameRefused(t *testing.T) {
 	ctx := testContext(t)
 	valid, err := s.db.GenerateUsername("invalid")
@@ -425,8 +441,12 @@ func (s *suite) testInvalidUsernameRefused(t *testing.T) {
 			},
 		}
 		for call, fn := range calls {
-			if err := fn(); !errors.Is(err, plugins.ErrInvalidUsername) {
+			err := fn()
+			if !errors.Is(err, plugins.ErrInvalidUsername) {
 				t.Errorf("%s(%q) = %v, want plugins.ErrInvalidUsername before any server call", call, name, err)
+			}
+			if k := plugins.KindOf(err); k.Retryable() {
+				t.Errorf("%s(%q) = %v, classified retryable", call, name, err)
 			}
 		}
 	}
