@@ -1,6 +1,8 @@
 // Package mysql is the MySQL and MariaDB plugin: it implements
 // plugins.Database on go-sql-driver/mysql with a database/sql pool. It is
-// tested against MariaDB; MySQL 8 differs only where noted.
+// tested against MariaDB; MySQL 8 differs only where noted. Factory is its
+// entry in plugins.Catalog (type "mysql", own config key user_host; the
+// broker's sslmode is mapped to the driver's tls setting).
 //
 // # Creating a user
 //
@@ -41,7 +43,8 @@
 //	SET PASSWORD FOR {{name}} = {{password}}                   MariaDB
 //
 // Anything else is refused with plugins.ErrInvalidStatement before a
-// statement is sent (CheckStatements lets the broker refuse it at load).
+// statement is sent (Factory.CheckStatements lets the broker refuse it at
+// load).
 // The flavour comes from SELECT VERSION(). MySQL 8.4 disables the
 // mysql_native_password plugin by default and 9.0 removes it; there the
 // plugin cannot create users without sending the plaintext, which it does
@@ -50,8 +53,9 @@
 // # No server-side expiry
 //
 // Neither server can make an account stop working at a point in time
-// (PostgreSQL's VALID UNTIL); Capabilities reports ServerExpiry false and
-// UpdateUser does nothing. The broker's expiry loop is the only thing that
+// (PostgreSQL's VALID UNTIL); Capabilities reports ServerExpiry false (the
+// broker logs a warning at startup for such a database) and UpdateUser does
+// nothing. The broker's expiry loop is the only thing that
 // ends a user here: if the broker is down past a lease's expiry, the user
 // keeps working until the broker is back and revokes it. The broker's crash
 // safety still holds (the lease's intent is durable before CREATE USER, and
@@ -61,8 +65,8 @@
 //
 // # Names and the marker
 //
-// Names are <prefix>_<role>_<random>, where random is 16 to 26 base32
-// characters from crypto/rand. The server's own limit on user names is read
+// Names are <prefix>_<role>_<random> (plugins.Usernames), where random is
+// 16 to 26 base32 characters from crypto/rand. The server's own limit on user names is read
 // from information_schema at first contact (MySQL 32, MariaDB 80 or 128);
 // before that, names are made to fit 32. Only the role part is ever
 // shortened, so two leases can never share a user.

@@ -1,5 +1,6 @@
 // Package postgres is the PostgreSQL plugin: it implements plugins.Database
-// on pgx (pgxpool).
+// on pgx (pgxpool). Factory is its entry in plugins.Catalog (type
+// "postgres", own config key scram_iterations).
 //
 // # Creating a user
 //
