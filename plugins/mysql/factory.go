@@ -60,7 +60,7 @@ func (Factory) Open(ctx context.Context, s plugins.Settings) (plugins.Database, 
 	}
 	tls, err := tlsFromSSLMode(s.SSLMode)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("mysql: %w", err)
 	}
 	return New(ctx, Config{
 		Host:           s.Host,

@@ -63,10 +63,10 @@ func TestRandomLength(t *testing.T) {
 	for _, c := range cases {
 		random, role, err := usernameRules.Split(c.limit, c.prefix)
 		if (err == nil) != c.ok || random != c.random || role != c.role {
-			t.Errorf("randomLength(%d, %d) = %d, %d, %v; want %d, %d, ok=%v", c.limit, c.prefix, random, role, err, c.random, c.role, c.ok)
+			t.Errorf("Split(%d, %d) = %d, %d, %v; want %d, %d, ok=%v", c.limit, c.prefix, random, role, err, c.random, c.role, c.ok)
 		}
 		if c.ok && c.prefix+2+random+role != c.limit {
-			t.Errorf("randomLength(%d, %d) does not use the whole limit", c.limit, c.prefix)
+			t.Errorf("Split(%d, %d) does not use the whole limit", c.limit, c.prefix)
 		}
 	}
 }
@@ -146,7 +146,7 @@ func TestTLSFromSSLMode(t *testing.T) {
 		}
 	}
 	if _, err := tlsFromSSLMode("sometimes"); err == nil {
-		t.Error("TLSFromSSLMode accepted an unknown mode")
+		t.Error("tlsFromSSLMode accepted an unknown mode")
 	}
 }
 
