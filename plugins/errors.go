@@ -92,14 +92,22 @@ func (k Kind) sentinels() []error {
 	return out
 }
 
-// Error is a classified plugin error. Its text is Err's; errors.Is matches
-// the sentinel of each of its kinds as well as anything in Err's chain.
+// Error is a classified plugin error (model: pgconn.PgError's SafeToRetry).
+// Its text is Err's, which the plugin has already scrubbed of secrets;
+// errors.Is matches the sentinel of each of its kinds as well as anything in
+// Err's chain, so callers that test sentinels keep working.
 type Error struct {
 	Kind Kind
 	Err  error
 }
 
-func (e *Error) Error() string   { return e.Err.Error() }
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return errors.Join(e.Kind.sentinels()...).Error()
+	}
+	return e.Err.Error()
+}
+
 func (e *Error) Unwrap() []error { return append(e.Kind.sentinels(), e.Err) }
 
 // Unavailable, InvalidStatement, InvalidUsername, NotCreated and Retryable
