@@ -63,7 +63,7 @@ type DB struct {
 	names  *regexp.Regexp
 	where  string // host:port, for errors
 	secret string // admin password, only to scrub it from errors
-	drops  dropQueue
+	drops  *dropQueue
 	iters  int // SCRAM iterations
 }
 
@@ -136,6 +136,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 		secret: c.Password,
 		iters:  c.ScramIterations,
 	}
+	db.drops = db.newDropQueue()
 	if !c.Lazy {
 		if err := db.Ping(ctx); err != nil {
 			pool.Close()
