@@ -32,11 +32,11 @@ type restoring struct {
 // Get, List, Renew and Revoke return it too (never a partial answer): the
 // broker must stop.
 func (m *Manager) DeferLoad(ctx context.Context) error {
-	c, ok := m.cfg.Store.(interface{ checked() error })
+	v, ok := m.cfg.Store.(Verifier)
 	if !ok {
 		return m.Load(ctx)
 	}
-	if err := c.checked(); err != nil {
+	if err := v.Verified(); err != nil {
 		return storeErr("load", "", err)
 	}
 	m.mu.Lock()
