@@ -18,6 +18,7 @@ import (
 
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/lease/boltstore"
 	"github.com/credbroker/credbroker/plugins"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -55,6 +56,10 @@ type AppOptions struct {
 	WrapStore func(lease.Store) lease.Store
 }
 
+// legacyDenylistSuffix names, after the lease store's path, the file where
+// brokers before the store kept the deregistrations.
+const legacyDenylistSuffix = ".deregistered.json"
+
 // NewApp builds every component; it starts no goroutine. Run starts them.
 func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err error) {
 	a := &App{log: opts.Logger, dbs: map[string]*Database{}}
@@ -75,11 +80,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
-	var storeOpts []lease.BoltOption
+	var storeOpts []boltstore.Option
 	if !opts.CreateStore {
-		storeOpts = append(storeOpts, lease.WithMustExist())
+		storeOpts = append(storeOpts, boltstore.WithMustExist())
 	}
-	store, err := lease.OpenBolt(cfg.LeaseStore.Path, storeOpts...)
+	store, err := boltstore.Open(cfg.LeaseStore.Path, storeOpts...)
 	if errors.Is(err, lease.ErrStoreMissing) {
 		return nil, fmt.Errorf("lease store %s does not exist: for a new installation run `credbroker init-store --config FILE`; "+
 			"otherwise restore it from a backup (starting empty would forget every live lease and strand its users)", cfg.LeaseStore.Path)
@@ -157,7 +162,9 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
-	reg, err := openRegistry(cfg.LeaseStore.Path + ".deregistered.json")
+	// Deregistrations are kept in the lease store; brokers before it kept
+	// them in a JSON file next to the bbolt file, imported once here.
+	reg, err := openRegistry(ctx, a.store, cfg.LeaseStore.Path+legacyDenylistSuffix)
 	if err != nil {
 		return nil, err
 	}

@@ -22,24 +22,45 @@ import (
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// failingStore fails Put of ACTIVE records while armed: the durable
-// "credential handed out" write.
-type failingStore struct {
+// capableStore is a lease.Store with the optional abilities of the real
+// one (boltstore.Store). A wrapper must forward them: without them the
+// Manager takes another restore path (DeferLoad loads synchronously), and
+// the faults would be tested on a broker that is not the real one.
+type capableStore interface {
 	lease.Store
+	lease.Verifier
+	lease.SizeHinter
+	lease.BulkPutter
+}
+
+// failingStore fails Put of ACTIVE records while armed: the durable
+// "credential handed out" write. Everything else, the optional abilities
+// included, goes to the wrapped store.
+type failingStore struct {
+	capableStore
 	armed atomic.Bool
 }
+
+var _ capableStore = (*failingStore)(nil)
 
 func (f *failingStore) Put(ctx context.Context, l lease.Lease) error {
 	if f.armed.Load() && l.State == lease.StateActive {
 		return errors.New("injected: disk full")
 	}
-	return f.Store.Put(ctx, l)
+	return f.capableStore.Put(ctx, l)
 }
 
 func TestStoreWriteFailureFailsClosed(t *testing.T) {
 	fs := &failingStore{}
 	e := newEnv(t, func(o *broker.AppOptions) {
-		o.WrapStore = func(s lease.Store) lease.Store { fs.Store = s; return fs }
+		o.WrapStore = func(s lease.Store) lease.Store {
+			c, ok := s.(capableStore)
+			if !ok {
+				t.Fatalf("the broker's store %T lacks the optional abilities the wrapper forwards", s)
+			}
+			fs.capableStore = c
+			return fs
+		}
 	})
 	ctx := context.Background()
 	fs.armed.Store(true)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,14 +30,16 @@ var (
 //
 //   - IDs an operator deregistered with AdminService/DeregisterWorkload are
 //     refused until RegisterWorkload, or until a SPIRE entry yielding the ID
-//     is created after the deregistration. The set is persisted, so a
-//     restart does not quietly re-admit them.
+//     is created after the deregistration. The set is kept in the lease
+//     store (lease.Store Deny, Allow, Denied), as durably as the leases, so
+//     a restart does not quietly re-admit them; the registry holds a copy
+//     in memory for the checks on every request.
 //   - With a SPIRE registry watch, an ID that the last complete listing of
 //     entries did not contain is refused. Before the first complete listing
 //     (SPIRE unreachable at start) nothing is refused: an outage is not a
 //     deregistration.
 type registry struct {
-	path string // the persisted deregistrations (JSON)
+	store lease.Store // where the deregistrations are kept
 
 	mu     sync.RWMutex
 	denied map[string]time.Time // SPIFFE ID → when it was deregistered
@@ -46,19 +50,62 @@ type registry struct {
 	spireAt time.Time
 }
 
-func openRegistry(path string) (*registry, error) {
-	r := &registry{path: path, denied: map[string]time.Time{}}
+// openRegistry reads the deregistrations kept in store. legacy, if not
+// empty, is the JSON file where brokers before the store kept them; it is
+// imported first (importDenylist).
+func openRegistry(ctx context.Context, store lease.Store, legacy string) (*registry, error) {
+	if legacy != "" {
+		if err := importDenylist(ctx, store, legacy); err != nil {
+			return nil, err
+		}
+	}
+	denied, err := store.Denied(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("registry: refusing to start without the deregistrations: %w", err)
+	}
+	return &registry{store: store, denied: denied}, nil
+}
+
+// importedSuffix is appended to the name of a legacy deregistrations file
+// once its contents are in the store.
+const importedSuffix = ".imported"
+
+// importDenylist moves the deregistrations of the JSON file at path (SPIFFE
+// ID → time, as brokers before the store wrote them next to the bbolt file)
+// into store, so that an upgraded broker forgets none. Each is durable in
+// the store before the file is renamed to path+importedSuffix, so it is
+// imported once: a crash in between imports it again, which changes
+// nothing (Deny keeps an ID's first time). The renamed file is left for the
+// operator. An unreadable file refuses the start, as it did before.
+func importDenylist(ctx context.Context, store lease.Store, path string) error {
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return r, nil
+		return nil
 	case err != nil:
-		return nil, fmt.Errorf("registry: %w", err)
+		return fmt.Errorf("registry: %w", err)
 	}
-	if err := json.Unmarshal(b, &r.denied); err != nil {
-		return nil, fmt.Errorf("registry: %s is unreadable; refusing to forget deregistrations: %w", path, err)
+	var denied map[string]time.Time
+	if err := json.Unmarshal(b, &denied); err != nil {
+		return fmt.Errorf("registry: %s is unreadable; refusing to forget deregistrations: %w", path, err)
 	}
-	return r, nil
+	for _, id := range slices.Sorted(maps.Keys(denied)) {
+		if err := store.Deny(ctx, id, denied[id]); err != nil {
+			return fmt.Errorf("registry: import %s: %w", path, err)
+		}
+	}
+	if err := os.Rename(path, path+importedSuffix); err != nil {
+		return fmt.Errorf("registry: import %s: %w", path, err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("registry: import %s: %w", path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("registry: import %s: %w", path, err)
+	}
+	return nil
 }
 
 // allowed reports errDeregistered for a refused ID.
@@ -77,56 +124,58 @@ func (r *registry) allowed(id string) error {
 }
 
 // deny records a deregistration durably.
-func (r *registry) deny(id string, at time.Time) error {
+func (r *registry) deny(ctx context.Context, id string, at time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.denied[id]; ok {
 		return nil
 	}
-	r.denied[id] = at
-	if err := r.saveLocked(); err != nil {
-		delete(r.denied, id)
-		return err
+	if err := r.store.Deny(ctx, id, at); err != nil {
+		return fmt.Errorf("registry: %w", err)
 	}
+	r.denied[id] = at
 	return nil
 }
 
 // allow lifts a deregistration; it reports whether there was one.
-func (r *registry) allow(id string) (bool, error) {
+func (r *registry) allow(ctx context.Context, id string) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	at, ok := r.denied[id]
-	if !ok {
+	if _, ok := r.denied[id]; !ok {
 		return false, nil
 	}
-	delete(r.denied, id)
-	if err := r.saveLocked(); err != nil {
-		r.denied[id] = at
-		return false, err
+	if err := r.store.Allow(ctx, id); err != nil {
+		return false, fmt.Errorf("registry: %w", err)
 	}
+	delete(r.denied, id)
 	return true, nil
 }
 
 // observe installs a complete SPIRE listing. It lifts deregistrations of IDs
 // whose entry was created after the deregistration (registered again) and
-// returns them.
-func (r *registry) observe(at time.Time, ids map[string]time.Time) (reRegistered []string, stale bool, err error) {
+// returns them. They are lifted in memory even if the store fails (err):
+// the next listing lifts them in the store again.
+func (r *registry) observe(ctx context.Context, at time.Time, ids map[string]time.Time) (reRegistered []string, stale bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if at.Before(r.spireAt) {
 		return nil, true, nil
 	}
 	r.spire, r.spireAt = ids, at
+	var errs []error
 	for id, at := range r.denied {
 		if created, ok := ids[id]; ok && created.After(at) {
 			delete(r.denied, id)
 			reRegistered = append(reRegistered, id)
+			if err := r.store.Allow(ctx, id); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
-	if len(reRegistered) > 0 {
-		err = r.saveLocked()
+	if err := errors.Join(errs...); err != nil {
+		return reRegistered, false, fmt.Errorf("registry: %w", err)
 	}
-	return reRegistered, false, err
+	return reRegistered, false, nil
 }
 
 // registered reports whether the last SPIRE listing contains id; ok is
@@ -139,41 +188,6 @@ func (r *registry) registered(id string) (registered, ok bool) {
 	}
 	_, registered = r.spire[id]
 	return registered, true
-}
-
-func (r *registry) saveLocked() error {
-	b, err := json.Marshal(r.denied)
-	if err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(r.path), filepath.Base(r.path)+".new-*")
-	if err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("registry: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("registry: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), r.path); err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	d, err := os.Open(filepath.Dir(r.path))
-	if err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	return nil
 }
 
 // refreshEvery bounds the on-demand re-listings of SPIRE entries that
@@ -207,7 +221,7 @@ func (s *Server) checkRegistered(ctx context.Context, id string) error {
 // ID was registered again are lifted, and every lease whose owner no entry
 // yields any longer is revoked.
 func (s *Server) observeRegistry(ctx context.Context, at time.Time, ids map[string]time.Time) {
-	again, stale, err := s.registry.observe(at, ids)
+	again, stale, err := s.registry.observe(ctx, at, ids)
 	if stale {
 		return
 	}

@@ -155,7 +155,7 @@ func (s adminService) DeregisterWorkload(ctx context.Context, req *pb.Deregister
 	owner := target.String()
 	if s.registry != nil {
 		// Refuse new issuance first, so nothing slips in while revoking.
-		if err := s.registry.deny(owner, s.now()); err != nil {
+		if err := s.registry.deny(ctx, owner, s.now()); err != nil {
 			return nil, err
 		}
 	}
@@ -178,7 +178,7 @@ func (s adminService) RegisterWorkload(ctx context.Context, req *pb.RegisterWork
 	}
 	was := false
 	if s.registry != nil {
-		if was, err = s.registry.allow(target.String()); err != nil {
+		if was, err = s.registry.allow(ctx, target.String()); err != nil {
 			return nil, err
 		}
 	}

@@ -41,14 +41,34 @@
 //
 // # Storage
 //
-// Store is the persistence seam, free of engine types. BoltStore (bbolt,
-// one file, fsync per commit shared by concurrent writers) is the default;
-// MemStore is for tests. Store errors wrap ErrStoreUnavailable; a store
-// whose data cannot be trusted fails with ErrStoreCorrupt and the broker
-// must not start on it. BoltStore does not keep the pages of its memory
-// map resident after reading the whole file (opening it, a Scan), so that
-// a million restored leases cost their heap and not also the file's size in
-// RSS (docs/performance.md §4).
+// Store is the persistence seam, free of engine types: the leases (Put,
+// Get, Delete, Scan with a Filter by state and owner) and the workloads an
+// operator deregistered (Deny, Allow, Denied), every write durable when it
+// returns. Implementations live in their own packages and are proven by
+// one conformance suite, package leasetest:
+//
+//	lease/boltstore   the embedded store: one bbolt file, fsync per commit
+//	                  shared by concurrent writers (internal/batch)
+//	MemStore          in memory, for tests; keeps nothing across restarts
+//
+// Store errors wrap ErrStoreUnavailable; a store whose data cannot be
+// trusted fails with ErrStoreCorrupt, one that must exist and does not with
+// ErrStoreMissing, and the broker must not start on either.
+//
+// Optional abilities of a Store are exported interfaces, which the Manager
+// uses when present and does without otherwise, at a documented cost:
+//
+//	Verifier     checked every record when opened: DeferLoad can refuse a
+//	             bad store at once and restore in Run (serve within a
+//	             second of a restart with a million leases). Without it
+//	             DeferLoad loads synchronously, as Load.
+//	SizeHinter   the number of leases: Load sizes its map once. Without it
+//	             the map grows through the inserts.
+//	BulkPutter   many leases in one transaction (PutAll): imports and
+//	             benchmarks. Without it one Put each.
+//
+// A Store that wraps another (fault injection) forwards them, or the
+// Manager takes the other path.
 //
 // # Crash testing
 //

@@ -43,8 +43,8 @@ func (m *Manager) load(ctx context.Context) error {
 	// published. The expiry heap is built once at the end, in O(n).
 	now := m.now()
 	hint := 0
-	if h, ok := m.cfg.Store.(interface{ sizeHint() int }); ok {
-		hint = h.sizeHint()
+	if h, ok := m.cfg.Store.(SizeHinter); ok {
+		hint = h.SizeHint()
 	}
 	loaded := make(map[string]*entry, hint)
 	due := make([]*entry, 0, hint) // becomes the queue's heap
@@ -105,7 +105,7 @@ func (m *Manager) load(ctx context.Context) error {
 	})
 	deferred := m.deferred.Load() != nil
 	batch := <-free
-	err := m.cfg.Store.Scan(ctx, func(l Lease) error {
+	err := m.cfg.Store.Scan(ctx, Filter{}, func(l Lease) error {
 		if failed.Load() {
 			return errLoadStopped
 		}

@@ -49,7 +49,7 @@ func TestLoad(t *testing.T) {
 		if _, ok := get(env.m, creatingOK.ID); ok {
 			t.Error("still in memory")
 		}
-		if _, ok := env.store.Get(creatingOK.ID); ok {
+		if _, ok := storedLease(env.store, creatingOK.ID); ok {
 			t.Error("still stored")
 		}
 	})
@@ -58,7 +58,7 @@ func TestLoad(t *testing.T) {
 		if got.LastError != errDB.Error() || got.Attempts != 1 {
 			t.Errorf("lease = %+v", got)
 		}
-		if s, _ := env.store.Get(creatingFail.ID); s.State != StateRevoking || s.LastError == "" {
+		if s, _ := storedLease(env.store, creatingFail.ID); s.State != StateRevoking || s.LastError == "" {
 			t.Errorf("stored = %+v", s)
 		}
 		if _, ok := env.m.queuedAt(creatingFail.ID); !ok {
@@ -277,7 +277,7 @@ func TestExpiredStateReported(t *testing.T) {
 	if !got.Expired {
 		t.Error("expiry-driven revocation not marked Expired")
 	}
-	if s, _ := env.store.Get(l.ID); s.State != StateRevoking || !s.Expired {
+	if s, _ := storedLease(env.store, l.ID); s.State != StateRevoking || !s.Expired {
 		t.Errorf("stored = %+v, want REVOKING expired", s)
 	}
 	// A Revoke now joins the expiry's attempt.

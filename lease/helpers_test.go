@@ -246,3 +246,20 @@ func list(t testing.TB, m *Manager, filter func(Lease) bool) []Lease {
 	}
 	return ls
 }
+
+// storedLease returns the record of id in s, and whether there is one.
+func storedLease(s *MemStore, id string) (Lease, bool) {
+	l, err := s.Get(context.Background(), id)
+	return l, err == nil
+}
+
+// verifiedStore is a MemStore that claims to have checked its records when
+// opened (a lease.Verifier, as boltstore.Store), so the Manager restores it
+// in Run after DeferLoad; invalid is what Verified reports.
+type verifiedStore struct {
+	*MemStore
+	invalid error
+}
+
+func (s verifiedStore) Verified() error { return s.invalid }
+func (s verifiedStore) SizeHint() int   { return s.Len() }

@@ -1,7 +1,6 @@
 package lease
 
 import (
-	"context"
 	"errors"
 	"time"
 )
@@ -66,18 +65,6 @@ type Lease struct {
 	Expired bool `json:"expired,omitempty"`
 }
 
-// Store persists leases. Put must be durable when it returns nil: the broker
-// hands out no credential before its ACTIVE record is stored. Implementations
-// must be safe for concurrent use. The interface carries no engine types so a
-// shared PostgreSQL store can replace the embedded one.
-type Store interface {
-	Put(ctx context.Context, l Lease) error
-	Delete(ctx context.Context, id string) error
-	// Scan calls fn for every stored lease, in no particular order.
-	Scan(ctx context.Context, fn func(Lease) error) error
-	Close() error
-}
-
 // Sentinel errors.
 var (
 	ErrNotFound         = errors.New("lease not found")
@@ -88,8 +75,8 @@ var (
 	// undecodable record). The broker must refuse to start rather than
 	// forget leases.
 	ErrStoreCorrupt = errors.New("lease store corrupt")
-	// ErrStoreMissing: OpenBolt with WithMustExist found no file. A store
-	// that vanished is lost leases, never "no leases".
+	// ErrStoreMissing: a store that must exist (boltstore.WithMustExist)
+	// does not. A store that vanished is lost leases, never "no leases".
 	ErrStoreMissing = errors.New("lease store does not exist")
 	// ErrExists: Begin was given an ID that is already known.
 	ErrExists = errors.New("lease already exists")
@@ -107,4 +94,19 @@ func (l Lease) clone() Lease {
 		l.RevocationStatements = append([]string(nil), l.RevocationStatements...)
 	}
 	return l
+}
+
+// normalizeTimes puts every time of l in UTC and strips monotonic readings.
+func normalizeTimes(l Lease) Lease {
+	l.IssueTime = utc(l.IssueTime)
+	l.ExpireTime = utc(l.ExpireTime)
+	l.MaxExpireTime = utc(l.MaxExpireTime)
+	return l
+}
+
+func utc(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.Round(0).UTC()
 }

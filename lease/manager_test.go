@@ -88,7 +88,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustState(t, m, l.ID, StateCreating)
-	if s, _ := env.store.Get(l.ID); s.State != StateCreating {
+	if s, _ := storedLease(env.store, l.ID); s.State != StateCreating {
 		t.Errorf("stored state after Begin = %s", s.State)
 	}
 	if _, ok := m.queuedAt(l.ID); ok {
@@ -102,7 +102,7 @@ func TestLifecycle(t *testing.T) {
 	if act.State != StateActive || !act.ExpireTime.Equal(l.ExpireTime) {
 		t.Errorf("Activate = %+v", act)
 	}
-	if s, _ := env.store.Get(l.ID); s.State != StateActive {
+	if s, _ := storedLease(env.store, l.ID); s.State != StateActive {
 		t.Errorf("stored state after Activate = %s", s.State)
 	}
 	if at, ok := m.queuedAt(l.ID); !ok || !at.Equal(l.ExpireTime) {
@@ -120,7 +120,7 @@ func TestLifecycle(t *testing.T) {
 	if at, _ := m.queuedAt(l.ID); !at.Equal(ren.ExpireTime) {
 		t.Errorf("queue not fixed: at %v, want %v", at, ren.ExpireTime)
 	}
-	if s, _ := env.store.Get(l.ID); !s.ExpireTime.Equal(ren.ExpireTime) {
+	if s, _ := storedLease(env.store, l.ID); !s.ExpireTime.Equal(ren.ExpireTime) {
 		t.Errorf("stored expiry %v, want %v", s.ExpireTime, ren.ExpireTime)
 	}
 
@@ -333,7 +333,7 @@ func TestRenew(t *testing.T) {
 				if at, _ := env.m.queuedAt(l.ID); !at.Equal(want) {
 					t.Errorf("queued at %v, want %v", at, want)
 				}
-				if s, _ := env.store.Get(l.ID); !s.ExpireTime.Equal(want) {
+				if s, _ := storedLease(env.store, l.ID); !s.ExpireTime.Equal(want) {
 					t.Errorf("stored expiry %v, want %v", s.ExpireTime, want)
 				}
 			}
@@ -379,7 +379,7 @@ func TestRevokeFailureKeepsRevoking(t *testing.T) {
 	if got.LastError != errDB.Error() || got.Attempts != 1 || got.Expired {
 		t.Errorf("lease = %+v", got)
 	}
-	if s, _ := env.store.Get(l.ID); s.State != StateRevoking || s.LastError != errDB.Error() || s.Attempts != 1 {
+	if s, _ := storedLease(env.store, l.ID); s.State != StateRevoking || s.LastError != errDB.Error() || s.Attempts != 1 {
 		t.Errorf("stored = %+v", s)
 	}
 	now := env.clock.Now()
@@ -411,7 +411,7 @@ func TestRevokeDeleteFailureRetries(t *testing.T) {
 	if got.LastError == "" || got.Attempts != 1 {
 		t.Errorf("lease = %+v", got)
 	}
-	if _, ok := env.store.Get(l.ID); !ok {
+	if _, ok := storedLease(env.store, l.ID); !ok {
 		t.Fatal("record deleted though Delete failed")
 	}
 	env.store.SetFailDelete(nil)
@@ -439,7 +439,7 @@ func TestRevokeStoreDownStillDrops(t *testing.T) {
 		t.Error("user not dropped while the store is down")
 	}
 	mustState(t, env.m, l.ID, StateRevoking)
-	if s, _ := env.store.Get(l.ID); s.State != StateActive {
+	if s, _ := storedLease(env.store, l.ID); s.State != StateActive {
 		t.Errorf("stored state = %s, want the old ACTIVE record kept", s.State)
 	}
 }
@@ -500,7 +500,7 @@ func TestAbort(t *testing.T) {
 				if got.LastError == "" {
 					t.Error("no LastError")
 				}
-				if s, _ := env.store.Get(l.ID); s.State != StateRevoking {
+				if s, _ := storedLease(env.store, l.ID); s.State != StateRevoking {
 					t.Errorf("stored state %s, want REVOKING", s.State)
 				}
 				env.clock.Advance(time.Minute)

@@ -4,14 +4,19 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // MemStore is an in-memory Store for tests and benchmarks. It keeps nothing
 // across restarts, so it must not back a real broker. Fault hooks make its
 // operations fail on demand, to test fail-closed behaviour.
+//
+// It has none of the optional abilities (Verifier, SizeHinter,
+// BulkPutter): DeferLoad on it loads at once, as Load.
 type MemStore struct {
 	mu         sync.Mutex
 	leases     map[string]Lease
+	denied     map[string]time.Time
 	closed     bool
 	failPut    func(Lease) error
 	failDelete func(id string) error
@@ -22,7 +27,7 @@ var _ Store = (*MemStore)(nil)
 
 // NewMemStore returns an empty MemStore, optionally holding leases.
 func NewMemStore(leases ...Lease) *MemStore {
-	s := &MemStore{leases: make(map[string]Lease, len(leases))}
+	s := &MemStore{leases: make(map[string]Lease, len(leases)), denied: map[string]time.Time{}}
 	for _, l := range leases {
 		s.leases[l.ID] = normalizeTimes(l.clone())
 	}
@@ -52,12 +57,18 @@ func (s *MemStore) SetFailScan(fn func() error) {
 	s.failScan = fn
 }
 
-// Get returns the stored lease with id (for tests).
-func (s *MemStore) Get(id string) (Lease, bool) {
+// Get returns the stored lease with id.
+func (s *MemStore) Get(ctx context.Context, id string) (Lease, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.usable(ctx); err != nil {
+		return Lease{}, fmt.Errorf("lease: store get %s: %w", id, err)
+	}
 	l, ok := s.leases[id]
-	return l.clone(), ok
+	if !ok {
+		return Lease{}, fmt.Errorf("lease: store get %s: %w", id, ErrNotFound)
+	}
+	return l.clone(), nil
 }
 
 // Len is the number of stored leases.
@@ -99,9 +110,9 @@ func (s *MemStore) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// Scan calls fn for a snapshot of the stored leases, without holding the
-// lock, so fn may call back into the store.
-func (s *MemStore) Scan(ctx context.Context, fn func(Lease) error) error {
+// Scan calls fn for a snapshot of the stored leases that f matches,
+// without holding the lock, so fn may call back into the store.
+func (s *MemStore) Scan(ctx context.Context, f Filter, fn func(Lease) error) error {
 	s.mu.Lock()
 	if err := s.usable(ctx); err != nil {
 		s.mu.Unlock()
@@ -115,7 +126,9 @@ func (s *MemStore) Scan(ctx context.Context, fn func(Lease) error) error {
 	}
 	snap := make([]Lease, 0, len(s.leases))
 	for _, l := range s.leases {
-		snap = append(snap, l.clone())
+		if f.Match(l) {
+			snap = append(snap, l.clone())
+		}
 	}
 	s.mu.Unlock()
 	for _, l := range snap {
@@ -124,6 +137,44 @@ func (s *MemStore) Scan(ctx context.Context, fn func(Lease) error) error {
 		}
 	}
 	return nil
+}
+
+// Deny records the deregistration of id at at, unless id is denied already.
+func (s *MemStore) Deny(ctx context.Context, id string, at time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("lease: store deny %s: %w", id, err)
+	}
+	if _, ok := s.denied[id]; !ok {
+		s.denied[id] = utc(at)
+	}
+	return nil
+}
+
+// Allow lifts the deregistration of id.
+func (s *MemStore) Allow(ctx context.Context, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("lease: store allow %s: %w", id, err)
+	}
+	delete(s.denied, id)
+	return nil
+}
+
+// Denied returns a copy of the deregistrations.
+func (s *MemStore) Denied(ctx context.Context) (map[string]time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(ctx); err != nil {
+		return nil, fmt.Errorf("lease: store denied: %w", err)
+	}
+	out := make(map[string]time.Time, len(s.denied))
+	for id, at := range s.denied {
+		out[id] = at
+	}
+	return out, nil
 }
 
 // Close makes every later call fail with ErrStoreUnavailable.

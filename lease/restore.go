@@ -26,17 +26,19 @@ type restoring struct {
 // in memory already and may have changed or gone since), and the leases it
 // restores cannot change before it ends, since everything that would touch
 // them waits. A store that would not load is still refused here, before
-// anything is served: OpenBolt has checked every record. A Store that has
-// not (any but BoltStore) is loaded at once, as by Load. If the restore
+// anything is served, which needs a Store that checked every record when
+// it was opened: a Verifier (boltstore.Store is one). Any other Store is
+// loaded at once, as by Load, so the broker serves only once every lease is
+// in memory. If the restore
 // fails nonetheless (the disk, or ctx ended), Run returns the error and
 // Get, List, Renew and Revoke return it too (never a partial answer): the
 // broker must stop.
 func (m *Manager) DeferLoad(ctx context.Context) error {
-	c, ok := m.cfg.Store.(interface{ checked() error })
+	v, ok := m.cfg.Store.(Verifier)
 	if !ok {
 		return m.Load(ctx)
 	}
-	if err := c.checked(); err != nil {
+	if err := v.Verified(); err != nil {
 		return storeErr("load", "", err)
 	}
 	m.mu.Lock()

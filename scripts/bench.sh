@@ -23,7 +23,7 @@ echo "== go build"
 go build -o .cache/credbroker-bench ./cmd/credbroker-bench
 
 echo "== go test -bench (lease: expiry heap at 1M entries, durable writes)"
-go test -run '^$' -bench 'Queue|BoltPut|IssueRevokeStore' -benchmem -count 1 ./lease/ | tee .cache/bench-go.txt
+go test -run '^$' -bench 'Queue|BoltPut|IssueRevokeStore' -benchmem -count 1 ./lease/... | tee .cache/bench-go.txt
 
 echo "== starting throwaway PostgreSQL"
 export PG_THROWAWAY_CONF=$'max_connections = 300\nlog_statement = none\nfsync = on\nsynchronous_commit = on\nfull_page_writes = on'

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/lease/boltstore"
 	"github.com/credbroker/credbroker/plugins"
 	"github.com/credbroker/credbroker/plugins/postgres"
 )
@@ -40,7 +41,7 @@ func (r *runner) breakdown(ctx context.Context) error {
 	defer pdb.Close()
 	db := plugins.Sanitized(pdb)
 
-	store, err := lease.OpenBolt(filepath.Join(r.tmpDir(), "leases.db"))
+	store, err := boltstore.Open(filepath.Join(r.tmpDir(), "leases.db"))
 	if err != nil {
 		return err
 	}

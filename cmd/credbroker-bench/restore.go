@@ -27,6 +27,7 @@ import (
 
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/lease/boltstore"
 )
 
 // restoreChildCmd runs one broker start in a child process, so that its
@@ -87,7 +88,7 @@ func mb(b int64) float64 { return round2(float64(b) / (1 << 20)) }
 // owned by 100 workloads, expiring over the next day (none during the
 // bench). IDs are sorted so that bulk transactions append.
 func writeLeases(ctx context.Context, path string, n int) error {
-	s, err := lease.OpenBolt(path)
+	s, err := boltstore.Open(path)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 	"os"
 
 	"github.com/credbroker/credbroker/broker"
-	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/lease/boltstore"
 	"github.com/credbroker/credbroker/plugins/builtin"
 )
 
@@ -70,7 +70,7 @@ func initStore(args []string, stdout, stderr io.Writer) error {
 	if _, err := os.Stat(cfg.LeaseStore.Path); err == nil {
 		return fmt.Errorf("init-store: %s already exists; refusing to replace a lease store", cfg.LeaseStore.Path)
 	}
-	s, err := lease.OpenBolt(cfg.LeaseStore.Path)
+	s, err := boltstore.Open(cfg.LeaseStore.Path)
 	if err != nil {
 		return err
 	}

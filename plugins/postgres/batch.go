@@ -3,13 +3,12 @@ package postgres
 import (
 	"context"
 	"errors"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/credbroker/credbroker/internal/batch"
 	"github.com/credbroker/credbroker/plugins"
 )
 
@@ -48,132 +47,74 @@ type dropCall struct {
 	name    string
 	revoke  []string // rendered revocation statements
 	aclLock bool     // the revocation statements change object ACLs
-	// done (capacity 1) receives nil (the user is absent), errAlone (run
-	// the one-user sequence) or, while queued, errLead (run the next batch).
-	done chan error
+	// out is the call's outcome in a batch: nil (the user is absent) or
+	// errAlone (run the one-user sequence). Set once, by deleteBatch.
+	out  error
+	done bool
 }
 
-var (
-	errLead  = errors.New("postgres: lead the next drop batch")
-	errAlone = errors.New("postgres: drop alone")
-)
+// errAlone tells a call whose batch did not settle it to run the one-user
+// sequence; it never reaches a caller.
+var errAlone = errors.New("postgres: drop alone")
 
-// dropQueue holds the calls waiting for the batch in progress.
-type dropQueue struct {
-	mu      sync.Mutex
-	pending []*dropCall
-	busy    bool // a caller is running a batch (or a lone deleteOne)
+// dropQueue coalesces concurrent drops (package internal/batch: the first
+// caller runs at once, those arriving meanwhile form the next batch).
+type dropQueue = batch.Queue[*dropCall, error]
+
+func (db *DB) newDropQueue() *dropQueue {
+	return batch.New(db.runDrops, batch.Options{Max: maxDropBatch})
 }
 
-// drop runs c alone or as part of a batch and returns its outcome.
-func (db *DB) drop(ctx context.Context, c *dropCall) error {
-	c.done = make(chan error, 1)
-	q := &db.drops
-	q.mu.Lock()
-	q.pending = append(q.pending, c)
-	lead := !q.busy
-	q.busy = true
-	q.mu.Unlock()
-
-	if !lead {
-		select {
-		case err := <-c.done:
-			if err != errLead {
-				return db.settle(ctx, c, err)
-			}
-		case <-ctx.Done():
-			if q.abandon(c) {
-				return wrap(ctx, "delete "+c.name, ctx.Err())
-			}
-			// Taken into a running batch: its outcome is on its way.
-			if err := <-c.done; err == nil {
-				return nil
-			}
-			return wrap(ctx, "delete "+c.name, ctx.Err())
-		}
-	}
-
-	// Leading: everything queued so far, c first.
-	batch := q.take()
-	if len(batch) == 1 {
-		err := db.deleteOne(ctx, c)
-		q.handOff()
-		return err
+// runDrops runs one batch of the drop queue, in the goroutine of its first
+// caller: a lone call is the one-user sequence with that caller's ctx; a
+// batch runs on behalf of every caller in it, so it does not stop when the
+// leading one gives up.
+func (db *DB) runDrops(ctx context.Context, calls []*dropCall) []error {
+	if len(calls) == 1 {
+		return []error{db.deleteOne(ctx, calls[0])}
 	}
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropBatchTimeout)
-	db.deleteBatch(bctx, batch)
-	cancel()
-	q.handOff()
-	return db.settle(ctx, c, <-c.done)
+	defer cancel()
+	db.deleteBatch(bctx, calls)
+	out := make([]error, len(calls))
+	for i, c := range calls {
+		out[i] = c.out
+	}
+	return out
 }
 
-func (db *DB) settle(ctx context.Context, c *dropCall, err error) error {
+// drop runs c alone or as part of a batch and returns its outcome. A caller
+// whose ctx ends while queued leaves the queue; one whose user was taken
+// into a running batch gets nil if the batch dropped it, and its ctx's error
+// otherwise.
+func (db *DB) drop(ctx context.Context, c *dropCall) error {
+	err, qerr := db.drops.Do(ctx, c)
+	if qerr != nil {
+		return wrap(ctx, "delete "+c.name, qerr)
+	}
 	if err == errAlone {
+		if ctx.Err() != nil {
+			return wrap(ctx, "delete "+c.name, ctx.Err())
+		}
 		return db.deleteOne(ctx, c)
 	}
 	return err
 }
 
-// take removes up to maxDropBatch calls from the front of the queue.
-func (q *dropQueue) take() []*dropCall {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	n := min(len(q.pending), maxDropBatch)
-	batch := slices.Clone(q.pending[:n])
-	q.pending = slices.Delete(q.pending, 0, n)
-	return batch
-}
-
-// handOff makes the first queued call lead the next batch, or ends the
-// busy period. The wake-up is sent under mu so that abandon sees it.
-func (q *dropQueue) handOff() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.pending) > 0 {
-		q.pending[0].done <- errLead // queued calls receive nothing else
-		return
-	}
-	q.busy = false
-}
-
-// abandon removes c, whose caller gave up, from the queue and reports
-// whether it was still queued. If c had just been asked to lead, the next
-// queued call is asked instead.
-func (q *dropQueue) abandon(c *dropCall) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	i := slices.Index(q.pending, c)
-	if i < 0 {
-		return false
-	}
-	q.pending = slices.Delete(q.pending, i, i+1)
-	select {
-	case <-c.done: // errLead
-		if len(q.pending) > 0 {
-			q.pending[0].done <- errLead
-		} else {
-			q.busy = false
-		}
-	default:
-	}
-	return true
-}
-
-// deleteBatch drops the users of calls together and sends each call its
+// deleteBatch drops the users of calls together and sets each call's
 // outcome: nil once its user is absent, errAlone otherwise.
 func (db *DB) deleteBatch(ctx context.Context, calls []*dropCall) {
 	finish := func(cs []*dropCall, err error) {
 		for _, c := range cs {
-			c.done <- err
+			c.out, c.done = err, true
 		}
 	}
 	defer func() {
-		// Whatever went wrong (a panic), no caller is left waiting; the
-		// ones already answered have a full channel.
+		// Whatever went wrong (a panic), every call not yet settled runs
+		// the one-user sequence.
 		for _, c := range calls {
-			select {
-			case c.done <- errAlone:
-			default:
+			if !c.done {
+				c.out, c.done = errAlone, true
 			}
 		}
 	}()

@@ -61,7 +61,7 @@ type DB struct {
 	marker string
 	where  string // host:port, for errors
 	secret string // admin password, only to scrub it from errors
-	drops  dropQueue
+	drops  *dropQueue
 	iters  int // SCRAM iterations
 }
 
@@ -132,6 +132,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 		secret: c.Password,
 		iters:  c.ScramIterations,
 	}
+	db.drops = db.newDropQueue()
 	if !c.Lazy {
 		if err := db.Ping(ctx); err != nil {
 			pool.Close()

@@ -1,4 +1,4 @@
-package lease
+package boltstore
 
 import "golang.org/x/sys/unix"
 

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package lease
+package boltstore
 
 // dropResident does nothing here: the resident store pages it gives back
 // on Linux are counted and reclaimed differently on other systems.

@@ -1,4 +1,4 @@
-package lease
+package boltstore
 
 import (
 	"context"
@@ -14,21 +14,24 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/lease/leasetest"
 )
 
-func openTestBolt(t *testing.T, path string) *BoltStore {
+func openTestBolt(t *testing.T, path string) *Store {
 	t.Helper()
-	s, err := OpenBolt(path, WithBatchDelay(time.Millisecond))
+	s, err := Open(path, WithBatchDelay(time.Millisecond))
 	if err != nil {
 		t.Fatalf("OpenBolt: %v", err)
 	}
 	return s
 }
 
-func scanAll(t *testing.T, s Store) map[string]Lease {
+func scanAll(t *testing.T, s lease.Store) map[string]lease.Lease {
 	t.Helper()
-	got := map[string]Lease{}
-	if err := s.Scan(context.Background(), func(l Lease) error {
+	got := map[string]lease.Lease{}
+	if err := s.Scan(context.Background(), lease.Filter{}, func(l lease.Lease) error {
 		got[l.ID] = l
 		return nil
 	}); err != nil {
@@ -42,33 +45,33 @@ func TestBoltRoundTrip(t *testing.T) {
 	berlin := time.FixedZone("CET", 3600)
 	tests := []struct {
 		name string
-		in   Lease
-		want Lease // zero: same as in
+		in   lease.Lease
+		want lease.Lease // zero: same as in
 	}{
 		{
 			name: "every field",
-			in: Lease{
+			in: lease.Lease{
 				ID: "0123456789abcdef0123456789abcdef", Role: "rw", Owner: "spiffe://example.org/ns/a/sa/b",
 				Database: "pg-main", Username: "cb_rw_x1", IssueTime: base,
 				ExpireTime: base.Add(time.Hour + 1), MaxExpireTime: base.Add(24*time.Hour + 2),
-				State: StateRevoking, RevocationStatements: []string{`REVOKE ALL ON "x" FROM "{{name}}"`, "DROP ROLE \"{{name}}\";\n-- ü"},
+				State: lease.StateRevoking, RevocationStatements: []string{`REVOKE ALL ON "x" FROM "{{name}}"`, "DROP ROLE \"{{name}}\";\n-- ü"},
 				LastError: "connection refused", Attempts: 7, Expired: true,
 			},
 		},
 		{
 			name: "minimal",
-			in:   Lease{ID: "ffffffffffffffffffffffffffffffff", State: StateCreating, ExpireTime: base, MaxExpireTime: base},
+			in:   lease.Lease{ID: "ffffffffffffffffffffffffffffffff", State: lease.StateCreating, ExpireTime: base, MaxExpireTime: base},
 		},
 		{
 			name: "times in another zone come back in UTC",
-			in: Lease{ID: "11111111111111111111111111111111", State: StateActive,
+			in: lease.Lease{ID: "11111111111111111111111111111111", State: lease.StateActive,
 				IssueTime: base.In(berlin), ExpireTime: base.Add(time.Nanosecond).In(berlin), MaxExpireTime: base.Add(time.Hour).In(berlin)},
-			want: Lease{ID: "11111111111111111111111111111111", State: StateActive,
+			want: lease.Lease{ID: "11111111111111111111111111111111", State: lease.StateActive,
 				IssueTime: base, ExpireTime: base.Add(time.Nanosecond), MaxExpireTime: base.Add(time.Hour)},
 		},
 		{
 			name: "monotonic reading dropped",
-			in:   Lease{ID: "22222222222222222222222222222222", State: StateActive, IssueTime: time.Now()},
+			in:   lease.Lease{ID: "22222222222222222222222222222222", State: lease.StateActive, IssueTime: time.Now()},
 		},
 	}
 	path := filepath.Join(t.TempDir(), "leases.db")
@@ -103,7 +106,7 @@ func TestBoltDurableAcrossReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.db")
 	ctx := context.Background()
 	now := time.Now().UTC().Round(0)
-	var all []Lease
+	var all []lease.Lease
 	for i := 0; i < 5; i++ {
 		all = append(all, makeLease(t, now, time.Hour, 2*time.Hour))
 	}
@@ -114,7 +117,7 @@ func TestBoltDurableAcrossReopen(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	all[1].State = StateRevoking // overwrite
+	all[1].State = lease.StateRevoking // overwrite
 	if err := s.Put(ctx, all[1]); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +134,7 @@ func TestBoltDurableAcrossReopen(t *testing.T) {
 	s = openTestBolt(t, path)
 	defer s.Close()
 	got := scanAll(t, s)
-	want := map[string]Lease{}
+	want := map[string]lease.Lease{}
 	for i, l := range all {
 		if i != 2 {
 			want[l.ID] = l
@@ -147,7 +150,7 @@ func TestBoltConcurrentPuts(t *testing.T) {
 	s := openTestBolt(t, path)
 	now := time.Now().UTC()
 	var wg sync.WaitGroup
-	leases := make([]Lease, 64)
+	leases := make([]lease.Lease, 64)
 	for i := range leases {
 		leases[i] = makeLease(t, now, time.Hour, time.Hour)
 	}
@@ -255,13 +258,13 @@ func TestBoltCorruptRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "leases.db")
 			tt.write(t, path)
-			s, err := OpenBolt(path, WithLockTimeout(100*time.Millisecond))
+			s, err := Open(path, WithLockTimeout(100*time.Millisecond))
 			if err == nil {
 				s.Close()
 				t.Fatal("OpenBolt accepted a corrupt file")
 			}
-			if !errors.Is(err, ErrStoreCorrupt) {
-				t.Errorf("err = %v, want ErrStoreCorrupt", err)
+			if !errors.Is(err, lease.ErrStoreCorrupt) {
+				t.Errorf("err = %v, want lease.ErrStoreCorrupt", err)
 			}
 			if !strings.Contains(err.Error(), path) {
 				t.Errorf("err = %q does not name the file", err)
@@ -290,10 +293,10 @@ func TestBoltTruncatedAnywhere(t *testing.T) {
 	for n := ps; n < len(b); n += ps {
 		path := filepath.Join(dir, fmt.Sprintf("cut-%d.db", n))
 		writeFile(t, path, b[:n])
-		s, err := OpenBolt(path, WithLockTimeout(100*time.Millisecond))
+		s, err := Open(path, WithLockTimeout(100*time.Millisecond))
 		if err != nil {
-			if !errors.Is(err, ErrStoreCorrupt) {
-				t.Errorf("cut at %d: err = %v, want ErrStoreCorrupt", n, err)
+			if !errors.Is(err, lease.ErrStoreCorrupt) {
+				t.Errorf("cut at %d: err = %v, want lease.ErrStoreCorrupt", n, err)
 			}
 			continue
 		}
@@ -321,34 +324,34 @@ func TestBoltUndecodableRecord(t *testing.T) {
 
 	s = openTestBolt(t, path)
 	defer s.Close()
-	err = s.Scan(context.Background(), func(Lease) error { return nil })
-	if !errors.Is(err, ErrStoreCorrupt) || !errors.Is(err, ErrStoreUnavailable) {
-		t.Errorf("Scan err = %v, want ErrStoreCorrupt and ErrStoreUnavailable", err)
+	err = s.Scan(context.Background(), lease.Filter{}, func(lease.Lease) error { return nil })
+	if !errors.Is(err, lease.ErrStoreCorrupt) || !errors.Is(err, lease.ErrStoreUnavailable) {
+		t.Errorf("Scan err = %v, want lease.ErrStoreCorrupt and lease.ErrStoreUnavailable", err)
 	}
-	m, err := NewManager(Config{Store: s, Backend: newFakeBackend()})
+	m, err := lease.NewManager(lease.Config{Store: s, Backend: leasetest.NewBackend()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Load(context.Background()); !errors.Is(err, ErrStoreCorrupt) {
-		t.Errorf("Load err = %v, want ErrStoreCorrupt", err)
+	if err := m.Load(context.Background()); !errors.Is(err, lease.ErrStoreCorrupt) {
+		t.Errorf("Load err = %v, want lease.ErrStoreCorrupt", err)
 	}
 }
 
 func TestBoltLockTimeout(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.db")
 	first := openTestBolt(t, path)
-	second, err := OpenBolt(path, WithLockTimeout(50*time.Millisecond))
+	second, err := Open(path, WithLockTimeout(50*time.Millisecond))
 	if err == nil {
 		second.Close()
 		t.Fatal("second OpenBolt of a locked file succeeded")
 	}
-	if !errors.Is(err, ErrStoreUnavailable) || !strings.Contains(err.Error(), "locked") {
-		t.Errorf("err = %v, want ErrStoreUnavailable saying locked", err)
+	if !errors.Is(err, lease.ErrStoreUnavailable) || !strings.Contains(err.Error(), "locked") {
+		t.Errorf("err = %v, want lease.ErrStoreUnavailable saying locked", err)
 	}
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
-	third, err := OpenBolt(path, WithLockTimeout(time.Second))
+	third, err := Open(path, WithLockTimeout(time.Second))
 	if err != nil {
 		t.Fatalf("OpenBolt after the holder closed: %v", err)
 	}
@@ -360,7 +363,7 @@ func TestBoltErrorsWrapUnavailable(t *testing.T) {
 	l := makeLease(t, time.Now(), time.Hour, time.Hour)
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := s.Put(cancelled, l); !errors.Is(err, ErrStoreUnavailable) {
+	if err := s.Put(cancelled, l); !errors.Is(err, lease.ErrStoreUnavailable) {
 		t.Errorf("Put with cancelled ctx: %v", err)
 	}
 	s.Close()
@@ -370,12 +373,14 @@ func TestBoltErrorsWrapUnavailable(t *testing.T) {
 	}{
 		{"put", func() error { return s.Put(context.Background(), l) }},
 		{"delete", func() error { return s.Delete(context.Background(), l.ID) }},
-		{"scan", func() error { return s.Scan(context.Background(), func(Lease) error { return nil }) }},
+		{"scan", func() error {
+			return s.Scan(context.Background(), lease.Filter{}, func(lease.Lease) error { return nil })
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" after close", func(t *testing.T) {
-			if err := tt.op(); !errors.Is(err, ErrStoreUnavailable) {
-				t.Errorf("err = %v, want ErrStoreUnavailable", err)
+			if err := tt.op(); !errors.Is(err, lease.ErrStoreUnavailable) {
+				t.Errorf("err = %v, want lease.ErrStoreUnavailable", err)
 			}
 		})
 	}
@@ -388,41 +393,8 @@ func TestBoltScanPassesCallbackError(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := errors.New("stop")
-	if err := s.Scan(context.Background(), func(Lease) error { return stop }); err != stop {
+	if err := s.Scan(context.Background(), lease.Filter{}, func(lease.Lease) error { return stop }); err != stop {
 		t.Errorf("Scan err = %v, want the callback's error as is", err)
-	}
-}
-
-func TestMemStoreFaults(t *testing.T) {
-	ctx := context.Background()
-	l := makeLease(t, time.Now(), time.Hour, time.Hour)
-	s := NewMemStore()
-	s.SetFailPut(func(Lease) error { return errDB })
-	if err := s.Put(ctx, l); !errors.Is(err, ErrStoreUnavailable) || !errors.Is(err, errDB) {
-		t.Errorf("Put err = %v", err)
-	}
-	if s.Len() != 0 {
-		t.Error("failed Put stored the lease")
-	}
-	s.SetFailPut(nil)
-	if err := s.Put(ctx, l); err != nil {
-		t.Fatal(err)
-	}
-	s.SetFailDelete(func(string) error { return errDB })
-	if err := s.Delete(ctx, l.ID); !errors.Is(err, ErrStoreUnavailable) {
-		t.Errorf("Delete err = %v", err)
-	}
-	s.SetFailScan(func() error { return errDB })
-	if err := s.Scan(ctx, func(Lease) error { return nil }); !errors.Is(err, ErrStoreUnavailable) {
-		t.Errorf("Scan err = %v", err)
-	}
-	if _, ok := s.Get(l.ID); !ok {
-		t.Error("lease lost")
-	}
-	s.Close()
-	s.SetFailDelete(nil)
-	if err := s.Delete(ctx, l.ID); !errors.Is(err, ErrStoreUnavailable) {
-		t.Errorf("Delete after Close err = %v", err)
 	}
 }
 

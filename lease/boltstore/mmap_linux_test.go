@@ -1,4 +1,4 @@
-package lease
+package boltstore
 
 import (
 	"bufio"
@@ -16,7 +16,7 @@ import (
 
 // mappedRSS is how many bytes of s's memory map are resident in this
 // process, from /proc/self/smaps.
-func mappedRSS(t *testing.T, s *BoltStore) int64 {
+func mappedRSS(t *testing.T, s *Store) int64 {
 	t.Helper()
 	var addr uintptr
 	if err := s.db.View(func(tx *bolt.Tx) error {
@@ -51,7 +51,7 @@ func mappedRSS(t *testing.T, s *BoltStore) int64 {
 	return 0
 }
 
-// TestBoltPagesNotKeptResident checks that reading the whole store (OpenBolt's
+// TestBoltPagesNotKeptResident checks that reading the whole store (Open's
 // verification, a Scan) does not leave its pages in this process's RSS,
 // and that the store reads and writes as before afterwards.
 func TestBoltPagesNotKeptResident(t *testing.T) {

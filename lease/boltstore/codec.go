@@ -1,4 +1,4 @@
-package lease
+package boltstore
 
 import (
 	"encoding/binary"
@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/credbroker/credbroker/lease"
 )
 
 // Every stored value starts with its encoding's version byte, so that the
@@ -38,7 +40,7 @@ func knownCodec(b byte) bool { return b == codecV1 || b == codecV2 }
 //	LastError                               string
 //	Attempts                                varint
 //	Expired                                 one byte, 0 or 1
-func encodeLease(l Lease) ([]byte, error) {
+func encodeLease(l lease.Lease) ([]byte, error) {
 	l = normalizeTimes(l)
 	n := 1 + 3*(2*binary.MaxVarintLen64) + 3*binary.MaxVarintLen64 + 1
 	for _, s := range [...]string{l.ID, l.Role, l.Owner, l.Database, l.Username, l.LastError} {
@@ -89,7 +91,7 @@ func putTime(b []byte, t time.Time) []byte {
 
 // decodeLease is the inverse of encodeLease, for either version: b is the
 // record stored under key.
-func decodeLease(key, b []byte) (Lease, error) {
+func decodeLease(key, b []byte) (lease.Lease, error) {
 	return decodeLeaseWith(key, b, nil)
 }
 
@@ -97,23 +99,23 @@ func decodeLease(key, b []byte) (Lease, error) {
 // that many leases share (role, owner, database, revocation statements)
 // into one string each, so a store of a million leases does not hold a
 // million copies of them.
-func decodeLeaseWith(key, b []byte, in *interner) (Lease, error) {
+func decodeLeaseWith(key, b []byte, in *interner) (lease.Lease, error) {
 	if len(b) == 0 {
-		return Lease{}, errors.New("lease: decode: empty record")
+		return lease.Lease{}, errors.New("boltstore: decode: empty record")
 	}
 	switch b[0] {
 	case codecV1:
-		var l Lease
+		var l lease.Lease
 		if err := json.Unmarshal(b[1:], &l); err != nil {
-			return Lease{}, fmt.Errorf("lease: decode: %w", err)
+			return lease.Lease{}, fmt.Errorf("boltstore: decode: %w", err)
 		}
 		return l, nil
 	case codecV2:
 	default:
-		return Lease{}, fmt.Errorf("lease: decode: unknown record version %d", b[0])
+		return lease.Lease{}, fmt.Errorf("boltstore: decode: unknown record version %d", b[0])
 	}
 	d := decoder{b: b[1:]}
-	var l Lease
+	var l lease.Lease
 	l.ID = string(key)
 	l.Role = in.get(fieldRole, d.raw())
 	l.Owner = in.get(fieldOwner, d.raw())
@@ -122,10 +124,10 @@ func decodeLeaseWith(key, b []byte, in *interner) (Lease, error) {
 	l.IssueTime = d.time()
 	l.ExpireTime = d.time()
 	l.MaxExpireTime = d.time()
-	l.State = State(d.uvarint())
+	l.State = lease.State(d.uvarint())
 	if n := d.uvarint(); n > 0 {
 		if n > uint64(len(d.b)) { // each statement takes at least a byte
-			return Lease{}, errors.New("lease: decode: bad statement count")
+			return lease.Lease{}, errors.New("boltstore: decode: bad statement count")
 		}
 		l.RevocationStatements = make([]string, n)
 		for i := range l.RevocationStatements {
@@ -137,9 +139,9 @@ func decodeLeaseWith(key, b []byte, in *interner) (Lease, error) {
 	l.Expired = d.byte() == 1
 	switch {
 	case d.err != nil:
-		return Lease{}, fmt.Errorf("lease: decode: %w", d.err)
+		return lease.Lease{}, fmt.Errorf("boltstore: decode: %w", d.err)
 	case len(d.b) != 0:
-		return Lease{}, fmt.Errorf("lease: decode: %d trailing bytes", len(d.b))
+		return lease.Lease{}, fmt.Errorf("boltstore: decode: %d trailing bytes", len(d.b))
 	}
 	return l, nil
 }
@@ -157,7 +159,7 @@ func checkRecord(k, v []byte) error {
 		for range 3 {
 			d.time()
 		}
-		state := State(d.uvarint())
+		state := lease.State(d.uvarint())
 		for n := d.uvarint(); n > 0 && d.err == nil; n-- {
 			d.raw()
 		}
@@ -166,12 +168,12 @@ func checkRecord(k, v []byte) error {
 		d.byte()
 		switch {
 		case d.err != nil:
-			return fmt.Errorf("lease: decode: %w", d.err)
+			return fmt.Errorf("boltstore: decode: %w", d.err)
 		case len(d.b) != 0:
-			return fmt.Errorf("lease: decode: %d trailing bytes", len(d.b))
-		case !ValidID(string(k)):
+			return fmt.Errorf("boltstore: decode: %d trailing bytes", len(d.b))
+		case !lease.ValidID(string(k)):
 			return fmt.Errorf("key %q is not a lease id", k)
-		case state != StateCreating && state != StateActive && state != StateRevoking:
+		case state != lease.StateCreating && state != lease.StateActive && state != lease.StateRevoking:
 			return fmt.Errorf("stored state %s", state)
 		}
 		return nil
@@ -180,9 +182,9 @@ func checkRecord(k, v []byte) error {
 	switch {
 	case err != nil:
 		return err
-	case l.ID != string(k) || !ValidID(l.ID):
+	case l.ID != string(k) || !lease.ValidID(l.ID):
 		return fmt.Errorf("holds lease %q", l.ID)
-	case l.State != StateCreating && l.State != StateActive && l.State != StateRevoking:
+	case l.State != lease.StateCreating && l.State != lease.StateActive && l.State != lease.StateRevoking:
 		return fmt.Errorf("stored state %s", l.State)
 	}
 	return nil
@@ -306,8 +308,26 @@ func (d *decoder) time() time.Time {
 	return time.Unix(sec, int64(nsec)).UTC()
 }
 
-// normalizeTimes puts every time of l in UTC and strips monotonic readings.
-func normalizeTimes(l Lease) Lease {
+// decodeTime reads a deregistration time: a version byte (codecV2), then
+// the time as putTime writes it.
+func decodeTime(b []byte) (time.Time, error) {
+	if len(b) == 0 || b[0] != codecV2 {
+		return time.Time{}, errors.New("boltstore: decode: unknown time encoding")
+	}
+	d := decoder{b: b[1:]}
+	t := d.time()
+	switch {
+	case d.err != nil:
+		return time.Time{}, fmt.Errorf("boltstore: decode: %w", d.err)
+	case len(d.b) != 0:
+		return time.Time{}, fmt.Errorf("boltstore: decode: %d trailing bytes", len(d.b))
+	}
+	return t, nil
+}
+
+// normalizeTimes puts every time of l in UTC and strips monotonic readings,
+// as the Manager does (decodeLease must give back what was put).
+func normalizeTimes(l lease.Lease) lease.Lease {
 	l.IssueTime = utc(l.IssueTime)
 	l.ExpireTime = utc(l.ExpireTime)
 	l.MaxExpireTime = utc(l.MaxExpireTime)

@@ -1,4 +1,4 @@
-package lease
+package boltstore
 
 import (
 	"bytes"
@@ -15,32 +15,51 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/credbroker/credbroker/lease"
 )
 
-// DefaultLockTimeout is how long OpenBolt waits for another process to
+// Sentinels of package lease, which every Store error wraps.
+var (
+	errUnavailable = lease.ErrStoreUnavailable
+	errCorrupt     = lease.ErrStoreCorrupt
+)
+
+// DefaultLockTimeout is how long Open waits for another process to
 // release the file lock before giving up.
 const DefaultLockTimeout = 2 * time.Second
 
-// bucketName is the one bucket: lease id → encoded Lease.
-var bucketName = []byte("leases")
+var (
+	// bucketName is the bucket of the leases: lease id → encoded Lease.
+	bucketName = []byte("leases")
+	// deniedName is the bucket of the deregistrations: SPIFFE ID → time
+	// (encodeTime). Stores made before it existed lack it until the first
+	// Deny.
+	deniedName = []byte("deregistered")
+)
 
-// BoltStore is the embedded Store, one bbolt file holding one bucket.
-// Every Put and Delete is fsynced before it returns; concurrent calls share
-// a transaction and its fsync (group commit, see commit.go).
-type BoltStore struct {
+// Store is the embedded lease.Store, one bbolt file. Every write is
+// fsynced before it returns; concurrent writes share a transaction and its
+// fsync (group commit, see commit.go).
+type Store struct {
 	db     *bolt.DB
 	writes *groupCommit
 	opened int // records found when opened: Load's size hint
 	// invalid is why a record found when opened would not load (nil: all
-	// would). Open still succeeds, and Scan reports the record; checked
+	// would). Open still succeeds, and Scan reports the record; Verified
 	// tells Manager.DeferLoad.
 	invalid error
 }
 
-var _ Store = (*BoltStore)(nil)
+var (
+	_ lease.Store      = (*Store)(nil)
+	_ lease.Verifier   = (*Store)(nil)
+	_ lease.SizeHinter = (*Store)(nil)
+	_ lease.BulkPutter = (*Store)(nil)
+)
 
-// BoltOption tunes OpenBolt.
-type BoltOption func(*boltConfig)
+// Option tunes Open.
+type Option func(*boltConfig)
 
 type boltConfig struct {
 	lockTimeout time.Duration
@@ -48,46 +67,46 @@ type boltConfig struct {
 	mustExist   bool
 }
 
-// WithMustExist makes OpenBolt fail with ErrStoreMissing instead of
+// WithMustExist makes Open fail with lease.ErrStoreMissing instead of
 // creating a missing file: the broker starts only on a store it created
 // explicitly (credbroker init-store), so a deleted or unmounted store is
 // never mistaken for one without leases.
-func WithMustExist() BoltOption {
+func WithMustExist() Option {
 	return func(c *boltConfig) { c.mustExist = true }
 }
 
-// WithLockTimeout sets how long OpenBolt waits for the file lock
+// WithLockTimeout sets how long Open waits for the file lock
 // (default DefaultLockTimeout). It must be positive: bbolt would wait
 // forever on zero.
-func WithLockTimeout(d time.Duration) BoltOption {
+func WithLockTimeout(d time.Duration) Option {
 	return func(c *boltConfig) { c.lockTimeout = d }
 }
 
 // WithBatchDelay sets how long a committing Put waits for others to share
 // its transaction and fsync (default 0: writes that arrive during a commit
 // share the next one anyway). More latency for one Put, bigger commits.
-func WithBatchDelay(d time.Duration) BoltOption {
+func WithBatchDelay(d time.Duration) Option {
 	return func(c *boltConfig) { c.batchDelay = d }
 }
 
-// OpenBolt opens the store at path, creating it if the file does not exist.
+// Open opens the store at path, creating it if the file does not exist.
 //
 // It never silently starts empty over lost data: an existing file that is
 // empty, truncated, not a bbolt file, without the leases bucket, or with a
 // page of that bucket that cannot be read is refused with an error wrapping
-// ErrStoreCorrupt. A file locked by another process yields an error wrapping
-// ErrStoreUnavailable after the lock timeout.
-func OpenBolt(path string, opts ...BoltOption) (*BoltStore, error) {
+// lease.ErrStoreCorrupt. A file locked by another process yields an error
+// wrapping lease.ErrStoreUnavailable after the lock timeout.
+func Open(path string, opts ...Option) (*Store, error) {
 	cfg := boltConfig{lockTimeout: DefaultLockTimeout}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	if cfg.lockTimeout <= 0 {
-		return nil, fmt.Errorf("lease: open store %s: lock timeout must be positive", path)
+		return nil, fmt.Errorf("boltstore: open %s: lock timeout must be positive", path)
 	}
 	if cfg.mustExist {
 		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("lease: open store %s: %w", path, ErrStoreMissing)
+			return nil, fmt.Errorf("boltstore: open %s: %w", path, lease.ErrStoreMissing)
 		}
 	}
 	if err := createIfMissing(path, cfg.lockTimeout); err != nil {
@@ -97,12 +116,13 @@ func OpenBolt(path string, opts ...BoltOption) (*BoltStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &BoltStore{db: db, writes: &groupCommit{db: db, delay: cfg.batchDelay}, opened: n, invalid: invalid}, nil
+	return &Store{db: db, writes: newGroupCommit(db, cfg.batchDelay), opened: n, invalid: invalid}, nil
 }
 
-// sizeHint is how many leases the store held when it was opened, so Load
-// can size its map once instead of growing it through a million inserts.
-func (s *BoltStore) sizeHint() int { return s.opened }
+// SizeHint is how many leases the store held when it was opened, so Load
+// can size its map once instead of growing it through a million inserts
+// (lease.SizeHinter).
+func (s *Store) SizeHint() int { return s.opened }
 
 // createIfMissing makes a new, initialized store at path if there is no
 // file there. The store is built under a temporary name and linked into
@@ -114,29 +134,29 @@ func createIfMissing(path string, lockTimeout time.Duration) error {
 	switch {
 	case err == nil:
 		if !info.Mode().IsRegular() {
-			return fmt.Errorf("lease: open store %s: not a regular file: %w", path, ErrStoreCorrupt)
+			return fmt.Errorf("boltstore: open %s: not a regular file: %w", path, errCorrupt)
 		}
 		if info.Size() == 0 {
-			return fmt.Errorf("lease: open store %s: file is empty (truncated?); refusing to start without its leases: %w", path, ErrStoreCorrupt)
+			return fmt.Errorf("boltstore: open %s: file is empty (truncated?); refusing to start without its leases: %w", path, errCorrupt)
 		}
 		return nil
 	case !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("lease: open store %s: %w", path, err)
+		return fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
 
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".new-*")
 	if err != nil {
-		return fmt.Errorf("lease: create store %s: %w", path, err)
+		return fmt.Errorf("boltstore: create %s: %w", path, err)
 	}
 	tmpPath := tmp.Name()
 	defer os.Remove(tmpPath) // after Link, path keeps the data
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("lease: create store %s: %w", path, err)
+		return fmt.Errorf("boltstore: create %s: %w", path, err)
 	}
 	db, err := bolt.Open(tmpPath, 0o600, &bolt.Options{Timeout: lockTimeout})
 	if err != nil {
-		return fmt.Errorf("lease: create store %s: %w", path, err)
+		return fmt.Errorf("boltstore: create %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketName)
@@ -146,10 +166,10 @@ func createIfMissing(path string, lockTimeout time.Duration) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("lease: create store %s: %w", path, err)
+		return fmt.Errorf("boltstore: create %s: %w", path, err)
 	}
 	if err := os.Link(tmpPath, path); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("lease: create store %s: %w", path, err)
+		return fmt.Errorf("boltstore: create %s: %w", path, err)
 	}
 	return syncDir(dir)
 }
@@ -158,11 +178,11 @@ func createIfMissing(path string, lockTimeout time.Duration) error {
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("lease: sync %s: %w", dir, err)
+		return fmt.Errorf("boltstore: sync %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("lease: sync %s: %w", dir, err)
+		return fmt.Errorf("boltstore: sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -170,16 +190,16 @@ func syncDir(dir string) error {
 func openError(path string, lockTimeout time.Duration, err error) error {
 	switch {
 	case errors.Is(err, bolterrors.ErrTimeout):
-		return fmt.Errorf("lease: open store %s: locked by another process (waited %s): %w", path, lockTimeout, ErrStoreUnavailable)
+		return fmt.Errorf("boltstore: open %s: locked by another process (waited %s): %w", path, lockTimeout, errUnavailable)
 	case errors.Is(err, bolterrors.ErrInvalid),
 		errors.Is(err, bolterrors.ErrChecksum),
 		errors.Is(err, bolterrors.ErrVersionMismatch),
 		errors.Is(err, bolterrors.ErrInvalidMapping):
-		return fmt.Errorf("lease: open store %s: %w: %w", path, ErrStoreCorrupt, err)
+		return fmt.Errorf("boltstore: open %s: %w: %w", path, errCorrupt, err)
 	}
 	// Anything else reading the file (short file, bad page size, I/O error)
 	// also means its leases cannot be trusted.
-	return fmt.Errorf("lease: open store %s: %w: %w", path, ErrStoreCorrupt, err)
+	return fmt.Errorf("boltstore: open %s: %w: %w", path, errCorrupt, err)
 }
 
 // openVerified opens path with bbolt and refuses it unless every page of
@@ -194,7 +214,7 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, records int, invali
 			if db != nil {
 				_ = db.Close()
 			}
-			db, records, invalid, err = nil, 0, nil, fmt.Errorf("lease: open store %s: %w: bbolt: %v", path, ErrStoreCorrupt, r)
+			db, records, invalid, err = nil, 0, nil, fmt.Errorf("boltstore: open %s: %w: bbolt: %v", path, errCorrupt, r)
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
@@ -216,7 +236,7 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, records int, invali
 }
 
 // dropMapped gives back the resident pages of the store's memory map.
-// Reading every record (OpenBolt's verification, a Scan) faults in every
+// Reading every record (Open's verification, a Scan) faults in every
 // page of the file, and they would stay mapped in this process: ~200 bytes
 // of RSS per lease, nearly as much as the leases take in the heap
 // (docs/performance.md §4). They leave the process, not the page cache;
@@ -243,7 +263,7 @@ func dropMapped(tx *bolt.Tx) {
 func verify(db *bolt.DB, path string) (records int, invalid, err error) {
 	info, err := os.Stat(path)
 	if err != nil {
-		return 0, nil, fmt.Errorf("lease: open store %s: %w", path, err)
+		return 0, nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
 	type half struct {
 		records      int
@@ -257,7 +277,7 @@ func verify(db *bolt.DB, path string) (records int, invalid, err error) {
 			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 			defer func() {
 				if r := recover(); r != nil {
-					h.err = fmt.Errorf("lease: open store %s: %w: bbolt: %v", path, ErrStoreCorrupt, r)
+					h.err = fmt.Errorf("boltstore: open %s: %w: bbolt: %v", path, errCorrupt, r)
 				}
 			}()
 			h.records, h.invalid, h.err = verifyHalf(db, path, info.Size(), i == 1)
@@ -278,12 +298,12 @@ var verifySplit = []byte("8")
 func verifyHalf(db *bolt.DB, path string, fileSize int64, upper bool) (records int, invalid, err error) {
 	err = db.View(func(tx *bolt.Tx) error {
 		if tx.Size() > fileSize {
-			return fmt.Errorf("lease: open store %s: file is %d bytes but its data needs %d (truncated?): %w",
-				path, fileSize, tx.Size(), ErrStoreCorrupt)
+			return fmt.Errorf("boltstore: open %s: file is %d bytes but its data needs %d (truncated?): %w",
+				path, fileSize, tx.Size(), errCorrupt)
 		}
 		b := tx.Bucket(bucketName)
 		if b == nil {
-			return fmt.Errorf("lease: open store %s: no %q bucket, not a lease store: %w", path, bucketName, ErrStoreCorrupt)
+			return fmt.Errorf("boltstore: open %s: no %q bucket, not a lease store: %w", path, bucketName, errCorrupt)
 		}
 		c := b.Cursor()
 		k, v := c.First()
@@ -295,11 +315,11 @@ func verifyHalf(db *bolt.DB, path string, fileSize int64, upper bool) (records i
 				break
 			}
 			if len(v) == 0 || !knownCodec(v[0]) {
-				return fmt.Errorf("lease: open store %s: record %q: unknown encoding: %w", path, k, ErrStoreCorrupt)
+				return fmt.Errorf("boltstore: open %s: record %q: unknown encoding: %w", path, k, errCorrupt)
 			}
 			if invalid == nil {
 				if err := checkRecord(k, v); err != nil {
-					invalid = fmt.Errorf("lease: store %s: record %q: %w: %w", path, k, ErrStoreCorrupt, err)
+					invalid = fmt.Errorf("boltstore: %s: record %q: %w: %w", path, k, errCorrupt, err)
 				}
 			}
 			records++
@@ -310,12 +330,12 @@ func verifyHalf(db *bolt.DB, path string, fileSize int64, upper bool) (records i
 }
 
 // Put stores l durably, replacing any lease with its ID.
-func (s *BoltStore) Put(ctx context.Context, l Lease) error {
+func (s *Store) Put(ctx context.Context, l lease.Lease) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("lease: store put %s: %w: %w", l.ID, ErrStoreUnavailable, err)
+		return fmt.Errorf("boltstore: put %s: %w: %w", l.ID, errUnavailable, err)
 	}
 	if l.ID == "" {
-		return fmt.Errorf("lease: store put: empty id: %w", ErrInvalid)
+		return fmt.Errorf("boltstore: put: empty id: %w", lease.ErrInvalid)
 	}
 	v, err := encodeLease(l)
 	if err != nil {
@@ -323,25 +343,26 @@ func (s *BoltStore) Put(ctx context.Context, l Lease) error {
 	}
 	k := []byte(l.ID)
 	// The function may run more than once; a Put is idempotent.
-	err = s.writes.write(func(b *bolt.Bucket) error { return b.Put(k, v) })
+	err = s.writes.write(ctx, func(tx *bolt.Tx) error { return leases(tx).Put(k, v) })
 	if err != nil {
-		return fmt.Errorf("lease: store put %s: %w: %w", l.ID, ErrStoreUnavailable, err)
+		return fmt.Errorf("boltstore: put %s: %w: %w", l.ID, errUnavailable, err)
 	}
 	return nil
 }
 
 // PutAll stores every lease of ls durably in one transaction, replacing
 // leases with the same IDs: a bulk import (and how the benchmarks build a
-// store of a million leases in seconds). Sorted IDs make it faster still.
-func (s *BoltStore) PutAll(ctx context.Context, ls []Lease) error {
+// store of a million leases in seconds). Sorted IDs make it faster still
+// (lease.BulkPutter).
+func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("lease: store put all: %w: %w", ErrStoreUnavailable, err)
+		return fmt.Errorf("boltstore: put all: %w: %w", errUnavailable, err)
 	}
 	keys := make([][]byte, len(ls))
 	vals := make([][]byte, len(ls))
 	for i, l := range ls {
 		if l.ID == "" {
-			return fmt.Errorf("lease: store put all: empty id: %w", ErrInvalid)
+			return fmt.Errorf("boltstore: put all: empty id: %w", lease.ErrInvalid)
 		}
 		v, err := encodeLease(l)
 		if err != nil {
@@ -349,7 +370,8 @@ func (s *BoltStore) PutAll(ctx context.Context, ls []Lease) error {
 		}
 		keys[i], vals[i] = []byte(l.ID), v
 	}
-	err := s.writes.write(func(b *bolt.Bucket) error {
+	err := s.writes.write(ctx, func(tx *bolt.Tx) error {
+		b := leases(tx)
 		// Filling pages to 90% instead of half suits appends in key order;
 		// random writes later split pages as usual.
 		b.FillPercent = 0.9
@@ -361,50 +383,90 @@ func (s *BoltStore) PutAll(ctx context.Context, ls []Lease) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("lease: store put all: %w: %w", ErrStoreUnavailable, err)
+		return fmt.Errorf("boltstore: put all: %w: %w", errUnavailable, err)
 	}
 	return nil
+}
+
+// Get returns the lease with id, or an error wrapping lease.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (l lease.Lease, err error) {
+	if err := ctx.Err(); err != nil {
+		return lease.Lease{}, fmt.Errorf("boltstore: get %s: %w: %w", id, errUnavailable, err)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("boltstore: get %s: %w: %w: bbolt: %v", id, errUnavailable, errCorrupt, r)
+		}
+	}()
+	found := false
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName)
+		if b == nil {
+			return fmt.Errorf("no %q bucket: %w", bucketName, errCorrupt)
+		}
+		v := b.Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		found = true
+		var err error
+		if l, err = decodeLease([]byte(id), v); err != nil {
+			return fmt.Errorf("record %q: %w: %w", id, errCorrupt, err)
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return lease.Lease{}, fmt.Errorf("boltstore: get %s: %w: %w", id, errUnavailable, err)
+	case !found:
+		return lease.Lease{}, fmt.Errorf("boltstore: get %s: %w", id, lease.ErrNotFound)
+	}
+	return l, nil
 }
 
 // Delete removes the lease with id durably; an absent id is not an error.
-func (s *BoltStore) Delete(ctx context.Context, id string) error {
+func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("lease: store delete %s: %w: %w", id, ErrStoreUnavailable, err)
+		return fmt.Errorf("boltstore: delete %s: %w: %w", id, errUnavailable, err)
 	}
 	k := []byte(id)
-	err := s.writes.write(func(b *bolt.Bucket) error { return b.Delete(k) })
+	err := s.writes.write(ctx, func(tx *bolt.Tx) error { return leases(tx).Delete(k) })
 	if err != nil {
-		return fmt.Errorf("lease: store delete %s: %w: %w", id, ErrStoreUnavailable, err)
+		return fmt.Errorf("boltstore: delete %s: %w: %w", id, errUnavailable, err)
 	}
 	return nil
 }
 
-// checked reports whether every record found when the store was opened
+// Verified reports whether every record found when the store was opened
 // would load (nil), or why not: Manager.DeferLoad refuses such a store
-// before anything is served, as Load would.
-func (s *BoltStore) checked() error { return s.invalid }
+// before anything is served, as Load would (lease.Verifier).
+func (s *Store) Verified() error { return s.invalid }
 
 // scanDropEvery is how many bytes of records Scan reads between two
 // dropMapped calls: what the store's map adds to RSS at most during a scan.
 // A variable for tests.
 var scanDropEvery = 32 << 20
 
-// Scan calls fn for every stored lease, in key order. It holds a read
-// transaction for its duration, so fn should be quick (the Manager copies
-// what it needs and does its I/O afterwards). A record that cannot be
-// decoded stops the scan with an error wrapping ErrStoreCorrupt.
-func (s *BoltStore) Scan(ctx context.Context, fn func(Lease) error) (err error) {
+// Scan calls fn for every stored lease that f matches, in key order. It
+// holds a read transaction for its duration, so fn should be quick (the
+// Manager copies what it needs and does its I/O afterwards) and must not
+// write to the store. A record that cannot be decoded stops the scan with an
+// error wrapping lease.ErrStoreCorrupt. The filter is applied to decoded
+// leases: a filtered scan reads the whole file as a full one does.
+func (s *Store) Scan(ctx context.Context, f lease.Filter, fn func(lease.Lease) error) (err error) {
 	var fnErr error // returned as is: it is the caller's, not the store's
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("lease: store scan: %w: %w: bbolt: %v", ErrStoreUnavailable, ErrStoreCorrupt, r)
+			err = fmt.Errorf("boltstore: scan: %w: %w: bbolt: %v", errUnavailable, errCorrupt, r)
 		}
 	}()
+	all := f == lease.Filter{}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		if b == nil {
-			return fmt.Errorf("lease: store scan: no %q bucket: %w", bucketName, ErrStoreCorrupt)
+			return fmt.Errorf("boltstore: scan: no %q bucket: %w", bucketName, errCorrupt)
 		}
 		// A scan reads the whole file: give its pages back as it goes, so
 		// that they never all stay resident (dropMapped).
@@ -421,25 +483,28 @@ func (s *BoltStore) Scan(ctx context.Context, fn func(Lease) error) (err error) 
 			}
 			l, err := decodeLeaseWith(k, v, in)
 			if err != nil {
-				return fmt.Errorf("lease: store scan: record %q: %w: %w", k, ErrStoreCorrupt, err)
+				return fmt.Errorf("boltstore: scan: record %q: %w: %w", k, errCorrupt, err)
 			}
 			if l.ID != string(k) {
-				return fmt.Errorf("lease: store scan: record %q holds lease %q: %w", k, l.ID, ErrStoreCorrupt)
+				return fmt.Errorf("boltstore: scan: record %q holds lease %q: %w", k, l.ID, errCorrupt)
+			}
+			if !all && !f.Match(l) {
+				return nil
 			}
 			fnErr = fn(l)
 			return fnErr
 		})
 	})
-	if err != nil && err != fnErr && !errors.Is(err, ErrStoreUnavailable) {
-		err = fmt.Errorf("lease: store scan: %w: %w", ErrStoreUnavailable, err)
+	if err != nil && err != fnErr && !errors.Is(err, errUnavailable) {
+		err = fmt.Errorf("boltstore: scan: %w: %w", errUnavailable, err)
 	}
 	return err
 }
 
 // Close releases the file and its lock.
-func (s *BoltStore) Close() error {
+func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("lease: store close: %w", err)
+		return fmt.Errorf("boltstore: close: %w", err)
 	}
 	return nil
 }

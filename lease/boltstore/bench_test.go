@@ -1,4 +1,4 @@
-package lease
+package boltstore
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/lease"
 )
 
 // Benchmarks of the durable path (issue 5). They profile what the broker
@@ -20,9 +22,9 @@ import (
 
 // benchLease is a lease as the broker writes it: every field a real one
 // has, with the role's names shared by many leases.
-func benchLease(i int, r *rand.Rand, now time.Time) Lease {
+func benchLease(i int, r *rand.Rand, now time.Time) lease.Lease {
 	id := fmt.Sprintf("%016x%016x", r.Uint64(), uint64(i))
-	return Lease{
+	return lease.Lease{
 		ID:            id,
 		Role:          "orders-readonly",
 		Owner:         fmt.Sprintf("spiffe://example.org/orders/api-%d", i%50),
@@ -31,13 +33,13 @@ func benchLease(i int, r *rand.Rand, now time.Time) Lease {
 		IssueTime:     now,
 		ExpireTime:    now.Add(time.Hour + time.Duration(r.Int64N(int64(24*time.Hour)))),
 		MaxExpireTime: now.Add(48 * time.Hour),
-		State:         StateActive,
+		State:         lease.StateActive,
 	}
 }
 
-func benchBolt(b *testing.B) *BoltStore {
+func benchBolt(b *testing.B) *Store {
 	b.Helper()
-	s, err := OpenBolt(filepath.Join(b.TempDir(), "leases.db"))
+	s, err := Open(filepath.Join(b.TempDir(), "leases.db"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -85,7 +87,7 @@ func BenchmarkBoltPutParallel(b *testing.B) {
 // backend that does nothing: the broker's own overhead per lease.
 func BenchmarkIssueRevokeStore(b *testing.B) {
 	s := benchBolt(b)
-	m, err := NewManager(Config{Store: s, Backend: nopBackend{}})
+	m, err := lease.NewManager(lease.Config{Store: s, Backend: nopBackend{}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -112,14 +114,14 @@ func BenchmarkIssueRevokeStore(b *testing.B) {
 
 type nopBackend struct{}
 
-func (nopBackend) Drop(context.Context, Lease) error   { return nil }
-func (nopBackend) Extend(context.Context, Lease) error { return nil }
+func (nopBackend) Drop(context.Context, lease.Lease) error   { return nil }
+func (nopBackend) Extend(context.Context, lease.Lease) error { return nil }
 
 // fillBolt writes n ACTIVE leases into a new store at path, in large
 // transactions.
 func fillBolt(tb testing.TB, path string, n int) {
 	tb.Helper()
-	s, err := OpenBolt(path)
+	s, err := Open(path)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -162,11 +164,11 @@ func BenchmarkLoad(b *testing.B) {
 				runtime.GC()
 				var before runtime.MemStats
 				runtime.ReadMemStats(&before)
-				s, err := OpenBolt(path)
+				s, err := Open(path)
 				if err != nil {
 					b.Fatal(err)
 				}
-				m, err := NewManager(Config{Store: s, Backend: nopBackend{}})
+				m, err := lease.NewManager(lease.Config{Store: s, Backend: nopBackend{}})
 				if err != nil {
 					b.Fatal(err)
 				}

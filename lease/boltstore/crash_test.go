@@ -1,6 +1,6 @@
 //go:build failpoints
 
-package lease
+package boltstore
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/internal/failpoint"
+	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/lease/leasetest"
 )
 
 // Environment of the child process TestCrashChild.
@@ -26,7 +28,7 @@ const (
 // what the killed child did.
 type fileBackend struct{ path string }
 
-func (b fileBackend) Drop(_ context.Context, l Lease) error {
+func (b fileBackend) Drop(_ context.Context, l lease.Lease) error {
 	f, err := os.OpenFile(b.path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
@@ -38,7 +40,7 @@ func (b fileBackend) Drop(_ context.Context, l Lease) error {
 	return f.Sync()
 }
 
-func (fileBackend) Extend(context.Context, Lease) error { return nil }
+func (fileBackend) Extend(context.Context, lease.Lease) error { return nil }
 
 // TestCrashChild is the process TestCrashRecovery kills; it does nothing
 // when run on its own.
@@ -47,11 +49,11 @@ func TestCrashChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("child of TestCrashRecovery")
 	}
-	store, err := OpenBolt(filepath.Join(dir, "leases.db"))
+	store, err := Open(filepath.Join(dir, "leases.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewManager(Config{Store: store, Backend: fileBackend{filepath.Join(dir, "drops")}})
+	m, err := lease.NewManager(lease.Config{Store: store, Backend: fileBackend{filepath.Join(dir, "drops")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,13 +77,13 @@ func TestCrashRecovery(t *testing.T) {
 		point        string
 		dropsAtCrash int
 	}{
-		{point: FailpointAfterRevoking, dropsAtCrash: 0},
-		{point: FailpointAfterDrop, dropsAtCrash: 1},
+		{point: lease.FailpointAfterRevoking, dropsAtCrash: 0},
+		{point: lease.FailpointAfterDrop, dropsAtCrash: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.point, func(t *testing.T) {
 			dir := t.TempDir()
-			id, err := NewID()
+			id, err := lease.NewID()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,28 +104,40 @@ func TestCrashRecovery(t *testing.T) {
 				t.Fatalf("drops before the crash = %d, want %d", got, tt.dropsAtCrash)
 			}
 
-			store, err := OpenBolt(filepath.Join(dir, "leases.db"))
+			store, err := Open(filepath.Join(dir, "leases.db"))
 			if err != nil {
 				t.Fatalf("reopen after crash: %v", err)
 			}
 			defer store.Close()
-			backend := newFakeBackend()
-			m, err := NewManager(Config{Store: store, Backend: backend})
+			backend := leasetest.NewBackend()
+			m, err := lease.NewManager(lease.Config{Store: store, Backend: backend})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if err := m.Load(bg); err != nil {
 				t.Fatal(err)
 			}
-			if got := mustState(t, m, id, StateRevoking); got.Expired {
+			got, err := m.Get(bg, id)
+			if err != nil || got.State != lease.StateRevoking {
+				t.Fatalf("after the crash: %+v, %v; want REVOKING", got, err)
+			}
+			if got.Expired {
 				t.Error("explicit revocation recorded as expiry")
 			}
 			if n := m.ProcessDue(bg); n != 1 {
 				t.Fatalf("ProcessDue started %d, want 1", n)
 			}
-			m.wg.Wait()
-			if _, ok := get(m, id); ok {
-				t.Error("lease not gone after recovery")
+			// The revocation runs in a goroutine of the Manager; the lease
+			// leaves the Manager once its record is deleted.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if _, err := m.Get(bg, id); errors.Is(err, lease.ErrNotFound) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("lease not gone after recovery")
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
 			if n := len(scanAll(t, store)); n != 0 {
 				t.Errorf("%d records left", n)
