@@ -41,7 +41,7 @@ type entry struct {
 	index int32
 
 	expired bool // packed Lease.Expired
-	stored  bool // Begin's Put succeeded; invisible before
+	stored  bool // begin's Put succeeded; invisible before
 	gone    bool // deleted from the map: the user is absent
 }
 

@@ -169,7 +169,7 @@ func (m *Manager) load(ctx context.Context) error {
 
 // Run is the expiry loop. It sleeps until the earliest queued lease is due
 // (at most about a second, so a clock jump is noticed; earlier when
-// Activate or a failed revocation queues something sooner), then calls
+// an Issue or a failed revocation queues something sooner), then calls
 // ProcessDue. It returns nil when ctx ends, after the revocations it started
 // have returned (they see ctx cancelled and are retried after a restart).
 func (m *Manager) Run(ctx context.Context) error {

@@ -186,12 +186,12 @@ func (m *Manager) setLease(e *entry, l Lease) {
 	m.mu.Unlock()
 }
 
-// Begin durably records l as CREATING: the intent, written before the
+// begin durably records l as CREATING: the intent, written before the
 // database user is created, so that a crash in between leaves a record that
 // Load cleans up. l.ID must be from NewID; ExpireTime and MaxExpireTime are
 // required, IssueTime defaults to now. The lease is not queued for expiry
-// until Activate.
-func (m *Manager) Begin(ctx context.Context, l Lease) error {
+// until activate.
+func (m *Manager) begin(ctx context.Context, l Lease) error {
 	if !ValidID(l.ID) {
 		return fmt.Errorf("lease: begin: id %q: %w", l.ID, ErrInvalid)
 	}
@@ -233,10 +233,10 @@ func (m *Manager) Begin(ctx context.Context, l Lease) error {
 	return nil
 }
 
-// Activate durably records a CREATING lease as ACTIVE and queues it for
+// activate durably records a CREATING lease as ACTIVE and queues it for
 // expiry. Only after it returns nil may the credential be handed out; on
-// error the caller must Abort.
-func (m *Manager) Activate(ctx context.Context, id string) (Lease, error) {
+// error the caller must abort.
+func (m *Manager) activate(ctx context.Context, id string) (Lease, error) {
 	e, err := m.lockEntry(ctx, id)
 	if err != nil {
 		return Lease{}, err

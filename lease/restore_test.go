@@ -54,17 +54,17 @@ func TestDeferLoad(t *testing.T) {
 	// Before the restore: issuing works, the expiry loop does nothing, and
 	// whatever needs the old leases waits.
 	fresh := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
-	if err := m.Begin(ctx, fresh); err != nil {
+	if err := m.begin(ctx, fresh); err != nil {
 		t.Fatalf("Begin before restore: %v", err)
 	}
-	if _, err := m.Activate(ctx, fresh.ID); err != nil {
+	if _, err := m.activate(ctx, fresh.ID); err != nil {
 		t.Fatalf("Activate before restore: %v", err)
 	}
 	gone := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
-	if err := m.Begin(ctx, gone); err != nil {
+	if err := m.begin(ctx, gone); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Activate(ctx, gone.ID); err != nil {
+	if _, err := m.activate(ctx, gone.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.Revoke(ctx, gone.ID); err != nil {
