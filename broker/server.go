@@ -34,7 +34,8 @@ type Leases interface {
 	Renew(ctx context.Context, id string, increment time.Duration) (lease.Lease, error)
 	Revoke(ctx context.Context, id string) (lease.Lease, error)
 	Get(ctx context.Context, id string) (lease.Lease, error)
-	List(ctx context.Context, filter func(lease.Lease) bool) ([]lease.Lease, error)
+	List(ctx context.Context, q lease.Query) ([]lease.Lease, error)
+	Owners(ctx context.Context, s lease.State) ([]string, error)
 }
 
 // Server implements CredentialService and AdminService.
@@ -224,11 +225,17 @@ func (s *Server) renewIncrement(l lease.Lease, inc time.Duration) (time.Duration
 // §7: 100,000 users revoked at 1,500-2,200 a second, against 210-500 with 8).
 const BulkRevokeConcurrency = 32
 
-// revokeAll revokes every lease matching keep, with bounded concurrency, and
-// returns the final leases. A lease that is already gone counts as revoked
-// by someone else and is not reported.
-func (s *Server) revokeAll(ctx context.Context, keep func(lease.Lease) bool) ([]lease.Lease, error) {
-	targets, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.State != lease.StateCreating && keep(l) })
+// revokable are the states of the leases a bulk revocation takes: not those
+// still being created, which their issuance cleans up if it fails.
+var revokable = []lease.State{lease.StateActive, lease.StateRevoking}
+
+// revokeAll revokes every lease q selects (its States are replaced by
+// revokable), with bounded concurrency, and returns the final leases. A
+// lease that is already gone counts as revoked by someone else and is not
+// reported.
+func (s *Server) revokeAll(ctx context.Context, q lease.Query) ([]lease.Lease, error) {
+	q.States = revokable
+	targets, err := s.leases.List(ctx, q)
 	if err != nil {
 		return nil, err
 	}

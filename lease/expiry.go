@@ -47,6 +47,8 @@ func (m *Manager) load(ctx context.Context) error {
 		hint = h.sizeHint()
 	}
 	loaded := make(map[string]*entry, hint)
+	ix := newIndex()               // loaded's, published with it
+	all := make([]*entry, 0, hint) // loaded's entries, for ix's id order
 	due := make([]*entry, 0, hint) // becomes the queue's heap
 	var creating []*entry
 	var counts [StateExpired + 1]int
@@ -65,6 +67,8 @@ func (m *Manager) load(ctx context.Context) error {
 		if loaded[l.ID] = e; len(loaded) == n { // one hash, not a lookup and an insert
 			return fmt.Errorf("lease: load %s: %w", l.ID, ErrExists)
 		}
+		ix.addGroup(e)
+		all = append(all, e)
 		counts[l.State]++
 		switch l.State {
 		case StateActive:
@@ -128,17 +132,23 @@ func (m *Manager) load(ctx context.Context) error {
 		return storeErr("load", "", err)
 	}
 
+	ix.ids = buildIDList(all)
+	all = nil
+
 	m.mu.Lock()
 	// Leases begun meanwhile (DeferLoad) join the restored ones, not the
 	// other way round: a handful of inserts instead of a million.
-	for id, e := range m.leases {
+	for id := range m.leases {
 		if _, dup := loaded[id]; dup {
 			m.mu.Unlock()
 			return fmt.Errorf("lease: load %s: %w", id, ErrExists)
 		}
-		loaded[id] = e
 	}
-	m.leases = loaded
+	for id, e := range m.leases {
+		loaded[id] = e
+		ix.add(e)
+	}
+	m.leases, m.index = loaded, ix
 	m.queue.pushAll(due)
 	m.mu.Unlock()
 
@@ -269,7 +279,7 @@ func (m *Manager) ProcessDue(ctx context.Context) int {
 // expire runs one revocation the expiry loop started; it owns e's lock.
 func (m *Manager) expire(ctx context.Context, e *entry, f *flight) {
 	defer m.wg.Done()
-	l, err := m.revokeLocked(ctx, e, e.state == StateActive)
+	l, err := m.revokeLocked(ctx, e, e.state() == StateActive)
 	m.finish(e, f, l, err)
 	e.unlock()
 	m.mu.Lock()

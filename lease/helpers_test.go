@@ -241,9 +241,18 @@ func get(m *Manager, id string) (Lease, bool) {
 // list is Manager.List for tests, which never run a failing restore.
 func list(t testing.TB, m *Manager, filter func(Lease) bool) []Lease {
 	t.Helper()
-	ls, err := m.List(context.Background(), filter)
+	ls, err := m.List(context.Background(), Query{})
 	if err != nil {
 		t.Fatalf("List: %v", err)
 	}
-	return ls
+	if filter == nil {
+		return ls
+	}
+	out := ls[:0]
+	for _, l := range ls {
+		if filter(l) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

@@ -57,7 +57,7 @@ func (m *Manager) Revoke(ctx context.Context, id string) (Lease, error) {
 		switch {
 		case e.gone:
 			err = ErrNotFound
-		case e.state == StateCreating:
+		case e.state() == StateCreating:
 			err = fmt.Errorf("lease: revoke %s: still being created: %w", id, ErrWrongState)
 		default:
 			l, err = m.revokeLocked(ctx, e, false)
@@ -115,7 +115,7 @@ func (m *Manager) discard(ctx context.Context, id string) error {
 		return err
 	}
 	defer e.unlock()
-	if e.state != StateCreating {
+	if e.state() != StateCreating {
 		return fmt.Errorf("lease: discard %s: %w", id, ErrWrongState)
 	}
 	if err := m.cfg.Store.Delete(context.WithoutCancel(ctx), id); err != nil {
@@ -124,6 +124,7 @@ func (m *Manager) discard(ctx context.Context, id string) error {
 	}
 	m.mu.Lock()
 	delete(m.leases, id)
+	m.index.remove(e)
 	e.gone = true
 	m.mu.Unlock()
 	return nil
@@ -173,6 +174,7 @@ func (m *Manager) revokeLocked(ctx context.Context, e *entry, expired bool) (Lea
 	}
 	m.mu.Lock()
 	delete(m.leases, l.ID)
+	m.index.remove(e)
 	e.gone = true
 	m.mu.Unlock()
 
