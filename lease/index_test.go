@@ -419,3 +419,58 @@ func TestIndexUnderConcurrency(t *testing.T) {
 		t.Errorf("%d leases left after every expiry", len(ls))
 	}
 }
+
+// BenchmarkList is the cost of the broker's lists as the leases held grow:
+// a workload's own 10 leases, an admin page of 100, and the owners with an
+// ACTIVE lease (the registry sweep). Each should stay flat in n (but the
+// Owners row, which grows with the number of owners, 1,000 here).
+//
+//	go test -run '^$' -bench 'List' -benchmem ./lease/
+func BenchmarkList(b *testing.B) {
+	for _, n := range []int{10_000, 100_000, 1_000_000} {
+		now := time.Now().UTC()
+		r := rand.New(rand.NewPCG(1, 2))
+		leases := make([]Lease, 0, n+10)
+		for i := range n {
+			l := benchLease(i, r, now)
+			l.Owner = fmt.Sprintf("spiffe://example.org/orders/api-%d", i%1000)
+			leases = append(leases, l)
+		}
+		for i := range 10 {
+			l := benchLease(n+i, r, now)
+			l.Owner = "spiffe://example.org/me"
+			leases = append(leases, l)
+		}
+		m, err := NewManager(Config{Store: NewMemStore(leases...), Backend: nopBackend{}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Load(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		leases = nil
+		ctx := context.Background()
+		b.Run(fmt.Sprintf("owner/%dk", n/1000), func(b *testing.B) {
+			for b.Loop() {
+				if ls, err := m.List(ctx, Query{Owner: "spiffe://example.org/me", States: []State{StateActive, StateRevoking}}); err != nil || len(ls) != 10 {
+					b.Fatal(len(ls), err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("page100/%dk", n/1000), func(b *testing.B) {
+			after := "8"
+			for b.Loop() {
+				if ls, err := m.List(ctx, Query{After: after, Limit: 100}); err != nil || len(ls) != 100 {
+					b.Fatal(len(ls), err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("owners/%dk", n/1000), func(b *testing.B) {
+			for b.Loop() {
+				if os, err := m.Owners(ctx, StateActive); err != nil || len(os) != 1001 {
+					b.Fatal(len(os), err)
+				}
+			}
+		})
+	}
+}
