@@ -45,8 +45,8 @@ type entry struct {
 
 	st      uint8 // the State, always current, even with full set
 	expired bool  // packed Lease.Expired
-	stored  bool // begin's Put succeeded; invisible before
-	gone    bool // deleted from the map: the user is absent
+	stored  bool  // begin's Put succeeded; invisible before
+	gone    bool  // deleted from the map: the user is absent
 }
 
 // origin is what the leases of one role and workload have in common. It is
