@@ -48,7 +48,6 @@ func (m *Manager) load(ctx context.Context) error {
 	}
 	loaded := make(map[string]*entry, hint)
 	ix := newIndex()               // loaded's, published with it
-	all := make([]*entry, 0, hint) // loaded's entries, for ix's id order
 	due := make([]*entry, 0, hint) // becomes the queue's heap
 	var creating []*entry
 	var counts [StateExpired + 1]int
@@ -67,8 +66,7 @@ func (m *Manager) load(ctx context.Context) error {
 		if loaded[l.ID] = e; len(loaded) == n { // one hash, not a lookup and an insert
 			return fmt.Errorf("lease: load %s: %w", l.ID, ErrExists)
 		}
-		ix.addGroup(e)
-		all = append(all, e)
+		ix.addGroup(e) // the id order is built in bulk below
 		counts[l.State]++
 		switch l.State {
 		case StateActive:
@@ -132,8 +130,13 @@ func (m *Manager) load(ctx context.Context) error {
 		return storeErr("load", "", err)
 	}
 
-	ix.ids = buildIDList(all)
-	all = nil
+	// due holds every restored lease but the few CREATING ones, in the
+	// store's order (a BoltStore's is the id order): the id list is built
+	// from it in O(n), before it becomes the heap.
+	ix.ids = buildIDList(due)
+	for _, e := range creating {
+		ix.ids.insert(e)
+	}
 
 	m.mu.Lock()
 	// Leases begun meanwhile (DeferLoad) join the restored ones, not the
