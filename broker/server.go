@@ -158,11 +158,12 @@ func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 	// NewUser: the plugin waits for the durable CREATING record (Intent)
 	// before the user can exist, and the credential is built only once the
 	// lease is durably ACTIVE.
+	expire := l.ExpireTime
 	l, err = s.leases.Issue(ctx, l, func(ctx context.Context, intent func(context.Context) error) error {
 		err := db.NewUser(ctx, plugins.NewUserRequest{
 			Username:   username,
 			Password:   password,
-			Expiration: l.ExpireTime,
+			Expiration: expire,
 			Statements: role.CreationStatements,
 			Intent:     intent,
 		})
