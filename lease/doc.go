@@ -32,8 +32,9 @@
 //
 // The cleanup of a failed issuance runs on a context detached from the
 // caller's (bounded by 30 s), so a client that hangs up mid-issue leaves
-// nothing behind. Issue owns invariants 1 and 2 below: no caller outside
-// this package can write a CREATING or ACTIVE record.
+// nothing behind. Issue owns invariants 1 and 2 below: it is the only way
+// to create a lease, so no caller can skip the CREATING record or hand out
+// a credential before the ACTIVE one.
 //
 // # Invariants
 //
