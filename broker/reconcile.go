@@ -27,7 +27,7 @@ func (s *Server) findOrphans(ctx context.Context) []orphanReport {
 			out = append(out, orphanReport{database: name, err: err})
 			continue
 		}
-		leases, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.Database == name })
+		leases, err := s.leases.List(ctx, lease.Query{Database: name})
 		if err != nil {
 			out = append(out, orphanReport{database: name, err: err})
 			continue

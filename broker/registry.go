@@ -231,19 +231,16 @@ func (s *Server) observeRegistry(ctx context.Context, at time.Time, ids map[stri
 	for _, id := range again {
 		s.log.Info("audit: workload registered again in SPIRE", "spiffe_id", id)
 	}
-	active, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.State == lease.StateActive })
+	owners, err := s.leases.Owners(ctx, lease.StateActive)
 	if err != nil {
 		s.log.Error("registry: cannot list leases; nothing revoked", "error", err)
 		return
 	}
-	gone := map[string]bool{}
-	for _, l := range active {
-		if _, ok := ids[l.Owner]; !ok {
-			gone[l.Owner] = true
+	for _, owner := range owners {
+		if _, ok := ids[owner]; ok {
+			continue
 		}
-	}
-	for owner := range gone {
-		revoked, err := s.revokeAll(ctx, func(l lease.Lease) bool { return l.Owner == owner })
+		revoked, err := s.revokeAll(ctx, lease.Query{Owner: owner})
 		s.log.Info("audit: SPIRE entry gone, leases revoked", "spiffe_id", owner, "revoked", len(revoked))
 		if err != nil {
 			// The failed ones stay REVOKING and are retried by the expiry loop.

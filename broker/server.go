@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/credbroker/credbroker/identity"
-	"github.com/credbroker/credbroker/internal/failpoint"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -31,14 +30,12 @@ type Role struct {
 
 // Leases is the part of lease.Manager the gRPC layer uses.
 type Leases interface {
-	Begin(ctx context.Context, l lease.Lease) error
-	Activate(ctx context.Context, id string) (lease.Lease, error)
-	Abort(ctx context.Context, id string, cause error) error
-	Discard(ctx context.Context, id string) error
+	Issue(ctx context.Context, l lease.Lease, create lease.CreateFunc) (lease.Lease, error)
 	Renew(ctx context.Context, id string, increment time.Duration) (lease.Lease, error)
 	Revoke(ctx context.Context, id string) (lease.Lease, error)
 	Get(ctx context.Context, id string) (lease.Lease, error)
-	List(ctx context.Context, filter func(lease.Lease) bool) ([]lease.Lease, error)
+	List(ctx context.Context, q lease.Query) ([]lease.Lease, error)
+	Owners(ctx context.Context, s lease.State) ([]string, error)
 }
 
 // Server implements CredentialService and AdminService.
@@ -101,8 +98,8 @@ func (s *Server) Register(g *grpc.Server) {
 
 var requestRoleRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
-// issue runs the crash-safe issuance sequence: durable intent, user, durable
-// ACTIVE, and only then the credential.
+// issue checks the request (role, policy, registration, ttl), has the lease
+// manager issue a lease for a new user, and builds the credential.
 func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration) (lease.Lease, *pb.Credential, error) {
 	if roleName == "" {
 		return lease.Lease{}, nil, invalidArg("role is required")
@@ -157,48 +154,27 @@ func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		State:                lease.StateCreating,
 		RevocationStatements: role.RevocationStatements,
 	}
-	// The CREATING record is written while the plugin prepares the user;
-	// the plugin waits for it before the user can exist (before COMMIT on
-	// PostgreSQL), so the record's fsync and the database's work overlap.
-	in := startIntent(func() error { return s.leases.Begin(ctx, l) })
-	err = db.NewUser(ctx, plugins.NewUserRequest{
-		Username:   username,
-		Password:   password,
-		Expiration: l.ExpireTime,
-		Statements: role.CreationStatements,
-		Intent:     in.wait,
+	// lease.Manager.Issue runs the crash-safe protocol around the plugin's
+	// NewUser: the plugin waits for the durable CREATING record (Intent)
+	// before the user can exist, and the credential is built only once the
+	// lease is durably ACTIVE.
+	expire := l.ExpireTime
+	l, err = s.leases.Issue(ctx, l, func(ctx context.Context, intent func(context.Context) error) error {
+		err := db.NewUser(ctx, plugins.NewUserRequest{
+			Username:   username,
+			Password:   password,
+			Expiration: expire,
+			Statements: role.CreationStatements,
+			Intent:     intent,
+		})
+		if errors.Is(err, plugins.ErrNotCreated) {
+			return lease.NotCreated(err)
+		}
+		return err
 	})
-	if ierr := in.result(); ierr != nil {
-		if err == nil {
-			// The plugin broke its contract and created a user no record
-			// backs: it must not outlive this call.
-			s.dropUnrecorded(ctx, db, username)
-		}
-		return lease.Lease{}, nil, ierr
-	}
-	if errors.Is(err, plugins.ErrNotCreated) {
-		// Nothing exists on the server: forget the intent, leave nothing.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if derr := s.leases.Discard(dctx, id); derr != nil {
-			s.log.Warn("issuance cleanup queued for retry", "lease_id", id, "username", username, "error", derr)
-		}
-		return lease.Lease{}, nil, err
-	}
-	if err == nil {
-		failpoint.Hit("issue-after-create-user")
-		l, err = s.leases.Activate(ctx, id)
-	}
 	if err != nil {
-		// The caller may have gone; cleaning up must not depend on it.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if aerr := s.leases.Abort(actx, id, err); aerr != nil {
-			s.log.Warn("issuance cleanup queued for retry", "lease_id", id, "username", username, "error", aerr)
-		}
 		return lease.Lease{}, nil, err
 	}
-	failpoint.Hit("issue-after-activate")
 	d := role.Database
 	return l, &pb.Credential{
 		Username: username,
@@ -209,50 +185,6 @@ func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		DbName:   d.DBName,
 		Dsn:      d.dsn(username, password),
 	}, nil
-}
-
-// intent is the CREATING record of one issuance, written in the background
-// while the plugin works (plugins.NewUserRequest.Intent).
-type intent struct {
-	done chan struct{}
-	err  error // valid once done is closed
-}
-
-func startIntent(begin func() error) *intent {
-	in := &intent{done: make(chan struct{})}
-	go func() {
-		defer close(in.done)
-		if in.err = begin(); in.err == nil {
-			failpoint.Hit("issue-after-intent")
-		}
-	}()
-	return in
-}
-
-// wait is NewUserRequest.Intent: nil once the record is durable.
-func (in *intent) wait(ctx context.Context) error {
-	select {
-	case <-in.done:
-		return in.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// result waits for the write to end, whatever became of the request, so
-// that the issuance knows whether a record exists to clean up.
-func (in *intent) result() error {
-	<-in.done
-	return in.err
-}
-
-// dropUnrecorded removes a user created without its record (a plugin that
-// did not wait for NewUserRequest.Intent).
-func (s *Server) dropUnrecorded(ctx context.Context, db plugins.Database, username string) {
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	err := db.DeleteUser(dctx, plugins.DeleteUserRequest{Username: username})
-	s.log.Error("plugin created a user before its lease record was durable; dropped it", "username", username, "dropped", err == nil)
 }
 
 // ownLease returns the caller's lease; someone else's is reported as absent
@@ -294,11 +226,17 @@ func (s *Server) renewIncrement(l lease.Lease, inc time.Duration) (time.Duration
 // §7: 100,000 users revoked at 1,500-2,200 a second, against 210-500 with 8).
 const BulkRevokeConcurrency = 32
 
-// revokeAll revokes every lease matching keep, with bounded concurrency, and
-// returns the final leases. A lease that is already gone counts as revoked
-// by someone else and is not reported.
-func (s *Server) revokeAll(ctx context.Context, keep func(lease.Lease) bool) ([]lease.Lease, error) {
-	targets, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.State != lease.StateCreating && keep(l) })
+// revokable are the states of the leases a bulk revocation takes: not those
+// still being created, which their issuance cleans up if it fails.
+var revokable = []lease.State{lease.StateActive, lease.StateRevoking}
+
+// revokeAll revokes every lease q selects (its States are replaced by
+// revokable), with bounded concurrency, and returns the final leases. A
+// lease that is already gone counts as revoked by someone else and is not
+// reported.
+func (s *Server) revokeAll(ctx context.Context, q lease.Query) ([]lease.Lease, error) {
+	q.States = revokable
+	targets, err := s.leases.List(ctx, q)
 	if err != nil {
 		return nil, err
 	}

@@ -1,10 +1,11 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,10 +121,14 @@ func (s credentialService) ListLeases(ctx context.Context, _ *pb.ListLeasesReque
 		return nil, err
 	}
 	owner := id.String()
-	ls, err := s.leases.List(ctx, func(l lease.Lease) bool { return l.Owner == owner && l.State != lease.StateCreating })
+	ls, err := s.leases.List(ctx, lease.Query{Owner: owner, States: revokable})
 	if err != nil {
 		return nil, err
 	}
+	// A workload sees its leases in issue order, as it always has.
+	slices.SortFunc(ls, func(a, b lease.Lease) int {
+		return cmp.Or(a.IssueTime.Compare(b.IssueTime), strings.Compare(a.ID, b.ID))
+	})
 	return &pb.ListLeasesResponse{Leases: toPBs(ls)}, nil
 }
 
@@ -159,7 +164,7 @@ func (s adminService) DeregisterWorkload(ctx context.Context, req *pb.Deregister
 			return nil, err
 		}
 	}
-	revoked, err := s.revokeAll(ctx, func(l lease.Lease) bool { return l.Owner == owner })
+	revoked, err := s.revokeAll(ctx, lease.Query{Owner: owner})
 	s.log.Info("audit: workload deregistered", "admin", admin.String(), "spiffe_id", owner, "revoked", len(revoked))
 	if err != nil {
 		return nil, err
@@ -220,9 +225,7 @@ func (s adminService) RevokeLeases(ctx context.Context, req *pb.RevokeLeasesRequ
 	if prefix != "" && (len(prefix) > 32 || strings.Trim(prefix, "0123456789abcdef") != "") {
 		return nil, invalidArg("lease_id_prefix must be lowercase hex")
 	}
-	revoked, err := s.revokeAll(ctx, func(l lease.Lease) bool {
-		return (role == "" || l.Role == role) && (owner == "" || l.Owner == owner) && strings.HasPrefix(l.ID, prefix)
-	})
+	revoked, err := s.revokeAll(ctx, lease.Query{Role: role, Owner: owner, IDPrefix: prefix})
 	s.log.Info("audit: bulk revoke", "admin", admin.String(), "role", role, "spiffe_id", owner, "lease_id_prefix", prefix, "revoked", len(revoked))
 	if err != nil {
 		return nil, err
@@ -256,15 +259,12 @@ func (s adminService) ListLeases(ctx context.Context, req *pb.AdminListLeasesReq
 		}
 		after = string(b)
 	}
-	role, owner := req.GetRole(), req.GetSpiffeId()
-	ls, err := s.leases.List(ctx, func(l lease.Lease) bool {
-		return l.ID > after && (role == "" || l.Role == role) && (owner == "" || l.Owner == owner)
-	})
+	// Pages are in id order so a token stays valid while leases come and
+	// go; one lease more than the page tells whether another follows.
+	ls, err := s.leases.List(ctx, lease.Query{Role: req.GetRole(), Owner: req.GetSpiffeId(), After: after, Limit: size + 1})
 	if err != nil {
 		return nil, err
 	}
-	// Pages are in id order so a token stays valid while leases come and go.
-	sort.Slice(ls, func(i, j int) bool { return ls[i].ID < ls[j].ID })
 	resp := &pb.AdminListLeasesResponse{}
 	if len(ls) > size {
 		ls = ls[:size]

@@ -17,12 +17,24 @@
 //
 // # Life of a lease
 //
-//	Begin     → record CREATING (durable)         the broker then creates the user
-//	Activate  → record ACTIVE (durable), queue    only now is the credential handed out
-//	Abort     → drop, delete                      creation or activation failed
+// Manager.Issue runs the whole issuance; the broker gives it the lease and
+// a CreateFunc that makes the database user:
+//
+//	Issue     → record CREATING (durable) ┐ at once: create waits for the
+//	            create: prepare the user  ┘ record (intent) before the user can exist
+//	          → record ACTIVE (durable), queue; only now is the credential handed out
+//	          on failure: create said ErrNotCreated → delete the record;
+//	                      otherwise → drop, delete (retried as a revocation);
+//	                      create made a user without the record → Backend.Drop, logged
 //	Renew     → Backend.Extend, record, requeue   never past MaxExpireTime
 //	Revoke / expiry
 //	          → record REVOKING (durable), Backend.Drop, delete
+//
+// The cleanup of a failed issuance runs on a context detached from the
+// caller's (bounded by 30 s), so a client that hangs up mid-issue leaves
+// nothing behind. Issue owns invariants 1 and 2 below: it is the only way
+// to create a lease, so no caller can skip the CREATING record or hand out
+// a credential before the ACTIVE one.
 //
 // # Invariants
 //
@@ -70,9 +82,20 @@
 // A Store that wraps another (fault injection) forwards them, or the
 // Manager takes the other path.
 //
+// # Lists
+//
+// Manager.List takes a Query (owner, role, database, states, ID prefix,
+// after, limit) and returns leases in ID order, at the cost of what it
+// returns: the Manager indexes its leases by origin group (the interned
+// role, owner, database and statements they share; one pointer per lease)
+// for owner and role, and in a chunked sorted list (about 9 B per lease)
+// for pages by ID. Manager.Owners gives the owners with a lease in a
+// state. See index.go.
+//
 // # Crash testing
 //
-// Built with -tags failpoints, the revocation path can be killed at
-// FailpointAfterRevoking and FailpointAfterDrop (see package
-// internal/failpoint).
+// Built with -tags failpoints, the issuance can be killed at
+// FailpointAfterIntent, FailpointAfterCreateUser and FailpointAfterActivate,
+// the revocation path at FailpointAfterRevoking and FailpointAfterDrop (see
+// package internal/failpoint).
 package lease

@@ -28,9 +28,9 @@ type entry struct {
 	// issue, expire and maxExpire are the lease's times in Unix
 	// nanoseconds (packTime).
 	issue, expire, maxExpire int64
-	state                    State // always current, even with full set
 	// full is the whole lease when it does not pack (see set); the packed
-	// fields are then unused, except id and state. Few leases need it.
+	// fields are then unused, except id, origin and state. Few leases need
+	// it.
 	full *Lease
 
 	flight *flight // revocation being run, joined by later callers; guarded by mu
@@ -39,10 +39,14 @@ type entry struct {
 	// (Unix nanoseconds) and its position in the heap (-1: not queued).
 	due   int64
 	index int32
+	// gpos is the entry's position in its origin group (index.go),
+	// guarded by mu.
+	gpos int32
 
-	expired bool // packed Lease.Expired
-	stored  bool // Begin's Put succeeded; invisible before
-	gone    bool // deleted from the map: the user is absent
+	st      uint8 // the State, always current, even with full set
+	expired bool  // packed Lease.Expired
+	stored  bool  // begin's Put succeeded; invisible before
+	gone    bool  // deleted from the map: the user is absent
 }
 
 // origin is what the leases of one role and workload have in common. It is
@@ -73,25 +77,30 @@ func newEntry(l Lease) *entry {
 // attempts (LastError, Attempts: a few REVOKING leases) or a time an int64
 // of nanoseconds cannot hold (before 1678 or after 2262); such a lease is
 // kept whole, so every lease reads back exactly as it was set.
+//
+// The origin is kept either way: the Manager's index (index.go) groups
+// entries by it, so the Manager never sets a lease of another origin (it
+// only updates the one an entry holds).
 func (e *entry) set(l Lease) {
-	e.state = l.State
+	e.st = uint8(l.State)
+	o := unique.Make(origin{
+		role:       l.Role,
+		owner:      l.Owner,
+		database:   l.Database,
+		statements: packStatements(l.RevocationStatements),
+	})
+	e.origin = o
 	issue, ok1 := packTime(l.IssueTime)
 	expire, ok2 := packTime(l.ExpireTime)
 	maxExpire, ok3 := packTime(l.MaxExpireTime)
 	if !ok1 || !ok2 || !ok3 || l.LastError != "" || l.Attempts != 0 {
 		full := l.clone()
 		e.full = &full
-		e.username, e.origin = "", unique.Handle[origin]{}
+		e.username = ""
 		return
 	}
 	e.full = nil
 	e.username = l.Username
-	e.origin = unique.Make(origin{
-		role:       l.Role,
-		owner:      l.Owner,
-		database:   l.Database,
-		statements: packStatements(l.RevocationStatements),
-	})
 	e.issue, e.expire, e.maxExpire = issue, expire, maxExpire
 	e.expired = l.Expired
 }
@@ -112,7 +121,7 @@ func (e *entry) lease() Lease {
 		IssueTime:            unpackTime(e.issue),
 		ExpireTime:           unpackTime(e.expire),
 		MaxExpireTime:        unpackTime(e.maxExpire),
-		State:                e.state,
+		State:                e.state(),
 		RevocationStatements: unpackStatements(o.statements),
 		Expired:              e.expired,
 	}
@@ -166,6 +175,9 @@ func unpackStatements(p string) []string {
 	}
 	return out
 }
+
+// state is the lease's State, without unpacking the lease.
+func (e *entry) state() State { return State(e.st) }
 
 // opc returns the lock channel, making it if needed.
 func (e *entry) opc() chan struct{} {

@@ -64,8 +64,8 @@ func TestEntryRoundTrip(t *testing.T) {
 			if got := o.lease(); !reflect.DeepEqual(got, want) {
 				t.Errorf("after set over another: lease() =\n%#v\nwant\n%#v", got, want)
 			}
-			if o.state != want.State {
-				t.Errorf("state = %s, want %s", o.state, want.State)
+			if o.state() != want.State {
+				t.Errorf("state = %s, want %s", o.state(), want.State)
 			}
 		})
 	}

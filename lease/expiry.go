@@ -47,6 +47,7 @@ func (m *Manager) load(ctx context.Context) error {
 		hint = h.SizeHint()
 	}
 	loaded := make(map[string]*entry, hint)
+	ix := newIndex()               // loaded's, published with it
 	due := make([]*entry, 0, hint) // becomes the queue's heap
 	var creating []*entry
 	var counts [StateExpired + 1]int
@@ -65,6 +66,7 @@ func (m *Manager) load(ctx context.Context) error {
 		if loaded[l.ID] = e; len(loaded) == n { // one hash, not a lookup and an insert
 			return fmt.Errorf("lease: load %s: %w", l.ID, ErrExists)
 		}
+		ix.addGroup(e) // the id order is built in bulk below
 		counts[l.State]++
 		switch l.State {
 		case StateActive:
@@ -128,17 +130,28 @@ func (m *Manager) load(ctx context.Context) error {
 		return storeErr("load", "", err)
 	}
 
+	// due holds every restored lease but the few CREATING ones, in the
+	// store's order (a BoltStore's is the id order): the id list is built
+	// from it in O(n), before it becomes the heap.
+	ix.ids = buildIDList(due)
+	for _, e := range creating {
+		ix.ids.insert(e)
+	}
+
 	m.mu.Lock()
 	// Leases begun meanwhile (DeferLoad) join the restored ones, not the
 	// other way round: a handful of inserts instead of a million.
-	for id, e := range m.leases {
+	for id := range m.leases {
 		if _, dup := loaded[id]; dup {
 			m.mu.Unlock()
 			return fmt.Errorf("lease: load %s: %w", id, ErrExists)
 		}
-		loaded[id] = e
 	}
-	m.leases = loaded
+	for id, e := range m.leases {
+		loaded[id] = e
+		ix.add(e)
+	}
+	m.leases, m.index = loaded, ix
 	m.queue.pushAll(due)
 	m.mu.Unlock()
 
@@ -169,7 +182,7 @@ func (m *Manager) load(ctx context.Context) error {
 
 // Run is the expiry loop. It sleeps until the earliest queued lease is due
 // (at most about a second, so a clock jump is noticed; earlier when
-// Activate or a failed revocation queues something sooner), then calls
+// an Issue or a failed revocation queues something sooner), then calls
 // ProcessDue. It returns nil when ctx ends, after the revocations it started
 // have returned (they see ctx cancelled and are retried after a restart).
 func (m *Manager) Run(ctx context.Context) error {
@@ -269,7 +282,7 @@ func (m *Manager) ProcessDue(ctx context.Context) int {
 // expire runs one revocation the expiry loop started; it owns e's lock.
 func (m *Manager) expire(ctx context.Context, e *entry, f *flight) {
 	defer m.wg.Done()
-	l, err := m.revokeLocked(ctx, e, e.state == StateActive)
+	l, err := m.revokeLocked(ctx, e, e.state() == StateActive)
 	m.finish(e, f, l, err)
 	e.unlock()
 	m.mu.Lock()

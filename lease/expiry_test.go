@@ -317,10 +317,10 @@ func TestRun(t *testing.T) {
 
 	issue := func(ttl time.Duration) Lease {
 		l := makeLease(t, time.Now(), ttl, time.Hour)
-		if err := m.Begin(bg, l); err != nil {
+		if err := m.begin(bg, l); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := m.Activate(bg, l.ID); err != nil {
+		if _, err := m.activate(bg, l.ID); err != nil {
 			t.Fatal(err)
 		}
 		return l
@@ -385,10 +385,10 @@ func TestRunWaitsForRevocations(t *testing.T) {
 		}
 	})
 	l := makeLease(t, time.Now(), time.Millisecond, time.Hour)
-	if err := m.Begin(bg, l); err != nil {
+	if err := m.begin(bg, l); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Activate(bg, l.ID); err != nil {
+	if _, err := m.activate(bg, l.ID); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(bg)

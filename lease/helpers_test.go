@@ -185,19 +185,20 @@ func makeLease(t *testing.T, now time.Time, ttl, maxTTL time.Duration) Lease {
 	}
 }
 
-// issue runs Begin and Activate.
+// issue runs Issue with a create that waits for the intent.
 func (env *testEnv) issue(t *testing.T, ttl, maxTTL time.Duration) Lease {
 	t.Helper()
 	l := env.newLease(t, ttl, maxTTL)
-	ctx := context.Background()
-	if err := env.m.Begin(ctx, l); err != nil {
-		t.Fatalf("Begin: %v", err)
-	}
-	got, err := env.m.Activate(ctx, l.ID)
+	got, err := env.m.Issue(context.Background(), l, waitIntent)
 	if err != nil {
-		t.Fatalf("Activate: %v", err)
+		t.Fatalf("Issue: %v", err)
 	}
 	return got
+}
+
+// waitIntent is a CreateFunc that creates nothing but keeps the contract.
+func waitIntent(ctx context.Context, intent func(context.Context) error) error {
+	return intent(ctx)
 }
 
 // drain runs ProcessDue and waits for what it started.
@@ -240,11 +241,20 @@ func get(m *Manager, id string) (Lease, bool) {
 // list is Manager.List for tests, which never run a failing restore.
 func list(t testing.TB, m *Manager, filter func(Lease) bool) []Lease {
 	t.Helper()
-	ls, err := m.List(context.Background(), filter)
+	ls, err := m.List(context.Background(), Query{})
 	if err != nil {
 		t.Fatalf("List: %v", err)
 	}
-	return ls
+	if filter == nil {
+		return ls
+	}
+	out := ls[:0]
+	for _, l := range ls {
+		if filter(l) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // storedLease returns the record of id in s, and whether there is one.

@@ -78,14 +78,21 @@ var (
 	// ErrStoreMissing: a store that must exist (boltstore.WithMustExist)
 	// does not. A store that vanished is lost leases, never "no leases".
 	ErrStoreMissing = errors.New("lease store does not exist")
-	// ErrExists: Begin was given an ID that is already known.
+	// ErrExists: Issue was given an ID that is already known.
 	ErrExists = errors.New("lease already exists")
 	// ErrWrongState: the operation does not apply to the lease's current
-	// state (Activate on a lease that is not CREATING, Revoke on a lease that
-	// is still CREATING; its creator must Abort it instead).
+	// state (Revoke on a lease that is still CREATING: its Issue cleans it
+	// up).
 	ErrWrongState = errors.New("lease is in the wrong state for this operation")
 	// ErrInvalid: the lease or argument given is malformed.
 	ErrInvalid = errors.New("invalid lease")
+	// ErrNotCreated marks an error of Issue's create function after which
+	// the caller knows no user exists (the database rolled the creation
+	// back, or dropped what it had made): Issue then deletes the CREATING
+	// record without a drop. Any other create error may hide a user, and
+	// Issue drops it. Mark an error with errors.Join or, to keep its message,
+	// a type whose Unwrap() []error returns it and ErrNotCreated.
+	ErrNotCreated = errors.New("user not created")
 )
 
 // clone returns a copy of l that shares no memory with it.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,13 +76,16 @@ const (
 // operation, so operations on one lease are serialized (a Renew can never
 // resurrect a lease a Revoke is removing) while operations on different
 // leases run in parallel. Manager.mu guards only the maps and the queue and
-// is never held during I/O. Lock order: lease lock, then mu.
+// is never held during I/O. Lock order: lease lock, then mu. Whatever adds
+// an entry to or deletes one from Manager.leases does the same to
+// Manager.index in the same critical section of mu.
 type Manager struct {
 	cfg Config
 	log *slog.Logger
 
 	mu       sync.Mutex
 	leases   map[string]*entry
+	index    *index       // the entries of leases by owner, role and id
 	queue    *expiryQueue // ACTIVE leases by expiry, REVOKING ones by next retry
 	limiter  *tokenBucket
 	inflight int // revocations started by the expiry loop and not finished
@@ -132,6 +134,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		leases:  make(map[string]*entry),
+		index:   newIndex(),
 		queue:   newExpiryQueue(),
 		limiter: newTokenBucket(cfg.RevokeRate, burst, cfg.Now()),
 		wake:    make(chan struct{}, 1),
@@ -186,12 +189,12 @@ func (m *Manager) setLease(e *entry, l Lease) {
 	m.mu.Unlock()
 }
 
-// Begin durably records l as CREATING: the intent, written before the
+// begin durably records l as CREATING: the intent, written before the
 // database user is created, so that a crash in between leaves a record that
 // Load cleans up. l.ID must be from NewID; ExpireTime and MaxExpireTime are
 // required, IssueTime defaults to now. The lease is not queued for expiry
-// until Activate.
-func (m *Manager) Begin(ctx context.Context, l Lease) error {
+// until activate.
+func (m *Manager) begin(ctx context.Context, l Lease) error {
 	if !ValidID(l.ID) {
 		return fmt.Errorf("lease: begin: id %q: %w", l.ID, ErrInvalid)
 	}
@@ -214,6 +217,7 @@ func (m *Manager) Begin(ctx context.Context, l Lease) error {
 		return fmt.Errorf("lease: begin %s: %w", l.ID, ErrExists)
 	}
 	m.leases[l.ID] = e // reserves the id; invisible until stored
+	m.index.add(e)
 	if m.skip != nil {
 		m.skip[l.ID] = struct{}{} // its record is not the restore's (DeferLoad)
 		m.skipping.Add(1)
@@ -223,6 +227,7 @@ func (m *Manager) Begin(ctx context.Context, l Lease) error {
 	if err := m.cfg.Store.Put(ctx, l); err != nil {
 		m.mu.Lock()
 		delete(m.leases, l.ID)
+		m.index.remove(e)
 		e.gone = true
 		m.mu.Unlock()
 		return storeErr("begin", l.ID, err)
@@ -233,10 +238,10 @@ func (m *Manager) Begin(ctx context.Context, l Lease) error {
 	return nil
 }
 
-// Activate durably records a CREATING lease as ACTIVE and queues it for
+// activate durably records a CREATING lease as ACTIVE and queues it for
 // expiry. Only after it returns nil may the credential be handed out; on
-// error the caller must Abort.
-func (m *Manager) Activate(ctx context.Context, id string) (Lease, error) {
+// error the caller must abort.
+func (m *Manager) activate(ctx context.Context, id string) (Lease, error) {
 	e, err := m.lockEntry(ctx, id)
 	if err != nil {
 		return Lease{}, err
@@ -330,34 +335,58 @@ func (m *Manager) Get(ctx context.Context, id string) (Lease, error) {
 	return e.lease(), nil
 }
 
-// List returns a snapshot of the leases for which filter (nil: all) returns
-// true, sorted by IssueTime then ID. filter runs without any lock held.
-// While a deferred restore is pending it waits for it, so that no caller
-// (an orphan reconciler, a registry sweep) mistakes a lease not yet
-// restored for an absent one; if the restore failed, its error is returned
-// and never a partial list.
-func (m *Manager) List(ctx context.Context, filter func(Lease) bool) ([]Lease, error) {
+// Query selects leases for List. Its zero value selects every lease.
+type Query struct {
+	// Owner, Role and Database, if set, keep only the leases with that
+	// owner (SPIFFE ID), role or database.
+	Owner, Role, Database string
+	// States, if not empty, keeps only the leases in one of them (a
+	// workload sees its ACTIVE and REVOKING leases, not those still being
+	// created).
+	States []State
+	// IDPrefix keeps only the leases whose ID starts with it.
+	IDPrefix string
+	// After keeps only the leases whose ID sorts after it: for pages, the
+	// last ID of the previous one.
+	After string
+	// Limit, if positive, is the most leases returned: the first ones in
+	// ID order.
+	Limit int
+}
+
+// List returns a snapshot of the leases q selects, in ID order. Its cost
+// is that of the leases it returns, not of all those held: the Manager
+// indexes its leases by owner, role and ID (index.go), so that a
+// workload's list costs its own leases and a page of Limit leases after
+// an ID costs about Limit. While a deferred restore is pending it waits
+// for it, so that no caller (an orphan reconciler, a registry sweep)
+// mistakes a lease not yet restored for an absent one; if the restore
+// failed, its error is returned and never a partial list.
+func (m *Manager) List(ctx context.Context, q Query) ([]Lease, error) {
 	if err := m.awaitLease(ctx, ""); err != nil {
 		return nil, err
 	}
 	m.mu.Lock()
-	all := make([]Lease, 0, len(m.leases))
-	for _, e := range m.leases {
-		if e.stored {
-			all = append(all, e.lease())
-		}
+	defer m.mu.Unlock()
+	es := m.index.query(q)
+	out := make([]Lease, len(es))
+	for i, e := range es {
+		out[i] = e.lease()
 	}
-	m.mu.Unlock()
-	out := all[:0]
-	for _, l := range all {
-		if filter == nil || filter(l) {
-			out = append(out, l)
-		}
-	}
-	slices.SortFunc(out, func(a, b Lease) int {
-		return cmp.Or(a.IssueTime.Compare(b.IssueTime), cmp.Compare(a.ID, b.ID))
-	})
 	return out, nil
+}
+
+// Owners returns, sorted, the owners that have at least one lease in
+// state s: what a registry sweep compares with the registered workloads,
+// at the cost of about one lease per owner. It waits for a deferred
+// restore as List does.
+func (m *Manager) Owners(ctx context.Context, s State) ([]string, error) {
+	if err := m.awaitLease(ctx, ""); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.index.owners(s), nil
 }
 
 // NewID returns a new lease id: 32 lowercase hex characters from

@@ -16,8 +16,8 @@ type restoring struct {
 // (docs/performance.md). It returns at once; Run restores the leases before
 // it expires any.
 //
-// Meanwhile new leases can be issued: Begin, Activate, Abort and Discard
-// need nothing restored. Whatever needs the restored leases waits for them:
+// Meanwhile new leases can be issued: Issue and its cleanup need
+// nothing restored. Whatever needs the restored leases waits for them:
 // Get, Renew and Revoke of a lease not yet known, and List (so that nothing
 // ever mistakes a not-yet-restored lease for an absent one, as an orphan
 // reconciler would); ProcessDue does nothing until then.

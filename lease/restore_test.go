@@ -52,17 +52,17 @@ func TestDeferLoad(t *testing.T) {
 	// Before the restore: issuing works, the expiry loop does nothing, and
 	// whatever needs the old leases waits.
 	fresh := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
-	if err := m.Begin(ctx, fresh); err != nil {
+	if err := m.begin(ctx, fresh); err != nil {
 		t.Fatalf("Begin before restore: %v", err)
 	}
-	if _, err := m.Activate(ctx, fresh.ID); err != nil {
+	if _, err := m.activate(ctx, fresh.ID); err != nil {
 		t.Fatalf("Activate before restore: %v", err)
 	}
 	gone := makeLease(t, clock.Now(), time.Hour, 2*time.Hour)
-	if err := m.Begin(ctx, gone); err != nil {
+	if err := m.begin(ctx, gone); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Activate(ctx, gone.ID); err != nil {
+	if _, err := m.activate(ctx, gone.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.Revoke(ctx, gone.ID); err != nil {
@@ -113,6 +113,11 @@ func TestDeferLoad(t *testing.T) {
 	if slices.Contains(ids, gone.ID) {
 		t.Errorf("lease revoked during the restore came back")
 	}
+	// The restored index holds the leases begun meanwhile too.
+	checkIndex(t, m)
+	if own, err := m.List(ctx, Query{Owner: fresh.Owner, After: fresh.ID[:31]}); err != nil || len(own) == 0 {
+		t.Errorf("List by owner after the restore: %v %v", own, err)
+	}
 	// The overdue restored lease is revoked by the running loop.
 	deadline := time.Now().Add(5 * time.Second)
 	for backend.Drops(overdue.ID) == 0 {
@@ -157,7 +162,7 @@ func TestDeferLoadFailureIsReported(t *testing.T) {
 		t.Fatal("Run over a failing restore returned nil")
 	}
 	<-m.Restored()
-	if ls, err := m.List(context.Background(), nil); err == nil {
+	if ls, err := m.List(context.Background(), Query{}); err == nil {
 		t.Errorf("List after a failed restore = %d leases, nil error", len(ls))
 	}
 	if _, err := m.Get(context.Background(), l.ID); err == nil || errors.Is(err, ErrNotFound) {

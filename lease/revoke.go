@@ -28,7 +28,7 @@ const (
 // lease stays REVOKING with LastError set and is retried with capped
 // backoff forever; the error is returned. Revoke on a lease already
 // REVOKING retries it now. Revoke on a lease still CREATING returns
-// ErrWrongState: its creator must Abort it.
+// ErrWrongState: its Issue cleans it up.
 func (m *Manager) Revoke(ctx context.Context, id string) (Lease, error) {
 	if err := m.awaitLease(ctx, id); err != nil {
 		return Lease{}, err
@@ -57,7 +57,7 @@ func (m *Manager) Revoke(ctx context.Context, id string) (Lease, error) {
 		switch {
 		case e.gone:
 			err = ErrNotFound
-		case e.state == StateCreating:
+		case e.state() == StateCreating:
 			err = fmt.Errorf("lease: revoke %s: still being created: %w", id, ErrWrongState)
 		default:
 			l, err = m.revokeLocked(ctx, e, false)
@@ -86,11 +86,11 @@ func (m *Manager) finish(e *entry, f *flight, l Lease, err error) {
 	close(f.done)
 }
 
-// Abort undoes a lease whose creation or activation failed: it drops the
+// abort undoes a lease whose creation or activation failed: it drops the
 // user (absent is fine) and deletes the record. cause is logged. If the drop
 // fails the lease is kept as REVOKING and retried forever, and the error is
 // returned.
-func (m *Manager) Abort(ctx context.Context, id string, cause error) error {
+func (m *Manager) abort(ctx context.Context, id string, cause error) error {
 	e, err := m.lockEntry(ctx, id)
 	if err != nil {
 		return err
@@ -105,17 +105,17 @@ func (m *Manager) Abort(ctx context.Context, id string, cause error) error {
 	return err
 }
 
-// Discard forgets a CREATING lease whose user is known not to exist (the
+// discard forgets a CREATING lease whose user is known not to exist (the
 // database said the creation never committed). It deletes the record without
-// a drop; if the delete fails it falls back to Abort's path, which keeps
-// retrying. Use Abort when the user may exist.
-func (m *Manager) Discard(ctx context.Context, id string) error {
+// a drop; if the delete fails it falls back to abort's path, which keeps
+// retrying. Use abort when the user may exist.
+func (m *Manager) discard(ctx context.Context, id string) error {
 	e, err := m.lockEntry(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer e.unlock()
-	if e.state != StateCreating {
+	if e.state() != StateCreating {
 		return fmt.Errorf("lease: discard %s: %w", id, ErrWrongState)
 	}
 	if err := m.cfg.Store.Delete(context.WithoutCancel(ctx), id); err != nil {
@@ -124,6 +124,7 @@ func (m *Manager) Discard(ctx context.Context, id string) error {
 	}
 	m.mu.Lock()
 	delete(m.leases, id)
+	m.index.remove(e)
 	e.gone = true
 	m.mu.Unlock()
 	return nil
@@ -173,6 +174,7 @@ func (m *Manager) revokeLocked(ctx context.Context, e *entry, expired bool) (Lea
 	}
 	m.mu.Lock()
 	delete(m.leases, l.ID)
+	m.index.remove(e)
 	e.gone = true
 	m.mu.Unlock()
 

@@ -91,13 +91,9 @@ func (r *runner) breakdown(ctx context.Context) error {
 		now := time.Now().UTC()
 		l := lease.Lease{ID: id, Role: tmpl, Owner: clientID.String(), Database: "main", Username: name,
 			IssueTime: now, ExpireTime: now.Add(issueTTL), MaxExpireTime: now.Add(24 * time.Hour)}
-		if err := m.Begin(ctx, l); err != nil {
-			return err
-		}
-		if err := db.NewUser(ctx, plugins.NewUserRequest{Username: name, Password: pw, Expiration: l.ExpireTime, Statements: stmts}); err != nil {
-			return err
-		}
-		_, err = m.Activate(ctx, id)
+		_, err = m.Issue(ctx, l, func(ctx context.Context, intent func(context.Context) error) error {
+			return db.NewUser(ctx, plugins.NewUserRequest{Username: name, Password: pw, Expiration: l.ExpireTime, Statements: stmts, Intent: intent})
+		})
 		return err
 	}
 	layers := []struct {

@@ -100,10 +100,10 @@ func BenchmarkIssueRevokeStore(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		l := benchLease(i, r, now)
-		if err := m.Begin(ctx, l); err != nil {
+		if err := m.begin(ctx, l); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := m.Activate(ctx, l.ID); err != nil {
+		if _, err := m.activate(ctx, l.ID); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := m.Revoke(ctx, l.ID); err != nil {
