@@ -37,14 +37,15 @@ func listServer(t *testing.T) (*Server, *lease.Manager, *dropBackend, *time.Time
 	t.Helper()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	b := &dropBackend{}
-	m, err := lease.NewManager(lease.Config{Store: lease.NewMemStore(), Backend: b, Now: func() time.Time { return now }})
+	store := lease.NewMemStore()
+	m, err := lease.NewManager(lease.Config{Store: store, Backend: b, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := openRegistry(filepath.Join(t.TempDir(), "dereg.json"))
+	reg, err := openRegistry(context.Background(), store, filepath.Join(t.TempDir(), "dereg.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

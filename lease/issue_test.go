@@ -33,7 +33,7 @@ func TestIssue(t *testing.T) {
 						return err
 					}
 					// The record is durable before the user exists.
-					if s, ok := env.store.Get(l.ID); !ok || s.State != StateCreating {
+					if s, ok := storedLease(env.store, l.ID); !ok || s.State != StateCreating {
 						t.Errorf("user created before its CREATING record: stored %+v %v", s, ok)
 					}
 					*created = true
@@ -152,7 +152,7 @@ func TestIssue(t *testing.T) {
 				if got.State != StateActive {
 					t.Fatalf("Issue returned state %s", got.State)
 				}
-				if s, ok := env.store.Get(l.ID); !ok || s.State != StateActive {
+				if s, ok := storedLease(env.store, l.ID); !ok || s.State != StateActive {
 					t.Fatalf("returned before ACTIVE was stored: %+v %v", s, ok)
 				}
 				if _, ok := env.m.queuedAt(l.ID); !ok {
@@ -166,7 +166,7 @@ func TestIssue(t *testing.T) {
 			if got.ID != "" {
 				t.Errorf("Issue returned a lease with its error: %+v", got)
 			}
-			if _, ok := env.store.Get(l.ID); ok {
+			if _, ok := storedLease(env.store, l.ID); ok {
 				t.Error("failed issuance left its record")
 			}
 			if _, ok := get(env.m, l.ID); ok {

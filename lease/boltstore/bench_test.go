@@ -100,10 +100,9 @@ func BenchmarkIssueRevokeStore(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		l := benchLease(i, r, now)
-		if err := m.begin(ctx, l); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := m.activate(ctx, l.ID); err != nil {
+		if _, err := m.Issue(ctx, l, func(ctx context.Context, intent func(context.Context) error) error {
+			return intent(ctx)
+		}); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := m.Revoke(ctx, l.ID); err != nil {

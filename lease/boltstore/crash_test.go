@@ -59,10 +59,9 @@ func TestCrashChild(t *testing.T) {
 	}
 	l := makeLease(t, time.Now(), time.Hour, time.Hour)
 	l.ID = os.Getenv(crashIDEnv)
-	if err := m.begin(bg, l); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.activate(bg, l.ID); err != nil {
+	if _, err := m.Issue(bg, l, func(ctx context.Context, intent func(context.Context) error) error {
+		return intent(ctx)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = m.Revoke(bg, l.ID) // killed inside
