@@ -103,15 +103,21 @@ func (l Lease) clone() Lease {
 	return l
 }
 
-// normalizeTimes puts every time of l in UTC and strips monotonic readings.
-func normalizeTimes(l Lease) Lease {
-	l.IssueTime = utc(l.IssueTime)
-	l.ExpireTime = utc(l.ExpireTime)
-	l.MaxExpireTime = utc(l.MaxExpireTime)
+// Normalized returns l with every time in UTC and without a monotonic
+// reading: how the Manager holds leases, and how a Store must give back
+// what it was given.
+func (l Lease) Normalized() Lease {
+	l.IssueTime = UTC(l.IssueTime)
+	l.ExpireTime = UTC(l.ExpireTime)
+	l.MaxExpireTime = UTC(l.MaxExpireTime)
 	return l
 }
 
-func utc(t time.Time) time.Time {
+// normalizeTimes is Lease.Normalized.
+func normalizeTimes(l Lease) Lease { return l.Normalized() }
+
+// UTC is t in UTC without a monotonic reading; the zero time stays zero.
+func UTC(t time.Time) time.Time {
 	if t.IsZero() {
 		return time.Time{}
 	}

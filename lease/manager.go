@@ -141,7 +141,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	}, nil
 }
 
-func (m *Manager) now() time.Time { return utc(m.cfg.Now()) }
+func (m *Manager) now() time.Time { return UTC(m.cfg.Now()) }
 
 // signal wakes Run without blocking.
 func (m *Manager) signal() {

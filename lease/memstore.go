@@ -147,7 +147,7 @@ func (s *MemStore) Deny(ctx context.Context, id string, at time.Time) error {
 		return fmt.Errorf("lease: store deny %s: %w", id, err)
 	}
 	if _, ok := s.denied[id]; !ok {
-		s.denied[id] = utc(at)
+		s.denied[id] = UTC(at)
 	}
 	return nil
 }

@@ -325,18 +325,8 @@ func decodeTime(b []byte) (time.Time, error) {
 	return t, nil
 }
 
-// normalizeTimes puts every time of l in UTC and strips monotonic readings,
-// as the Manager does (decodeLease must give back what was put).
-func normalizeTimes(l lease.Lease) lease.Lease {
-	l.IssueTime = utc(l.IssueTime)
-	l.ExpireTime = utc(l.ExpireTime)
-	l.MaxExpireTime = utc(l.MaxExpireTime)
-	return l
-}
+// normalizeTimes and utc are the lease package's (decodeLease must give
+// back what was put).
+func normalizeTimes(l lease.Lease) lease.Lease { return l.Normalized() }
 
-func utc(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Time{}
-	}
-	return t.Round(0).UTC()
-}
+func utc(t time.Time) time.Time { return lease.UTC(t) }
