@@ -19,7 +19,6 @@ import (
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/lease/boltstore"
-	"github.com/credbroker/credbroker/plugins"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -37,7 +36,9 @@ type App struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	listener net.Listener
-	server   *Server
+	// reconciler finds orphans for ListOrphans and Reconcile, and drops
+	// them periodically if the config enables it.
+	reconciler *Reconciler
 }
 
 // AppOptions are the parts a test (or cmd) may inject.
@@ -118,21 +119,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
-	roles := make(map[string]*Role, len(cfg.Roles))
-	for name, rc := range cfg.Roles {
-		r := &Role{
-			Name:                 name,
-			Database:             a.dbs[rc.Database],
-			DefaultTTL:           rc.DefaultTTL.Duration,
-			MaxTTL:               rc.MaxTTL.Duration,
-			CreationStatements:   rc.CreationStatements,
-			RevocationStatements: rc.RevocationStatements,
-		}
-		for _, p := range rc.AllowedSPIFFEIDs {
-			r.Allowed = append(r.Allowed, identity.MustParsePattern(p))
-		}
-		roles[name] = r
-	}
+	roles := resolveRoles(cfg.Roles, a.dbs)
 
 	a.manager, err = lease.NewManager(lease.Config{
 		Store:             a.store,
@@ -158,24 +145,50 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 	a.runners = append(a.runners, a.manager.Run)
 
-	var admins []spiffeid.ID
-	for _, s := range cfg.Admins {
-		admins = append(admins, spiffeid.RequireFromString(s))
-	}
 	// Deregistrations are kept in the lease store; brokers before it kept
 	// them in a JSON file next to the bbolt file, imported once here.
 	reg, err := openRegistry(ctx, a.store, cfg.LeaseStore.Path+legacyDenylistSuffix)
 	if err != nil {
 		return nil, err
 	}
-	srv := NewServer(ServerConfig{
-		Roles:     roles,
-		Databases: a.dbs,
-		registry:  reg,
+	revoker := bulkRevoker{leases: a.manager}
+	a.health = health.NewServer()
+	var refresh func(context.Context) error // nil without a SPIRE watch
+	if cfg.Registry.SPIREServerAddress != "" {
+		sweep := newRegistrySweep(reg, a.manager, revoker, a.log)
+		watch, err := newRegistryWatch(cfg.Registry, a.source, sweep, a.health, a.log)
+		if err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, watch.close)
+		a.runners = append(a.runners, watch.Run)
+		refresh = watch.refresh
+	}
+	admission := NewAdmission(AdmissionConfig{Roles: roles, Registry: reg, Refresh: refresh, Logger: a.log})
+	a.reconciler = NewReconciler(ReconcilerSettings{
+		Databases: databasePlugins(a.dbs),
 		Leases:    a.manager,
-		Admins:    identity.NewAdminSet(admins),
-		Now:       opts.Now,
 		Logger:    a.log,
+		Interval:  cfg.Reconciler.Interval.Duration,
+	})
+	if cfg.Reconciler.Enabled {
+		a.runners = append(a.runners, a.reconciler.Run)
+	}
+
+	var admins []spiffeid.ID
+	for _, s := range cfg.Admins {
+		admins = append(admins, spiffeid.RequireFromString(s))
+	}
+	srv := NewServer(ServerConfig{
+		Roles:      roles,
+		Issuer:     NewIssuer(admission, a.manager, opts.Now),
+		Leases:     a.manager,
+		Reconciler: a.reconciler,
+		registry:   reg,
+		revoker:    revoker,
+		Admins:     identity.NewAdminSet(admins),
+		Now:        opts.Now,
+		Logger:     a.log,
 	})
 	a.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(a.source, td))),
@@ -183,18 +196,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		grpc.ChainStreamInterceptor(srv.StreamAuth),
 	)
 	srv.Register(a.grpc)
-	a.server = srv
-	if cfg.Reconciler.Enabled {
-		rec := &Reconciler{server: srv, interval: cfg.Reconciler.Interval.Duration}
-		a.runners = append(a.runners, rec.Run)
-	}
-	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
-	if cfg.Registry.SPIREServerAddress != "" {
-		if err := a.watchRegistry(cfg.Registry); err != nil {
-			return nil, err
-		}
-	}
 	reflection.Register(a.grpc)
 
 	a.listener = opts.Listener
@@ -230,48 +232,13 @@ func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, err
 	return src, nil
 }
 
-func openDatabase(ctx context.Context, catalog *plugins.Catalog, name string, dc DatabaseConfig, marker string) (*Database, error) {
-	pw, err := dc.AdminPassword()
-	if err != nil {
-		return nil, fmt.Errorf("databases.%s: %w", name, err)
-	}
-	factory, err := catalog.Lookup(dc.Plugin)
-	if err != nil {
-		return nil, fmt.Errorf("databases.%s: %w", name, err)
-	}
-	ep := plugins.Endpoint{Host: dc.Host, Port: dc.Port, Database: dc.Database, SSLMode: dc.SSLMode}
-	db, err := factory.Open(ctx, plugins.Settings{
-		Endpoint:       ep,
-		Username:       dc.Username,
-		Password:       pw,
-		MaxConns:       dc.MaxConnections,
-		ConnectTimeout: dc.ConnectTimeout.Duration,
-		UsernamePrefix: dc.UsernamePrefix,
-		Marker:         marker,
-		Options:        dc.Options,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("databases.%s: %w", name, err)
-	}
-	return &Database{
-		Name:    name,
-		Plugin:  dc.Plugin,
-		Host:    dc.Host,
-		Port:    dc.Port,
-		DBName:  dc.Database,
-		SSLMode: dc.SSLMode,
-		DB:      plugins.Sanitized(db),
-		factory: factory,
-	}, nil
-}
-
 // Addr is where the gRPC server listens.
 func (a *App) Addr() net.Addr { return a.listener.Addr() }
 
 // Reconcile drops orphan users once (what the periodic reconciler does) and
 // returns how many it dropped.
 func (a *App) Reconcile(ctx context.Context) int {
-	return (&Reconciler{server: a.server}).Once(ctx)
+	return a.reconciler.Once(ctx)
 }
 
 // Manager exposes the lease manager (tests, admin tooling).
