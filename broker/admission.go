@@ -29,7 +29,11 @@ type AdmissionConfig struct {
 	// Refresh re-lists the SPIRE registry and applies the listing; nil
 	// without a SPIRE watch.
 	Refresh func(context.Context) error
-	Logger  *slog.Logger
+	// Now is the clock of the refresh rate limit; nil is time.Now. The limit
+	// bounds the real load on the SPIRE server, so the App leaves it on the
+	// wall clock even when its lease clock is injected.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Admission decides whether a caller may be issued a credential for a role
@@ -40,6 +44,7 @@ type Admission struct {
 	policy   identity.Authorizer
 	registry registrations
 	refresh  func(context.Context) error
+	now      func() time.Time
 	log      *slog.Logger
 
 	refreshMu   sync.Mutex
@@ -52,6 +57,9 @@ func NewAdmission(c AdmissionConfig) *Admission {
 	for name, r := range c.Roles {
 		pats[name] = r.Allowed
 	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -60,6 +68,7 @@ func NewAdmission(c AdmissionConfig) *Admission {
 		policy:   identity.NewRolePolicy(pats),
 		registry: c.Registry,
 		refresh:  c.Refresh,
+		now:      c.Now,
 		log:      c.Logger,
 	}
 }
@@ -90,8 +99,7 @@ func (a *Admission) Admit(ctx context.Context, caller spiffeid.ID, roleName stri
 }
 
 // refreshEvery bounds the on-demand re-listings of SPIRE entries that
-// unknown callers can trigger. It is measured on the wall clock, not an
-// injected one: it bounds the real load on the SPIRE server.
+// unknown callers can trigger.
 const refreshEvery = 250 * time.Millisecond
 
 // checkRegistered refuses deregistered callers. A caller missing from the
@@ -107,8 +115,8 @@ func (a *Admission) checkRegistered(ctx context.Context, id string) error {
 		return err
 	}
 	a.refreshMu.Lock()
-	if time.Since(a.lastRefresh) >= refreshEvery {
-		a.lastRefresh = time.Now()
+	if now := a.now(); now.Sub(a.lastRefresh) >= refreshEvery {
+		a.lastRefresh = now
 		if rerr := a.refresh(ctx); rerr != nil {
 			a.log.Warn("registry refresh failed", "error", rerr)
 		}

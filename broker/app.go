@@ -23,8 +23,9 @@ import (
 )
 
 // App is a whole broker assembled from a Config: SVID source, lease store,
-// database plugins, lease manager and gRPC server. cmd/credbroker and the
-// end-to-end tests build it the same way.
+// database plugins, lease manager, registry and its SPIRE watch, admission,
+// issuer, reconciler and gRPC server (doc.go lists them). cmd/credbroker and
+// the end-to-end tests build it the same way.
 type App struct {
 	log      *slog.Logger
 	source   identity.Source
@@ -81,44 +82,12 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
-	var storeOpts []boltstore.Option
-	if !opts.CreateStore {
-		storeOpts = append(storeOpts, boltstore.WithMustExist())
+	if err := a.openStore(cfg, opts); err != nil {
+		return nil, err
 	}
-	store, err := boltstore.Open(cfg.LeaseStore.Path, storeOpts...)
-	if errors.Is(err, lease.ErrStoreMissing) {
-		return nil, fmt.Errorf("lease store %s does not exist: for a new installation run `credbroker init-store --config FILE`; "+
-			"otherwise restore it from a backup (starting empty would forget every live lease and strand its users)", cfg.LeaseStore.Path)
+	if err := a.openDatabases(ctx, cfg); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("lease store: %w", err)
-	}
-	a.store = store
-	if opts.WrapStore != nil {
-		a.store = opts.WrapStore(store)
-	}
-	a.closers = append(a.closers, func() { _ = store.Close() })
-
-	for _, name := range sortedKeys(cfg.Databases) {
-		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
-		if err != nil {
-			return nil, err
-		}
-		a.dbs[name] = d
-		a.closers = append(a.closers, d.DB.Close)
-		if !d.DB.Capabilities().ServerExpiry {
-			// Said once per start so that nobody relies on the server to end
-			// a lease the broker could not revoke while it was down.
-			a.log.Warn("database has no server-side expiry: users outlive their lease while the broker is down, until it is back and revokes them",
-				"database", name, "plugin", d.Plugin)
-		}
-		if err := d.DB.Ping(ctx); err != nil {
-			// Not fatal: leases on other databases must keep being served
-			// and revoked; issuance here answers UNAVAILABLE until it is back.
-			a.log.Warn("database unreachable at startup", "database", name, "error", err)
-		}
-	}
-
 	roles := resolveRoles(cfg.Roles, a.dbs)
 
 	a.manager, err = lease.NewManager(lease.Config{
@@ -179,9 +148,10 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
+	issuer := NewIssuer(admission, a.manager, opts.Now)
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
-		Issuer:     NewIssuer(admission, a.manager, opts.Now),
+		Issuer:     issuer,
 		Leases:     a.manager,
 		Reconciler: a.reconciler,
 		registry:   reg,
@@ -206,6 +176,54 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 	return a, nil
+}
+
+// openStore opens the lease store, which checks every record: a store that
+// would not restore refuses the start.
+func (a *App) openStore(cfg *Config, opts AppOptions) error {
+	var storeOpts []boltstore.Option
+	if !opts.CreateStore {
+		storeOpts = append(storeOpts, boltstore.WithMustExist())
+	}
+	store, err := boltstore.Open(cfg.LeaseStore.Path, storeOpts...)
+	if errors.Is(err, lease.ErrStoreMissing) {
+		return fmt.Errorf("lease store %s does not exist: for a new installation run `credbroker init-store --config FILE`; "+
+			"otherwise restore it from a backup (starting empty would forget every live lease and strand its users)", cfg.LeaseStore.Path)
+	}
+	if err != nil {
+		return fmt.Errorf("lease store: %w", err)
+	}
+	a.store = store
+	if opts.WrapStore != nil {
+		a.store = opts.WrapStore(store)
+	}
+	a.closers = append(a.closers, func() { _ = store.Close() })
+	return nil
+}
+
+// openDatabases opens every configured database; one that is unreachable
+// does not stop the start.
+func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
+	for _, name := range sortedKeys(cfg.Databases) {
+		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
+		if err != nil {
+			return err
+		}
+		a.dbs[name] = d
+		a.closers = append(a.closers, d.DB.Close)
+		if !d.DB.Capabilities().ServerExpiry {
+			// Said once per start so that nobody relies on the server to end
+			// a lease the broker could not revoke while it was down.
+			a.log.Warn("database has no server-side expiry: users outlive their lease while the broker is down, until it is back and revokes them",
+				"database", name, "plugin", d.Plugin)
+		}
+		if err := d.DB.Ping(ctx); err != nil {
+			// Not fatal: leases on other databases must keep being served
+			// and revoked; issuance here answers UNAVAILABLE until it is back.
+			a.log.Warn("database unreachable at startup", "database", name, "error", err)
+		}
+	}
+	return nil
 }
 
 func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, error) {
