@@ -19,13 +19,13 @@ import (
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/lease/boltstore"
-	"github.com/credbroker/credbroker/plugins"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // App is a whole broker assembled from a Config: SVID source, lease store,
-// database plugins, lease manager and gRPC server. cmd/credbroker and the
-// end-to-end tests build it the same way.
+// database plugins, lease manager, registry and its SPIRE watch, admission,
+// issuer, reconciler and gRPC server (doc.go lists them). cmd/credbroker and
+// the end-to-end tests build it the same way.
 type App struct {
 	log      *slog.Logger
 	source   identity.Source
@@ -37,7 +37,9 @@ type App struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	listener net.Listener
-	server   *Server
+	// reconciler finds orphans for ListOrphans and Reconcile, and drops
+	// them periodically if the config enables it.
+	reconciler *Reconciler
 }
 
 // AppOptions are the parts a test (or cmd) may inject.
@@ -80,59 +82,13 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
-	var storeOpts []boltstore.Option
-	if !opts.CreateStore {
-		storeOpts = append(storeOpts, boltstore.WithMustExist())
+	if err := a.openStore(cfg, opts); err != nil {
+		return nil, err
 	}
-	store, err := boltstore.Open(cfg.LeaseStore.Path, storeOpts...)
-	if errors.Is(err, lease.ErrStoreMissing) {
-		return nil, fmt.Errorf("lease store %s does not exist: for a new installation run `credbroker init-store --config FILE`; "+
-			"otherwise restore it from a backup (starting empty would forget every live lease and strand its users)", cfg.LeaseStore.Path)
+	if err := a.openDatabases(ctx, cfg); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("lease store: %w", err)
-	}
-	a.store = store
-	if opts.WrapStore != nil {
-		a.store = opts.WrapStore(store)
-	}
-	a.closers = append(a.closers, func() { _ = store.Close() })
-
-	for _, name := range sortedKeys(cfg.Databases) {
-		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
-		if err != nil {
-			return nil, err
-		}
-		a.dbs[name] = d
-		a.closers = append(a.closers, d.DB.Close)
-		if !d.DB.Capabilities().ServerExpiry {
-			// Said once per start so that nobody relies on the server to end
-			// a lease the broker could not revoke while it was down.
-			a.log.Warn("database has no server-side expiry: users outlive their lease while the broker is down, until it is back and revokes them",
-				"database", name, "plugin", d.Plugin)
-		}
-		if err := d.DB.Ping(ctx); err != nil {
-			// Not fatal: leases on other databases must keep being served
-			// and revoked; issuance here answers UNAVAILABLE until it is back.
-			a.log.Warn("database unreachable at startup", "database", name, "error", err)
-		}
-	}
-
-	roles := make(map[string]*Role, len(cfg.Roles))
-	for name, rc := range cfg.Roles {
-		r := &Role{
-			Name:                 name,
-			Database:             a.dbs[rc.Database],
-			DefaultTTL:           rc.DefaultTTL.Duration,
-			MaxTTL:               rc.MaxTTL.Duration,
-			CreationStatements:   rc.CreationStatements,
-			RevocationStatements: rc.RevocationStatements,
-		}
-		for _, p := range rc.AllowedSPIFFEIDs {
-			r.Allowed = append(r.Allowed, identity.MustParsePattern(p))
-		}
-		roles[name] = r
-	}
+	roles := resolveRoles(cfg.Roles, a.dbs)
 
 	a.manager, err = lease.NewManager(lease.Config{
 		Store:             a.store,
@@ -158,24 +114,51 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 	a.runners = append(a.runners, a.manager.Run)
 
-	var admins []spiffeid.ID
-	for _, s := range cfg.Admins {
-		admins = append(admins, spiffeid.RequireFromString(s))
-	}
 	// Deregistrations are kept in the lease store; brokers before it kept
 	// them in a JSON file next to the bbolt file, imported once here.
 	reg, err := openRegistry(ctx, a.store, cfg.LeaseStore.Path+legacyDenylistSuffix)
 	if err != nil {
 		return nil, err
 	}
-	srv := NewServer(ServerConfig{
-		Roles:     roles,
-		Databases: a.dbs,
-		registry:  reg,
+	revoker := bulkRevoker{leases: a.manager}
+	a.health = health.NewServer()
+	var refresh func(context.Context) error // nil without a SPIRE watch
+	if cfg.Registry.SPIREServerAddress != "" {
+		sweep := newRegistrySweep(reg, a.manager, revoker, a.log)
+		watch, err := newRegistryWatch(cfg.Registry, a.source, sweep, a.health, a.log)
+		if err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, watch.close)
+		a.runners = append(a.runners, watch.Run)
+		refresh = watch.refresh
+	}
+	admission := NewAdmission(AdmissionConfig{Roles: roles, Registry: reg, Refresh: refresh, Logger: a.log})
+	a.reconciler = NewReconciler(ReconcilerSettings{
+		Databases: databasePlugins(a.dbs),
 		Leases:    a.manager,
-		Admins:    identity.NewAdminSet(admins),
-		Now:       opts.Now,
 		Logger:    a.log,
+		Interval:  cfg.Reconciler.Interval.Duration,
+	})
+	if cfg.Reconciler.Enabled {
+		a.runners = append(a.runners, a.reconciler.Run)
+	}
+
+	var admins []spiffeid.ID
+	for _, s := range cfg.Admins {
+		admins = append(admins, spiffeid.RequireFromString(s))
+	}
+	issuer := NewIssuer(admission, a.manager, opts.Now)
+	srv := NewServer(ServerConfig{
+		Roles:      roles,
+		Issuer:     issuer,
+		Leases:     a.manager,
+		Reconciler: a.reconciler,
+		registry:   reg,
+		revoker:    revoker,
+		Admins:     identity.NewAdminSet(admins),
+		Now:        opts.Now,
+		Logger:     a.log,
 	})
 	a.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(a.source, td))),
@@ -183,18 +166,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		grpc.ChainStreamInterceptor(srv.StreamAuth),
 	)
 	srv.Register(a.grpc)
-	a.server = srv
-	if cfg.Reconciler.Enabled {
-		rec := &Reconciler{server: srv, interval: cfg.Reconciler.Interval.Duration}
-		a.runners = append(a.runners, rec.Run)
-	}
-	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
-	if cfg.Registry.SPIREServerAddress != "" {
-		if err := a.watchRegistry(cfg.Registry); err != nil {
-			return nil, err
-		}
-	}
 	reflection.Register(a.grpc)
 
 	a.listener = opts.Listener
@@ -204,6 +176,54 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 	return a, nil
+}
+
+// openStore opens the lease store, which checks every record: a store that
+// would not restore refuses the start.
+func (a *App) openStore(cfg *Config, opts AppOptions) error {
+	var storeOpts []boltstore.Option
+	if !opts.CreateStore {
+		storeOpts = append(storeOpts, boltstore.WithMustExist())
+	}
+	store, err := boltstore.Open(cfg.LeaseStore.Path, storeOpts...)
+	if errors.Is(err, lease.ErrStoreMissing) {
+		return fmt.Errorf("lease store %s does not exist: for a new installation run `credbroker init-store --config FILE`; "+
+			"otherwise restore it from a backup (starting empty would forget every live lease and strand its users)", cfg.LeaseStore.Path)
+	}
+	if err != nil {
+		return fmt.Errorf("lease store: %w", err)
+	}
+	a.store = store
+	if opts.WrapStore != nil {
+		a.store = opts.WrapStore(store)
+	}
+	a.closers = append(a.closers, func() { _ = store.Close() })
+	return nil
+}
+
+// openDatabases opens every configured database; one that is unreachable
+// does not stop the start.
+func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
+	for _, name := range sortedKeys(cfg.Databases) {
+		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
+		if err != nil {
+			return err
+		}
+		a.dbs[name] = d
+		a.closers = append(a.closers, d.DB.Close)
+		if !d.DB.Capabilities().ServerExpiry {
+			// Said once per start so that nobody relies on the server to end
+			// a lease the broker could not revoke while it was down.
+			a.log.Warn("database has no server-side expiry: users outlive their lease while the broker is down, until it is back and revokes them",
+				"database", name, "plugin", d.Plugin)
+		}
+		if err := d.DB.Ping(ctx); err != nil {
+			// Not fatal: leases on other databases must keep being served
+			// and revoked; issuance here answers UNAVAILABLE until it is back.
+			a.log.Warn("database unreachable at startup", "database", name, "error", err)
+		}
+	}
+	return nil
 }
 
 func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, error) {
@@ -230,48 +250,13 @@ func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, err
 	return src, nil
 }
 
-func openDatabase(ctx context.Context, catalog *plugins.Catalog, name string, dc DatabaseConfig, marker string) (*Database, error) {
-	pw, err := dc.AdminPassword()
-	if err != nil {
-		return nil, fmt.Errorf("databases.%s: %w", name, err)
-	}
-	factory, err := catalog.Lookup(dc.Plugin)
-	if err != nil {
-		return nil, fmt.Errorf("databases.%s: %w", name, err)
-	}
-	ep := plugins.Endpoint{Host: dc.Host, Port: dc.Port, Database: dc.Database, SSLMode: dc.SSLMode}
-	db, err := factory.Open(ctx, plugins.Settings{
-		Endpoint:       ep,
-		Username:       dc.Username,
-		Password:       pw,
-		MaxConns:       dc.MaxConnections,
-		ConnectTimeout: dc.ConnectTimeout.Duration,
-		UsernamePrefix: dc.UsernamePrefix,
-		Marker:         marker,
-		Options:        dc.Options,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("databases.%s: %w", name, err)
-	}
-	return &Database{
-		Name:    name,
-		Plugin:  dc.Plugin,
-		Host:    dc.Host,
-		Port:    dc.Port,
-		DBName:  dc.Database,
-		SSLMode: dc.SSLMode,
-		DB:      plugins.Sanitized(db),
-		factory: factory,
-	}, nil
-}
-
 // Addr is where the gRPC server listens.
 func (a *App) Addr() net.Addr { return a.listener.Addr() }
 
 // Reconcile drops orphan users once (what the periodic reconciler does) and
 // returns how many it dropped.
 func (a *App) Reconcile(ctx context.Context) int {
-	return (&Reconciler{server: a.server}).Once(ctx)
+	return a.reconciler.Once(ctx)
 }
 
 // Manager exposes the lease manager (tests, admin tooling).

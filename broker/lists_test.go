@@ -31,9 +31,10 @@ func (b *dropBackend) Drop(_ context.Context, l lease.Lease) error {
 
 func (b *dropBackend) Extend(context.Context, lease.Lease) error { return nil }
 
-// listServer is a Server on a real lease.Manager over a MemStore, with no
-// database: enough for the paths that only list and revoke leases.
-func listServer(t *testing.T) (*Server, *lease.Manager, *dropBackend, *time.Time) {
+// listServer is a Server and a registry sweep on a real lease.Manager over
+// a MemStore, with no database: enough for the paths that only list and
+// revoke leases.
+func listServer(t *testing.T) (*Server, *registrySweep, *lease.Manager, *dropBackend, *time.Time) {
 	t.Helper()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	b := &dropBackend{}
@@ -49,9 +50,11 @@ func listServer(t *testing.T) (*Server, *lease.Manager, *dropBackend, *time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewServer(ServerConfig{Leases: m, registry: reg, Now: func() time.Time { return now },
-		Logger: slog.New(slog.DiscardHandler)})
-	return s, m, b, &now
+	log := slog.New(slog.DiscardHandler)
+	revoker := bulkRevoker{leases: m}
+	s := NewServer(ServerConfig{Leases: m, registry: reg, revoker: revoker, Now: func() time.Time { return now },
+		Logger: log})
+	return s, newRegistrySweep(reg, m, revoker, log), m, b, &now
 }
 
 func issueFor(t *testing.T, m *lease.Manager, owner string, issued time.Time) lease.Lease {
@@ -72,13 +75,13 @@ func issueFor(t *testing.T, m *lease.Manager, owner string, issued time.Time) le
 // TestObserveRegistryRevokesGoneOwners: a complete listing without an
 // owner revokes that owner's leases, and only those.
 func TestObserveRegistryRevokesGoneOwners(t *testing.T) {
-	s, m, b, now := listServer(t)
+	_, sweep, m, b, now := listServer(t)
 	kept, gone := "spiffe://example.org/kept", "spiffe://example.org/gone"
 	for range 3 {
 		issueFor(t, m, kept, *now)
 		issueFor(t, m, gone, *now)
 	}
-	s.observeRegistry(context.Background(), *now, map[string]time.Time{kept: *now})
+	sweep.observe(context.Background(), *now, map[string]time.Time{kept: *now})
 	if len(b.drops) != 3 || slices.ContainsFunc(b.drops, func(o string) bool { return o != gone }) {
 		t.Errorf("drops = %v, want the 3 leases of %s", b.drops, gone)
 	}
@@ -91,7 +94,7 @@ func TestObserveRegistryRevokesGoneOwners(t *testing.T) {
 // TestListLeasesIssueOrder: a workload still sees its own leases, in issue
 // order, whatever their ids, and nobody else's.
 func TestListLeasesIssueOrder(t *testing.T) {
-	s, m, _, now := listServer(t)
+	s, _, m, _, now := listServer(t)
 	me := spiffeid.RequireFromString("spiffe://example.org/me")
 	var want []string
 	for i := range 6 {

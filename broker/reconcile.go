@@ -2,11 +2,45 @@ package broker
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
 )
+
+// leaseLister is the part of lease.Manager the reconciler needs.
+type leaseLister interface {
+	List(ctx context.Context, q lease.Query) ([]lease.Lease, error)
+}
+
+// ReconcilerSettings builds a Reconciler.
+type ReconcilerSettings struct {
+	Databases map[string]plugins.Database // by configured name
+	Leases    leaseLister
+	Logger    *slog.Logger
+	// Interval is the time between two passes of Run; Once ignores it.
+	Interval time.Duration
+}
+
+// Reconciler finds the users carrying the broker's marker that no lease
+// backs (ListOrphans), and drops them, once (App.Reconcile) or
+// periodically (Run). Periodic drops are off by default: the first start of
+// a restored system should look at ListOrphans before trusting it.
+type Reconciler struct {
+	dbs      map[string]plugins.Database
+	leases   leaseLister
+	log      *slog.Logger
+	interval time.Duration
+}
+
+// NewReconciler builds a Reconciler; it starts nothing.
+func NewReconciler(c ReconcilerSettings) *Reconciler {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return &Reconciler{dbs: c.Databases, leases: c.Leases, log: c.Logger, interval: c.Interval}
+}
 
 // orphanReport is one database's marked users that no lease backs.
 type orphanReport struct {
@@ -19,15 +53,15 @@ type orphanReport struct {
 // The users are listed first and the leases after: a user listed was
 // created after its CREATING record was stored, so a record that exists is
 // seen, and a user whose record was deleted meanwhile was already dropped.
-func (s *Server) findOrphans(ctx context.Context) []orphanReport {
+func (r *Reconciler) findOrphans(ctx context.Context) []orphanReport {
 	var out []orphanReport
-	for _, name := range sortedKeys(s.dbs) {
-		users, err := s.dbs[name].DB.ListUsers(ctx)
+	for _, name := range sortedKeys(r.dbs) {
+		users, err := r.dbs[name].ListUsers(ctx)
 		if err != nil {
 			out = append(out, orphanReport{database: name, err: err})
 			continue
 		}
-		leases, err := s.leases.List(ctx, lease.Query{Database: name})
+		leases, err := r.leases.List(ctx, lease.Query{Database: name})
 		if err != nil {
 			out = append(out, orphanReport{database: name, err: err})
 			continue
@@ -36,22 +70,15 @@ func (s *Server) findOrphans(ctx context.Context) []orphanReport {
 		for _, l := range leases {
 			backed[l.Username] = true
 		}
-		r := orphanReport{database: name, usernames: []string{}}
+		rep := orphanReport{database: name, usernames: []string{}}
 		for _, u := range users {
 			if !backed[u] {
-				r.usernames = append(r.usernames, u)
+				rep.usernames = append(rep.usernames, u)
 			}
 		}
-		out = append(out, r)
+		out = append(out, rep)
 	}
 	return out
-}
-
-// Reconciler drops orphans periodically. It is off by default: the first
-// start of a restored system should look at ListOrphans before trusting it.
-type Reconciler struct {
-	server   *Server
-	interval time.Duration
 }
 
 // Run reconciles every interval until ctx ends.
@@ -70,21 +97,20 @@ func (r *Reconciler) Run(ctx context.Context) error {
 
 // Once drops every orphan found now and returns how many were dropped.
 func (r *Reconciler) Once(ctx context.Context) int {
-	s := r.server
 	dropped := 0
-	for _, rep := range s.findOrphans(ctx) {
+	for _, rep := range r.findOrphans(ctx) {
 		if rep.err != nil {
-			s.log.Warn("reconciler: cannot compare users with leases", "database", rep.database, "error", rep.err)
+			r.log.Warn("reconciler: cannot compare users with leases", "database", rep.database, "error", rep.err)
 			continue
 		}
 		for _, u := range rep.usernames {
-			err := s.dbs[rep.database].DB.DeleteUser(ctx, plugins.DeleteUserRequest{Username: u})
+			err := r.dbs[rep.database].DeleteUser(ctx, plugins.DeleteUserRequest{Username: u})
 			if err != nil {
-				s.log.Warn("reconciler: orphan not dropped", "database", rep.database, "username", u, "error", err)
+				r.log.Warn("reconciler: orphan not dropped", "database", rep.database, "username", u, "error", err)
 				continue
 			}
 			dropped++
-			s.log.Info("audit: orphan user dropped", "database", rep.database, "username", u)
+			r.log.Info("audit: orphan user dropped", "database", rep.database, "username", u)
 		}
 	}
 	return dropped

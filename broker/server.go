@@ -2,89 +2,76 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"regexp"
-	"sort"
-	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
-	"github.com/credbroker/credbroker/plugins"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// Role is a resolved role template.
-type Role struct {
-	Name                 string
-	Database             *Database
-	DefaultTTL, MaxTTL   time.Duration
-	Allowed              []identity.Pattern
-	CreationStatements   []string
-	RevocationStatements []string
-}
-
-// Leases is the part of lease.Manager the gRPC layer uses.
+// Leases is the part of lease.Manager the handlers use.
 type Leases interface {
-	Issue(ctx context.Context, l lease.Lease, create lease.CreateFunc) (lease.Lease, error)
 	Renew(ctx context.Context, id string, increment time.Duration) (lease.Lease, error)
 	Revoke(ctx context.Context, id string) (lease.Lease, error)
 	Get(ctx context.Context, id string) (lease.Lease, error)
 	List(ctx context.Context, q lease.Query) ([]lease.Lease, error)
-	Owners(ctx context.Context, s lease.State) ([]string, error)
 }
 
-// Server implements CredentialService and AdminService.
+// Server implements CredentialService (credential.go) and AdminService
+// (admin.go) on the components NewApp built before it; its interceptors
+// are in auth.go.
 type Server struct {
 	roles    map[string]*Role
-	dbs      map[string]*Database
+	issuer   *Issuer
 	leases   Leases
-	policy   identity.Authorizer
+	revoker  bulkRevoker
+	orphans  *Reconciler
 	admins   identity.AdminSet
 	registry *registry // nil: no deregistration support (unit tests)
 	now      func() time.Time
 	log      *slog.Logger
-
-	// refresh re-reads the SPIRE registry (nil without a watch).
-	refresh     func(context.Context) error
-	refreshMu   sync.Mutex
-	lastRefresh time.Time
 }
 
 // ServerConfig builds a Server.
 type ServerConfig struct {
-	Roles     map[string]*Role
-	Databases map[string]*Database
-	Leases    Leases
-	registry  *registry
-	Admins    identity.AdminSet
-	Now       func() time.Time
-	Logger    *slog.Logger
+	Roles  map[string]*Role // ListRoles, and the default renew increment
+	Issuer *Issuer          // IssueCredential
+	Leases Leases
+	// Reconciler finds the orphans ListOrphans reports.
+	Reconciler *Reconciler
+	// registry takes DeregisterWorkload and RegisterWorkload; nil: no
+	// deregistration support (unit tests).
+	registry *registry
+	// revoker revokes what DeregisterWorkload and RevokeLeases select;
+	// zero: one on Leases.
+	revoker bulkRevoker
+	Admins  identity.AdminSet
+	Now     func() time.Time
+	Logger  *slog.Logger
 }
 
 // NewServer builds the gRPC services; it starts nothing.
 func NewServer(c ServerConfig) *Server {
-	pats := make(map[string][]identity.Pattern, len(c.Roles))
-	for name, r := range c.Roles {
-		pats[name] = r.Allowed
-	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.revoker.leases == nil {
+		c.revoker = bulkRevoker{leases: c.Leases}
+	}
 	return &Server{
 		roles:    c.Roles,
-		dbs:      c.Databases,
-		registry: c.registry,
+		issuer:   c.Issuer,
 		leases:   c.Leases,
-		policy:   identity.NewRolePolicy(pats),
+		revoker:  c.revoker,
+		orphans:  c.Reconciler,
 		admins:   c.Admins,
+		registry: c.registry,
 		now:      c.Now,
 		log:      c.Logger,
 	}
@@ -94,181 +81,4 @@ func NewServer(c ServerConfig) *Server {
 func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterCredentialServiceServer(g, credentialService{Server: s})
 	pb.RegisterAdminServiceServer(g, adminService{Server: s})
-}
-
-var requestRoleRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-
-// issue checks the request (role, policy, registration, ttl), has the lease
-// manager issue a lease for a new user, and builds the credential.
-func (s *Server) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration) (lease.Lease, *pb.Credential, error) {
-	if roleName == "" {
-		return lease.Lease{}, nil, invalidArg("role is required")
-	}
-	if !requestRoleRE.MatchString(roleName) {
-		return lease.Lease{}, nil, invalidArg("role is not a valid role name")
-	}
-	if ttl < 0 {
-		return lease.Lease{}, nil, invalidArg("ttl must be positive")
-	}
-	role, ok := s.roles[roleName]
-	if !ok {
-		return lease.Lease{}, nil, identity.ErrUnknownRole
-	}
-	if err := s.policy(caller, roleName); err != nil {
-		return lease.Lease{}, nil, err
-	}
-	if err := s.checkRegistered(ctx, caller.String()); err != nil {
-		return lease.Lease{}, nil, err
-	}
-	if ttl == 0 {
-		ttl = role.DefaultTTL
-	}
-	if ttl < time.Second {
-		return lease.Lease{}, nil, invalidArg("ttl must be at least 1s")
-	}
-	ttl = min(ttl, role.MaxTTL)
-
-	db := role.Database.DB
-	username, err := db.GenerateUsername(roleName)
-	if err != nil {
-		return lease.Lease{}, nil, err
-	}
-	password, err := plugins.GeneratePassword()
-	if err != nil {
-		return lease.Lease{}, nil, err
-	}
-	id, err := lease.NewID()
-	if err != nil {
-		return lease.Lease{}, nil, err
-	}
-	now := s.now().UTC()
-	l := lease.Lease{
-		ID:                   id,
-		Role:                 roleName,
-		Owner:                caller.String(),
-		Database:             role.Database.Name,
-		Username:             username,
-		IssueTime:            now,
-		ExpireTime:           now.Add(ttl),
-		MaxExpireTime:        now.Add(role.MaxTTL),
-		State:                lease.StateCreating,
-		RevocationStatements: role.RevocationStatements,
-	}
-	// lease.Manager.Issue runs the crash-safe protocol around the plugin's
-	// NewUser: the plugin waits for the durable CREATING record (Intent)
-	// before the user can exist, and the credential is built only once the
-	// lease is durably ACTIVE.
-	expire := l.ExpireTime
-	l, err = s.leases.Issue(ctx, l, func(ctx context.Context, intent func(context.Context) error) error {
-		err := db.NewUser(ctx, plugins.NewUserRequest{
-			Username:   username,
-			Password:   password,
-			Expiration: expire,
-			Statements: role.CreationStatements,
-			Intent:     intent,
-		})
-		if errors.Is(err, plugins.ErrNotCreated) {
-			return lease.NotCreated(err)
-		}
-		return err
-	})
-	if err != nil {
-		return lease.Lease{}, nil, err
-	}
-	d := role.Database
-	return l, &pb.Credential{
-		Username: username,
-		Password: password,
-		Database: d.Name,
-		Host:     d.Host,
-		Port:     uint32(d.Port),
-		DbName:   d.DBName,
-		Dsn:      d.dsn(username, password),
-	}, nil
-}
-
-// ownLease returns the caller's lease; someone else's is reported as absent
-// so its existence is not revealed.
-func (s *Server) ownLease(ctx context.Context, caller spiffeid.ID, id string) (lease.Lease, error) {
-	if !lease.ValidID(id) {
-		return lease.Lease{}, invalidArg("lease_id is malformed")
-	}
-	l, err := s.leases.Get(ctx, id)
-	if err != nil {
-		return lease.Lease{}, err
-	}
-	if l.Owner != caller.String() || l.State == lease.StateCreating {
-		return lease.Lease{}, lease.ErrNotFound
-	}
-	return l, nil
-}
-
-func (s *Server) renewIncrement(l lease.Lease, inc time.Duration) (time.Duration, error) {
-	if inc < 0 {
-		return 0, invalidArg("increment must be positive")
-	}
-	if inc > 0 {
-		return inc, nil
-	}
-	if r, ok := s.roles[l.Role]; ok {
-		return r.DefaultTTL, nil
-	}
-	// The role was removed since issue: renew by the lease's original ttl.
-	return l.ExpireTime.Sub(l.IssueTime), nil
-}
-
-// BulkRevokeConcurrency is how many revocations RevokeLeases,
-// DeregisterWorkload and the registry sweep run at once. The plugins
-// coalesce concurrent drops into one batch per database (plugins/postgres
-// drops up to 128 roles in one transaction), so this sets the batch size
-// rather than the load on the database: one batch runs at a time either
-// way, and larger batches cost fewer round trips per user (docs/performance.md
-// §7: 100,000 users revoked at 1,500-2,200 a second, against 210-500 with 8).
-const BulkRevokeConcurrency = 32
-
-// revokable are the states of the leases a bulk revocation takes: not those
-// still being created, which their issuance cleans up if it fails.
-var revokable = []lease.State{lease.StateActive, lease.StateRevoking}
-
-// revokeAll revokes every lease q selects (its States are replaced by
-// revokable), with bounded concurrency, and returns the final leases. A
-// lease that is already gone counts as revoked by someone else and is not
-// reported.
-func (s *Server) revokeAll(ctx context.Context, q lease.Query) ([]lease.Lease, error) {
-	q.States = revokable
-	targets, err := s.leases.List(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	type result struct {
-		l   lease.Lease
-		err error
-	}
-	results := make([]result, len(targets))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, BulkRevokeConcurrency)
-	for i, t := range targets {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			l, err := s.leases.Revoke(ctx, t.ID)
-			results[i] = result{l, err}
-		})
-	}
-	wg.Wait()
-	var out []lease.Lease
-	var firstErr error
-	for _, r := range results {
-		switch {
-		case r.err == nil:
-			out = append(out, r.l)
-		case isNotFound(r.err):
-		default:
-			if firstErr == nil {
-				firstErr = r.err
-			}
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, firstErr
 }

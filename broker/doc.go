@@ -1,0 +1,80 @@
+/*
+Package broker is credbroker's server: it issues short-lived database
+credentials to workloads that authenticate with an X.509-SVID, over gRPC
+(CredentialService for workloads, AdminService for operators).
+
+It is the only package that sees SPIFFE (identity/), leases (lease/) and
+databases (plugins/) at once, and wires them to the wire API. It names no
+database engine: it reaches each database through the plugins.Catalog it is
+given (cmd/credbroker passes builtin.Catalog()).
+
+# Components
+
+One file per component; each is built from its own dependencies, declared
+as small interfaces where they are used (the parts of lease.Manager it
+needs), and none starts a goroutine when it is built.
+
+	config.go     Config: the YAML file, its defaults, LoadConfig and ParseConfig
+	validate.go   Config.Validate: every key checked (engine keys by the catalog)
+	databases.go  Database (a configured database and its plugin), openDatabase,
+	              backend (lease.Backend: a lease's drop and extend routed to its plugin)
+	roles.go      Role: a resolved role template
+	admission.go  Admission: may this caller have this role now? role name, role,
+	              role policy, then the registry (with a rate-limited SPIRE refresh)
+	issue.go      Issuer: admission, then lease.Manager.Issue around the plugin's
+	              NewUser, then the credential
+	revoke.go     bulkRevoker: every lease a query selects, revoked with bounded
+	              concurrency (DeregisterWorkload, RevokeLeases, the registry sweep)
+	registry.go   registry: deregistrations (kept in the lease store) and the
+	              last complete SPIRE listing, in memory for every request
+	sweep.go      registrySweep: applies a complete SPIRE listing: re-registrations
+	              lifted, leases of owners no longer registered revoked
+	spire.go      registryWatch: polls the SPIRE server, hands listings to the sweep,
+	              reports itself in the health service (credbroker.registry)
+	reconcile.go  Reconciler: marked database users no lease backs (ListOrphans),
+	              dropped once (App.Reconcile) or periodically (Run)
+	server.go     Server: the two services on the components above
+	credential.go CredentialService handlers
+	admin.go      AdminService handlers (admin check, audit log lines)
+	auth.go       the interceptors: a verified SPIFFE ID or UNAUTHENTICATED
+	wire.go       wire conversions: leases to protobuf, duration arguments, page tokens
+	errors.go     toStatus: the one error → gRPC status mapping
+	app.go        App: NewApp assembles everything, Run runs it
+	log.go        the structured logger
+
+# How a request flows
+
+IssueCredential passes through UnaryAuth, which refuses a peer without a
+verified SPIFFE ID and puts the ID in the context. The handler reads the
+arguments and asks the Issuer, which asks Admission: the role name is
+valid, the role exists, the role policy allows the caller, and the
+registry neither holds a deregistration of the caller nor (with a SPIRE
+watch) misses it from the last complete listing; a caller missing from it
+makes admission re-list SPIRE once, at most every 250 ms, before refusing.
+The Issuer then resolves the ttl and calls lease.Manager.Issue, which
+records the lease CREATING durably while the plugin's NewUser creates the
+user (waiting for that record before the user can exist) and records it
+ACTIVE; only then does the Issuer build the credential, whose password is
+never stored or logged. Renew and revoke go to the lease.Manager, which
+reaches the database through backend.
+
+# Errors
+
+Handlers and components return plain errors (sentinels of identity/,
+lease/, plugins/ and this package, and invalid-argument errors). UnaryAuth
+is the one place they become gRPC statuses, through toStatus in errors.go,
+and the one place a failed call is logged. Anything toStatus does not
+recognise is a bare "internal error".
+
+# Lifecycle
+
+NewApp builds every component, in dependency order: SVID source, lease
+store, databases, roles, lease manager (its records checked, restored in
+Run), registry, bulk revoker, health service, registry sweep and SPIRE
+watch (with a registry section), admission (given the watch's refresh),
+reconciler, issuer, server, gRPC server, listener. It starts no goroutine. App.Run runs the components that
+have a Run (SVID file reloader, lease manager, SPIRE watch, reconciler if
+enabled) and the gRPC server under one errgroup; when its context ends it
+stops serving, waits for all of them and closes the store and the pools.
+*/
+package broker

@@ -1,0 +1,113 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credbroker/credbroker/lease"
+	"github.com/credbroker/credbroker/plugins"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// leaseIssuer is the part of lease.Manager issuance needs: Issue owns the
+// crash-safe protocol around the plugin's NewUser.
+type leaseIssuer interface {
+	Issue(ctx context.Context, l lease.Lease, create lease.CreateFunc) (lease.Lease, error)
+}
+
+// Issuer issues credentials: it asks admission whether the caller may have
+// the role, then has the lease manager issue a lease for a new user that
+// the role's database plugin creates, and builds the credential.
+type Issuer struct {
+	admission *Admission
+	leases    leaseIssuer
+	now       func() time.Time
+}
+
+// NewIssuer builds an Issuer; now nil is time.Now.
+func NewIssuer(admission *Admission, leases leaseIssuer, now func() time.Time) *Issuer {
+	if now == nil {
+		now = time.Now
+	}
+	return &Issuer{admission: admission, leases: leases, now: now}
+}
+
+// issue checks the request (role, policy, registration, ttl), has the lease
+// manager issue a lease for a new user, and builds the credential.
+func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration) (lease.Lease, *pb.Credential, error) {
+	if ttl < 0 {
+		return lease.Lease{}, nil, invalidArg("ttl must be positive")
+	}
+	role, err := s.admission.Admit(ctx, caller, roleName)
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	if ttl == 0 {
+		ttl = role.DefaultTTL
+	}
+	if ttl < time.Second {
+		return lease.Lease{}, nil, invalidArg("ttl must be at least 1s")
+	}
+	ttl = min(ttl, role.MaxTTL)
+
+	db := role.Database.DB
+	username, err := db.GenerateUsername(roleName)
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	password, err := plugins.GeneratePassword()
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	id, err := lease.NewID()
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	now := s.now().UTC()
+	l := lease.Lease{
+		ID:                   id,
+		Role:                 roleName,
+		Owner:                caller.String(),
+		Database:             role.Database.Name,
+		Username:             username,
+		IssueTime:            now,
+		ExpireTime:           now.Add(ttl),
+		MaxExpireTime:        now.Add(role.MaxTTL),
+		State:                lease.StateCreating,
+		RevocationStatements: role.RevocationStatements,
+	}
+	// lease.Manager.Issue runs the crash-safe protocol around the plugin's
+	// NewUser: the plugin waits for the durable CREATING record (Intent)
+	// before the user can exist, and the credential is built only once the
+	// lease is durably ACTIVE.
+	expire := l.ExpireTime
+	l, err = s.leases.Issue(ctx, l, func(ctx context.Context, intent func(context.Context) error) error {
+		err := db.NewUser(ctx, plugins.NewUserRequest{
+			Username:   username,
+			Password:   password,
+			Expiration: expire,
+			Statements: role.CreationStatements,
+			Intent:     intent,
+		})
+		if errors.Is(err, plugins.ErrNotCreated) {
+			return lease.NotCreated(err)
+		}
+		return err
+	})
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	d := role.Database
+	return l, &pb.Credential{
+		Username: username,
+		Password: password,
+		Database: d.Name,
+		Host:     d.Host,
+		Port:     uint32(d.Port),
+		DbName:   d.DBName,
+		Dsn:      d.dsn(username, password),
+	}, nil
+}

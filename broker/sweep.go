@@ -1,0 +1,64 @@
+package broker
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/credbroker/credbroker/lease"
+)
+
+// leaseOwners is the part of lease.Manager the registry sweep needs: the
+// owners of the leases in a state, about one lease looked at per owner.
+type leaseOwners interface {
+	Owners(ctx context.Context, s lease.State) ([]string, error)
+}
+
+// registrySweep applies each complete listing of SPIRE registration
+// entries: the registry learns it (lifting re-registrations), and the
+// leases of owners no entry yields any longer are revoked. It is built
+// before the Server, so that the SPIRE watch calling it can hand its
+// refresh to admission at construction.
+type registrySweep struct {
+	registry *registry
+	owners   leaseOwners
+	revoker  bulkRevoker
+	log      *slog.Logger
+}
+
+func newRegistrySweep(reg *registry, owners leaseOwners, revoker bulkRevoker, log *slog.Logger) *registrySweep {
+	return &registrySweep{registry: reg, owners: owners, revoker: revoker, log: log}
+}
+
+// observe applies a complete SPIRE listing begun at at: deregistrations
+// whose ID was registered again are lifted, and every lease whose owner no
+// entry yields any longer is revoked. A listing older than the last one
+// changes nothing.
+func (s *registrySweep) observe(ctx context.Context, at time.Time, ids map[string]time.Time) {
+	again, stale, err := s.registry.observe(ctx, at, ids)
+	if stale {
+		return
+	}
+	if err != nil {
+		s.log.Error("registry: could not persist re-registrations", "error", err)
+	}
+	for _, id := range again {
+		s.log.Info("audit: workload registered again in SPIRE", "spiffe_id", id)
+	}
+	owners, err := s.owners.Owners(ctx, lease.StateActive)
+	if err != nil {
+		s.log.Error("registry: cannot list leases; nothing revoked", "error", err)
+		return
+	}
+	for _, owner := range owners {
+		if _, ok := ids[owner]; ok {
+			continue
+		}
+		revoked, err := s.revoker.revokeAll(ctx, lease.Query{Owner: owner})
+		s.log.Info("audit: SPIRE entry gone, leases revoked", "spiffe_id", owner, "revoked", len(revoked))
+		if err != nil {
+			// The failed ones stay REVOKING and are retried by the expiry loop.
+			s.log.Warn("registry: some revocations failed and will be retried", "spiffe_id", owner, "error", err)
+		}
+	}
+}
