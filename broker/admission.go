@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"regexp"
 	"sync"
 	"time"
 
@@ -73,7 +72,6 @@ func NewAdmission(c AdmissionConfig) *Admission {
 	}
 }
 
-var requestRoleRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // Admit returns the role named roleName if caller may be issued a
 // credential for it now. The checks run cheapest first: the name, the
@@ -82,7 +80,7 @@ func (a *Admission) Admit(ctx context.Context, caller spiffeid.ID, roleName stri
 	if roleName == "" {
 		return nil, invalidArg("role is required")
 	}
-	if !requestRoleRE.MatchString(roleName) {
+	if !roleNameRE.MatchString(roleName) {
 		return nil, invalidArg("role is not a valid role name")
 	}
 	role, ok := a.roles[roleName]
