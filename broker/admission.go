@@ -72,7 +72,6 @@ func NewAdmission(c AdmissionConfig) *Admission {
 	}
 }
 
-
 // Admit returns the role named roleName if caller may be issued a
 // credential for it now. The checks run cheapest first: the name, the
 // role, the policy, then the registry (which may re-list SPIRE).
