@@ -81,7 +81,10 @@ func floorVerifier(password string) (string, error) {
 
 // create is NewUser: a fresh password and verifier, the rendered template,
 // then ALTER ROLE … VALID UNTIL and COMMENT ON ROLE, in one transaction,
-// with the advisory lock before the first object grant.
+// with the advisory lock before the first object grant, sent as the plugin
+// sends them (plugins/postgres/pipeline.go): "BEGIN; <template>; ALTER;
+// COMMENT", then "COMMIT"; with an object grant at template statement k,
+// "BEGIN; <before k>", then "<lock>; <from k>; ALTER; COMMENT; COMMIT".
 func (f *floor) create(ctx context.Context, name string, exp time.Time, template []string) error {
 	password, err := plugins.GeneratePassword()
 	if err != nil {
@@ -110,21 +113,42 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 		"ALTER ROLE "+ident+" VALID UNTIL "+until,
 		"COMMENT ON ROLE "+ident+" IS "+floorLiteral(f.marker),
 	)
-	return f.inTx(ctx, func(tx pgx.Tx) error {
-		locked := false
-		for i, s := range stmts {
-			if i < len(template) && !locked && floorObjectGrantRE.MatchString(template[i]) {
-				if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", floorGrantLockKey); err != nil {
-					return err
-				}
-				locked = true
-			}
-			if _, err := tx.Exec(ctx, s); err != nil {
-				return err
-			}
+	head, tail := stmts, []string(nil)
+	for i, s := range template {
+		if floorObjectGrantRE.MatchString(s) {
+			head, tail = stmts[:i], stmts[i:]
+			break
 		}
-		return nil
-	})
+	}
+	conn, err := f.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	pg := conn.Conn().PgConn()
+	q := func(stmts ...string) error {
+		_, err := pg.Exec(ctx, strings.Join(stmts, ";\n")).ReadAll()
+		return err
+	}
+	lock := fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", floorGrantLockKey)
+	switch {
+	case len(head) > 0 && len(tail) == 0:
+		err = q(append([]string{"BEGIN"}, head...)...)
+		if err == nil {
+			err = q("COMMIT")
+		}
+	case len(head) > 0:
+		err = q(append([]string{"BEGIN"}, head...)...)
+		if err == nil {
+			err = q(append(append([]string{lock}, tail...), "COMMIT")...)
+		}
+	default:
+		err = q(append(append([]string{"BEGIN", lock}, tail...), "COMMIT")...)
+	}
+	if err != nil && pg.TxStatus() != 'I' && !pg.IsClosed() {
+		_ = pg.Exec(context.WithoutCancel(ctx), "ROLLBACK").Close()
+	}
+	return err
 }
 
 // drop is DeleteUser's fixed sequence for one user: marker check, NOLOGIN,

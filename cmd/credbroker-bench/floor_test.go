@@ -183,10 +183,13 @@ func between(es []logEntry, user string) []string {
 	if first < 0 {
 		return nil
 	}
-	for first > 0 && !strings.EqualFold(strip(es[first].text), "begin") {
+	// BEGIN and COMMIT may share a query with other statements
+	// (plugins/postgres/pipeline.go).
+	lower := func(i int) string { return strings.ToLower(strip(es[i].text)) }
+	for first > 0 && !strings.HasPrefix(lower(first), "begin") {
 		first--
 	}
-	for last < len(es)-1 && !strings.EqualFold(strip(es[last].text), "commit") {
+	for last < len(es)-1 && !strings.HasSuffix(lower(last), "commit") {
 		last++
 	}
 	var out []string
