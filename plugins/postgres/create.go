@@ -33,9 +33,11 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	if err := plugins.ValidateStatements(req.Statements, true); err != nil {
 		return fmt.Errorf("postgres: new user %s: %w: %w", name, plugins.ErrInvalidStatement, err)
 	}
-	verifier, err := newScramVerifier(req.Password, db.iters)
-	if err != nil {
-		return fmt.Errorf("postgres: new user %s: %w", name, err)
+	verifier, ok := db.verifiers.take(req.Password)
+	if !ok {
+		if verifier, err = newScramVerifier(req.Password, db.iters); err != nil {
+			return fmt.Errorf("postgres: new user %s: %w", name, err)
+		}
 	}
 	password, err := quoteLiteral(verifier)
 	if err != nil {
