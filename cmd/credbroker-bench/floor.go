@@ -240,3 +240,24 @@ func (f *floor) inTx(ctx context.Context, fn func(pgx.Tx) error) (err error) {
 	}
 	return tx.Commit(ctx)
 }
+
+// bare is what a Vault-style plugin sends for one credential of the group
+// template: one CREATE ROLE … LOGIN PASSWORD '<plaintext>' VALID UNTIL …
+// IN ROLE <group>, autocommitted, the server deriving the verifier. It is
+// the lowest cost of a credential on this server, the reference the broker
+// is held to besides its own statements (floor). The plaintext password
+// travels in the statement: this only ever runs against the bench's
+// throwaway server, on connections that log no statement (barePool), and
+// no error quotes it.
+func (f *floor) bare(ctx context.Context, name string, exp time.Time) error {
+	password, err := plugins.GeneratePassword()
+	if err != nil {
+		return err
+	}
+	_, err = f.pool.Exec(ctx, "CREATE ROLE "+floorIdent(name)+" LOGIN PASSWORD "+floorLiteral(password)+
+		" VALID UNTIL "+floorValidUntil(exp)+" IN ROLE "+benchGroup)
+	if err != nil {
+		return errors.New(strings.ReplaceAll(err.Error(), password, "[redacted]"))
+	}
+	return nil
+}
