@@ -151,6 +151,50 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 	return err
 }
 
+// createSerial is create as the plugin sent it before the creation was
+// pipelined: BEGIN, each statement, COMMIT, one round trip each. Only the
+// breakdown diagnostic uses it, to show what pipelining saved.
+func (f *floor) createSerial(ctx context.Context, name string, exp time.Time, template []string) error {
+	verifier, err := floorVerifier(name) // any password: the cost is what counts
+	if err != nil {
+		return err
+	}
+	ident := floorIdent(name)
+	until := floorValidUntil(exp)
+	values := map[string]string{
+		plugins.PlaceholderName:       ident,
+		plugins.PlaceholderPassword:   floorLiteral(verifier),
+		plugins.PlaceholderExpiration: until,
+	}
+	stmts := make([]string, 0, len(template)+2)
+	for _, s := range template {
+		r, err := plugins.Render(s, values)
+		if err != nil {
+			return err
+		}
+		stmts = append(stmts, r)
+	}
+	stmts = append(stmts,
+		"ALTER ROLE "+ident+" VALID UNTIL "+until,
+		"COMMENT ON ROLE "+ident+" IS "+floorLiteral(f.marker),
+	)
+	return f.inTx(ctx, func(tx pgx.Tx) error {
+		locked := false
+		for i, s := range stmts {
+			if i < len(template) && !locked && floorObjectGrantRE.MatchString(template[i]) {
+				if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", floorGrantLockKey); err != nil {
+					return err
+				}
+				locked = true
+			}
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // drop is DeleteUser's fixed sequence for one user: marker check, NOLOGIN,
 // end sessions (polled until none), then one transaction with GRANT … TO
 // CURRENT_USER, REASSIGN OWNED, DROP OWNED and DROP ROLE (the advisory lock first when the user
