@@ -126,8 +126,11 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 	}
 	defer conn.Release()
 	pg := conn.Conn().PgConn()
+	// Unwatched, as the plugin runs them (pipeline.go); a cancelled bench
+	// waits for the statement in flight.
+	qctx := context.WithoutCancel(ctx)
 	q := func(stmts ...string) error {
-		_, err := pg.Exec(ctx, strings.Join(stmts, ";\n")).ReadAll()
+		_, err := pg.Exec(qctx, strings.Join(stmts, ";\n")).ReadAll()
 		return err
 	}
 	lock := fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", floorGrantLockKey)
@@ -298,7 +301,9 @@ func (f *floor) bare(ctx context.Context, name string, exp time.Time) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.pool.Exec(ctx, "CREATE ROLE "+floorIdent(name)+" LOGIN PASSWORD "+floorLiteral(password)+
+	// Unwatched like the plugin's queries (pipeline.go), so that the bare
+	// floor pays no more client overhead than the plugin.
+	_, err = f.pool.Exec(context.WithoutCancel(ctx), "CREATE ROLE "+floorIdent(name)+" LOGIN PASSWORD "+floorLiteral(password)+
 		" VALID UNTIL "+floorValidUntil(exp)+" IN ROLE "+benchGroup)
 	if err != nil {
 		return errors.New(strings.ReplaceAll(err.Error(), password, "[redacted]"))

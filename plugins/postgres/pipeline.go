@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -63,6 +64,28 @@ func (db *DB) createPipelined(ctx context.Context, stmts []string, firstGrant in
 	}
 	defer conn.Release() // a connection left inside a transaction is destroyed, not reused
 	pg := conn.Conn().PgConn()
+	// pgconn watches a cancellable context with one goroutine per query,
+	// and ending the watch waits until that goroutine has run: on a busy
+	// two-core machine that was ~1.5 ms of scheduling delay per credential,
+	// nearly all of this function's (runtime/trace, docs/performance.md
+	// §8). The queries run unwatched instead, and ctx ending sets a past
+	// deadline on the connection, which is what pgconn's default handler
+	// does: the read in progress fails and the connection is closed.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	qctx := context.WithoutCancel(ctx)
+	stop := context.AfterFunc(ctx, func() { _ = pg.Conn().SetDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			// ctx ended while the connection was ours: its deadline may be
+			// set, so it must not go back to the pool. The server rolls
+			// back what it has not committed.
+			cctx, cancel := context.WithTimeout(qctx, time.Second)
+			defer cancel()
+			_ = pg.Close(cctx)
+		}
+	}()
 	defer func() {
 		if err != nil && !pg.IsClosed() && pg.TxStatus() != 'I' {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
@@ -80,22 +103,22 @@ func (db *DB) createPipelined(ctx context.Context, stmts []string, firstGrant in
 		head, tail = stmts[:firstGrant], stmts[firstGrant:]
 	}
 	if len(head) > 0 {
-		if err := simpleQuery(ctx, pg, append([]string{"BEGIN"}, head...), false); err != nil {
+		if err := simpleQuery(qctx, pg, append([]string{"BEGIN"}, head...), false); err != nil {
 			return err
 		}
 		if err := awaitIntent(); err != nil {
 			return err
 		}
 		if len(tail) == 0 {
-			return simpleQuery(ctx, pg, []string{"COMMIT"}, true)
+			return simpleQuery(qctx, pg, []string{"COMMIT"}, true)
 		}
-		return simpleQuery(ctx, pg, append(append([]string{aclLockSQL}, tail...), "COMMIT"), true)
+		return simpleQuery(qctx, pg, append(append([]string{aclLockSQL}, tail...), "COMMIT"), true)
 	}
 	if err := awaitIntent(); err != nil {
 		return err
 	}
 	q := append([]string{"BEGIN", aclLockSQL}, tail...)
-	return simpleQuery(ctx, pg, append(q, "COMMIT"), true)
+	return simpleQuery(qctx, pg, append(q, "COMMIT"), true)
 }
 
 // aclLockSQL is aclLock.take as a literal, for a simple query.

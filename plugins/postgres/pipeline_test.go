@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -98,4 +99,37 @@ func TestGeneratedPasswordLogsIn(t *testing.T) {
 			time.Sleep(20 * time.Millisecond) // let the buffer refill
 		}
 	}
+}
+
+// TestCreationCancelled: a creation whose context ends while the server
+// works returns promptly with the context's error, leaves nothing, and the
+// plugin's pool goes on working (the interrupted connection is not reused).
+func TestCreationCancelled(t *testing.T) {
+	f := setup(t)
+	c := f.config(t)
+	c.MaxConns = 1
+	db := f.newDB(t, c)
+	tmpl := append(f.groupTemplate(), "SELECT pg_sleep(5)")
+	name := generate(t, db, "cancel")
+	pw, err := db.GeneratePassword()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = db.NewUser(ctx, plugins.NewUserRequest{Username: name, Password: pw, Expiration: time.Now().Add(time.Hour), Statements: tmpl})
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("NewUser took %s after its context ended", took)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("NewUser = %v, want context.DeadlineExceeded", err)
+	}
+	if errors.Is(err, plugins.ErrUnavailable) {
+		t.Errorf("NewUser = %v: a cancelled call reported as an outage", err)
+	}
+	if ok, err := f.userExists(t.Context(), name); err != nil || ok {
+		t.Errorf("user exists after a cancelled creation: %v, %v", ok, err)
+	}
+	create(t, db, generate(t, db, "after"), time.Now().Add(time.Hour), f.groupTemplate())
 }
