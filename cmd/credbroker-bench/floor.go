@@ -21,12 +21,14 @@ import (
 )
 
 // floor sends, over pgx and without any broker, exactly the statements the
-// postgres plugin sends for one credential (plugins/postgres/create.go) and
-// for one revocation (delete.go): same rendering, quoting, SCRAM verifier
-// (computed per credential, as the plugin does), VALID UNTIL format, marker,
-// advisory lock and transaction boundaries. Only the plugin's retry loop,
-// error classification and username check are left out. floor_test.go
-// checks the statement text against the plugin's, from the server log.
+// postgres plugin sends for one credential (plugins/postgres/create.go,
+// pipeline.go) and for one revocation (delete.go): same rendering, quoting,
+// SCRAM verifier, VALID UNTIL format, marker, advisory lock, queries and
+// transaction boundaries. The verifier is computed per credential on the
+// request path, where the plugin has computed its own ahead since
+// docs/performance.md §8. Only the plugin's retry loop, error
+// classification and username check are left out. floor_test.go checks the
+// statement text against the plugin's, from the server log.
 type floor struct {
 	pool   *pgxpool.Pool
 	marker string
