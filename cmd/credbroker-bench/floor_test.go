@@ -103,7 +103,7 @@ func TestFloorSendsThePluginsStatements(t *testing.T) {
 }
 
 var (
-	logEntryRE = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[(\d+)\] \S*@\S* (LOG|DETAIL|ERROR|STATEMENT):\s+(.*)$`)
+	logEntryRE = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[(\d+)\] \S*@\S* (LOG|DETAIL|ERROR|STATEMENT|FATAL|PANIC|WARNING|NOTICE|INFO|HINT|CONTEXT):\s+(.*)$`)
 	execRE     = regexp.MustCompile(`^(statement|execute [^:]+): `)
 	verifierRE = regexp.MustCompile(`SCRAM-SHA-256\$[^']+`)
 	expiryRE   = regexp.MustCompile(`'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00'`)
