@@ -58,7 +58,7 @@ func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 	if err != nil {
 		return lease.Lease{}, nil, err
 	}
-	password, err := plugins.GeneratePassword()
+	password, err := plugins.NewPassword(db)
 	if err != nil {
 		return lease.Lease{}, nil, err
 	}

@@ -8,8 +8,10 @@
 # The cluster is configured as a production server would be where it
 # matters for the comparison: fsync and synchronous_commit on (the floor pays
 # PostgreSQL's own commit flush, as the broker pays its lease store's), no
-# statement logging. Extra arguments go to credbroker-bench (e.g. -scale 0.1
-# for a quick look, -only issue).
+# statement logging (the bare floor's CREATE ROLE carries a plaintext
+# password; its sessions also turn statement logging off themselves).
+# Extra arguments go to credbroker-bench (e.g. -scale 0.1 for a quick look,
+# -only issue).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)

@@ -20,20 +20,27 @@ import (
 func (r *runner) breakdown(ctx context.Context) error {
 	const tmpl = "group"
 	stmts := templateStmts(tmpl)
-	n := r.sizes.issueSeq
+	conc := max(1, r.breakdownConc)
+	n := r.sizes.issueN(conc)
 	rounds := 5
 
-	pool, err := r.pg.floorPool(ctx, 1)
+	pool, err := r.pg.floorPool(ctx, conc)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	f := &floor{pool: pool, marker: benchMarker}
+	bp, err := r.pg.barePool(ctx, conc)
+	if err != nil {
+		return err
+	}
+	defer bp.Close()
+	bare := &floor{pool: bp}
 
 	c := r.pg.cfg.ConnConfig
 	pdb, err := postgres.New(ctx, postgres.Config{
 		Host: c.Host, Port: int(c.Port), Database: c.Database, Username: c.User, Password: c.Password,
-		SSLMode: "disable", MaxConns: 4, Prefix: brokerPrefix, Marker: benchMarker,
+		SSLMode: "disable", MaxConns: int32(max(4, conc)), Prefix: brokerPrefix, Marker: benchMarker,
 	})
 	if err != nil {
 		return err
@@ -59,7 +66,7 @@ func (r *runner) breakdown(ctx context.Context) error {
 		return err
 	}
 	defer b.stop()
-	clients, err := b.clients(ctx, 1)
+	clients, err := b.clients(ctx, conc)
 	if err != nil {
 		return err
 	}
@@ -75,12 +82,23 @@ func (r *runner) breakdown(ctx context.Context) error {
 		}
 		return db.NewUser(ctx, plugins.NewUserRequest{Username: name, Password: pw, Expiration: time.Now().Add(issueTTL), Statements: stmts})
 	}
+	pluginBuffered := func(ctx context.Context) error {
+		name, err := db.GenerateUsername(tmpl)
+		if err != nil {
+			return err
+		}
+		pw, err := plugins.NewPassword(db)
+		if err != nil {
+			return err
+		}
+		return db.NewUser(ctx, plugins.NewUserRequest{Username: name, Password: pw, Expiration: time.Now().Add(issueTTL), Statements: stmts})
+	}
 	withManager := func(ctx context.Context) error {
 		name, err := db.GenerateUsername(tmpl)
 		if err != nil {
 			return err
 		}
-		pw, err := plugins.GeneratePassword()
+		pw, err := plugins.NewPassword(db)
 		if err != nil {
 			return err
 		}
@@ -98,22 +116,34 @@ func (r *runner) breakdown(ctx context.Context) error {
 	}
 	layers := []struct {
 		name string
-		op   func(context.Context) error
+		op   func(ctx context.Context, worker int) error
 	}{
-		{"floor", func(ctx context.Context) error {
+		{"floor", func(ctx context.Context, _ int) error {
 			return f.create(ctx, newUsername(floorPrefix, tmpl), time.Now().Add(issueTTL), stmts)
 		}},
-		{"plugin", pluginOnly},
-		{"plugin+lease(bbolt)", withManager},
-		{"broker gRPC+mTLS", func(ctx context.Context) error {
-			_, err := clients[0].IssueCredential(ctx, issueReq(tmpl, issueTTL))
+		{"bare floor", func(ctx context.Context, _ int) error {
+			return bare.bare(ctx, newUsername(barePrefix, tmpl), time.Now().Add(issueTTL))
+		}},
+		{"floor, one statement per round trip (before §8)", func(ctx context.Context, _ int) error {
+			return f.createSerial(ctx, newUsername(floorPrefix, tmpl), time.Now().Add(issueTTL), stmts)
+		}},
+		{"plugin, verifier computed in NewUser", func(ctx context.Context, _ int) error { return pluginOnly(ctx) }},
+		{"plugin, verifier from its buffer", func(ctx context.Context, _ int) error { return pluginBuffered(ctx) }},
+		{"plugin+lease(bbolt)", func(ctx context.Context, _ int) error { return withManager(ctx) }},
+		{"broker gRPC+mTLS", func(ctx context.Context, w int) error {
+			_, err := clients[w].IssueCredential(ctx, issueReq(tmpl, issueTTL))
 			return err
 		}},
 	}
 	res := make([]loadResult, len(layers))
-	for range rounds {
-		for i, l := range layers {
-			got := runLoad(ctx, n/rounds, 1, func(ctx context.Context, _, _ int) error { return l.op(ctx) })
+	for round := range rounds {
+		for j := range layers {
+			i := j
+			if round%2 == 1 { // ABC CBA
+				i = len(layers) - 1 - j
+			}
+			l := layers[i]
+			got := runLoad(ctx, n/rounds, conc, func(ctx context.Context, w, _ int) error { return l.op(ctx, w) })
 			res[i].lat = append(res[i].lat, got.lat...)
 			res[i].errors += got.errors
 			res[i].wall += got.wall
@@ -124,10 +154,14 @@ func (r *runner) breakdown(ctx context.Context) error {
 		}
 	}
 	floorP50 := res[0].lat.percentile(50)
+	bareRow := Row{Concurrency: conc}
+	res[1].fill(&bareRow)
 	for i, l := range layers {
-		row := Row{Scenario: "breakdown seq", Template: tmpl, N: len(res[i].lat) + res[i].errors, Concurrency: 1, Errors: res[i].errors}
+		row := Row{Scenario: "breakdown", Template: tmpl, N: len(res[i].lat) + res[i].errors, Concurrency: conc, Errors: res[i].errors}
 		res[i].fill(&row)
 		row.RatioToFloor = ratio(row.P50ms / floorP50)
+		row.P99ToFloor = ratio(row.P99ms / res[0].lat.percentile(99))
+		row.RatioToBare, row.P99ToBare = vsBare(row, bareRow)
 		row.Notes = errNote(res[i], fmt.Sprintf("layer: %s; ratio = p50 ÷ floor p50; %d interleaved rounds", l.name, rounds))
 		r.report.add(row)
 	}

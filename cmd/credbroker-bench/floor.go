@@ -21,12 +21,14 @@ import (
 )
 
 // floor sends, over pgx and without any broker, exactly the statements the
-// postgres plugin sends for one credential (plugins/postgres/create.go) and
-// for one revocation (delete.go): same rendering, quoting, SCRAM verifier
-// (computed per credential, as the plugin does), VALID UNTIL format, marker,
-// advisory lock and transaction boundaries. Only the plugin's retry loop,
-// error classification and username check are left out. floor_test.go
-// checks the statement text against the plugin's, from the server log.
+// postgres plugin sends for one credential (plugins/postgres/create.go,
+// pipeline.go) and for one revocation (delete.go): same rendering, quoting,
+// SCRAM verifier, VALID UNTIL format, marker, advisory lock, queries and
+// transaction boundaries. The verifier is computed per credential on the
+// request path, where the plugin has computed its own ahead since
+// docs/performance.md §8. Only the plugin's retry loop, error
+// classification and username check are left out. floor_test.go checks the
+// statement text against the plugin's, from the server log.
 type floor struct {
 	pool   *pgxpool.Pool
 	marker string
@@ -81,13 +83,84 @@ func floorVerifier(password string) (string, error) {
 
 // create is NewUser: a fresh password and verifier, the rendered template,
 // then ALTER ROLE … VALID UNTIL and COMMENT ON ROLE, in one transaction,
-// with the advisory lock before the first object grant.
+// with the advisory lock before the first object grant, sent as the plugin
+// sends them (plugins/postgres/pipeline.go): "BEGIN; <template>; ALTER;
+// COMMENT", then "COMMIT"; with an object grant at template statement k,
+// "BEGIN; <before k>", then "<lock>; <from k>; ALTER; COMMENT; COMMIT".
 func (f *floor) create(ctx context.Context, name string, exp time.Time, template []string) error {
 	password, err := plugins.GeneratePassword()
 	if err != nil {
 		return err
 	}
 	verifier, err := floorVerifier(password)
+	if err != nil {
+		return err
+	}
+	ident := floorIdent(name)
+	until := floorValidUntil(exp)
+	values := map[string]string{
+		plugins.PlaceholderName:       ident,
+		plugins.PlaceholderPassword:   floorLiteral(verifier),
+		plugins.PlaceholderExpiration: until,
+	}
+	stmts := make([]string, 0, len(template)+2)
+	for _, s := range template {
+		r, err := plugins.Render(s, values)
+		if err != nil {
+			return err
+		}
+		stmts = append(stmts, r)
+	}
+	stmts = append(stmts,
+		"ALTER ROLE "+ident+" VALID UNTIL "+until,
+		"COMMENT ON ROLE "+ident+" IS "+floorLiteral(f.marker),
+	)
+	head, tail := stmts, []string(nil)
+	for i, s := range template {
+		if floorObjectGrantRE.MatchString(s) {
+			head, tail = stmts[:i], stmts[i:]
+			break
+		}
+	}
+	conn, err := f.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	pg := conn.Conn().PgConn()
+	// Unwatched, as the plugin runs them (pipeline.go); a cancelled bench
+	// waits for the statement in flight.
+	qctx := context.WithoutCancel(ctx)
+	q := func(stmts ...string) error {
+		_, err := pg.Exec(qctx, strings.Join(stmts, ";\n")).ReadAll()
+		return err
+	}
+	lock := fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", floorGrantLockKey)
+	switch {
+	case len(head) > 0 && len(tail) == 0:
+		err = q(append([]string{"BEGIN"}, head...)...)
+		if err == nil {
+			err = q("COMMIT")
+		}
+	case len(head) > 0:
+		err = q(append([]string{"BEGIN"}, head...)...)
+		if err == nil {
+			err = q(append(append([]string{lock}, tail...), "COMMIT")...)
+		}
+	default:
+		err = q(append(append([]string{"BEGIN", lock}, tail...), "COMMIT")...)
+	}
+	if err != nil && pg.TxStatus() != 'I' && !pg.IsClosed() {
+		_ = pg.Exec(context.WithoutCancel(ctx), "ROLLBACK").Close()
+	}
+	return err
+}
+
+// createSerial is create as the plugin sent it before the creation was
+// pipelined: BEGIN, each statement, COMMIT, one round trip each. Only the
+// breakdown diagnostic uses it, to show what pipelining saved.
+func (f *floor) createSerial(ctx context.Context, name string, exp time.Time, template []string) error {
+	verifier, err := floorVerifier(name) // any password: the cost is what counts
 	if err != nil {
 		return err
 	}
@@ -215,4 +288,27 @@ func (f *floor) inTx(ctx context.Context, fn func(pgx.Tx) error) (err error) {
 		return err
 	}
 	return tx.Commit(ctx)
+}
+
+// bare is what a Vault-style plugin sends for one credential of the group
+// template: one CREATE ROLE … LOGIN PASSWORD '<plaintext>' VALID UNTIL …
+// IN ROLE <group>, autocommitted, the server deriving the verifier. It is
+// the lowest cost of a credential on this server, the reference the broker
+// is held to besides its own statements (floor). The plaintext password
+// travels in the statement: this only ever runs against the bench's
+// throwaway server, on connections that log no statement (barePool), and
+// no error quotes it.
+func (f *floor) bare(ctx context.Context, name string, exp time.Time) error {
+	password, err := plugins.GeneratePassword()
+	if err != nil {
+		return err
+	}
+	// Unwatched like the plugin's queries (pipeline.go), so that the bare
+	// floor pays no more client overhead than the plugin.
+	_, err = f.pool.Exec(context.WithoutCancel(ctx), "CREATE ROLE "+floorIdent(name)+" LOGIN PASSWORD "+floorLiteral(password)+
+		" VALID UNTIL "+floorValidUntil(exp)+" IN ROLE "+benchGroup)
+	if err != nil {
+		return errors.New(strings.ReplaceAll(err.Error(), password, "[redacted]"))
+	}
+	return nil
 }

@@ -103,7 +103,7 @@ func TestFloorSendsThePluginsStatements(t *testing.T) {
 }
 
 var (
-	logEntryRE = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[(\d+)\] \S*@\S* (LOG|DETAIL|ERROR|STATEMENT):\s+(.*)$`)
+	logEntryRE = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[(\d+)\] \S*@\S* (LOG|DETAIL|ERROR|STATEMENT|FATAL|PANIC|WARNING|NOTICE|INFO|HINT|CONTEXT):\s+(.*)$`)
 	execRE     = regexp.MustCompile(`^(statement|execute [^:]+): `)
 	verifierRE = regexp.MustCompile(`SCRAM-SHA-256\$[^']+`)
 	expiryRE   = regexp.MustCompile(`'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00'`)
@@ -183,10 +183,13 @@ func between(es []logEntry, user string) []string {
 	if first < 0 {
 		return nil
 	}
-	for first > 0 && !strings.EqualFold(strip(es[first].text), "begin") {
+	// BEGIN and COMMIT may share a query with other statements
+	// (plugins/postgres/pipeline.go).
+	lower := func(i int) string { return strings.ToLower(strip(es[i].text)) }
+	for first > 0 && !strings.HasPrefix(lower(first), "begin") {
 		first--
 	}
-	for last < len(es)-1 && !strings.EqualFold(strip(es[last].text), "commit") {
+	for last < len(es)-1 && !strings.HasSuffix(lower(last), "commit") {
 		last++
 	}
 	var out []string

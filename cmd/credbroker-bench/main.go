@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"syscall"
@@ -105,6 +106,8 @@ type runner struct {
 	dir    string
 	n      int
 	log    io.Writer
+	// breakdownConc is the concurrency of the breakdown diagnostic.
+	breakdownConc int
 }
 
 func (r *runner) tmpDir() string {
@@ -130,11 +133,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	scale := fs.Float64("scale", 1, "multiply every N by this (0.1 for a quick look)")
 	gobench := fs.String("gobench", "", "output of go test -bench to include in the table (scripts/bench.sh)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	blockprofile := fs.String("blockprofile", "", "write a blocking profile of the whole run to this file (every blocking event)")
+	mutexprofile := fs.String("mutexprofile", "", "write a mutex contention profile of the whole run to this file (every event)")
+	traceOut := fs.String("trace", "", "write a runtime/trace execution trace of the whole run to this file (large: use with -scale)")
 	liveN := fs.Int("live-n", 0, "live-per-role group target (default 100,000 × scale)")
 	liveIters := fs.Int("live-scram-iterations", liveScramIterations, "scram_iterations of the live-per-role broker (4096 is the broker's default)")
 	stormConc := fs.Int("storm-concurrency", stormConcurrency, "revocation.concurrency of the expiry-storm broker")
 	stormRt := fs.Float64("storm-rate", stormRate, "revocation.rate_per_second of the expiry-storm broker")
 	liveFor := fs.Duration("live-budget", 0, "time allowed to issue each live-per-role run (default 200s × scale); raise it to reach -live-n on a slow machine")
+	breakdownConc := fs.Int("breakdown-concurrency", 1, "concurrency of the breakdown diagnostic")
 	dir := fs.String("dir", "", "scratch directory (default: a new temporary one, removed at the end)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -157,6 +164,25 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *blockprofile != "" {
+		runtime.SetBlockProfileRate(1)
+		defer writeProfile("block", *blockprofile, stderr)
+	}
+	if *mutexprofile != "" {
+		runtime.SetMutexProfileFraction(1)
+		defer writeProfile("mutex", *mutexprofile, stderr)
+	}
+	if *traceOut != "" {
+		f, err := os.Create(*traceOut)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -186,10 +212,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	host, _ := os.Hostname()
 	r := &runner{
-		pg:    pg,
-		sizes: sz,
-		dir:   scratch,
-		log:   stderr,
+		pg:            pg,
+		sizes:         sz,
+		dir:           scratch,
+		log:           stderr,
+		breakdownConc: *breakdownConc,
 		report: &Report{
 			Started:  time.Now().UTC(),
 			Host:     fmt.Sprintf("%s, %d CPUs, %s/%s", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
@@ -209,7 +236,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	defer func() {
 		// Whatever happened, leave no user behind.
-		for _, p := range []string{floorPrefix, brokerPrefix} {
+		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix} {
 			_ = pg.dropUsers(context.WithoutCancel(ctx), p)
 		}
 	}()
@@ -245,7 +272,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			r.report.add(Row{Scenario: name, Errors: 1, Notes: "scenario failed: " + err.Error()})
 		}
 		fmt.Fprintf(stderr, "bench: == %s done in %s\n", name, time.Since(start).Round(time.Second))
-		for _, p := range []string{floorPrefix, brokerPrefix} {
+		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix} {
 			if err := pg.dropUsers(ctx, p); err != nil {
 				return fmt.Errorf("cleanup after %s: %w", name, err)
 			}
@@ -272,4 +299,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("scenarios failed: %s", strings.Join(failed, ", "))
 	}
 	return nil
+}
+
+// writeProfile writes the named runtime profile (block, mutex) to path.
+func writeProfile(name, path string, stderr io.Writer) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup(name).WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "credbroker-bench: %s profile: %v\n", name, err)
+	}
 }

@@ -137,6 +137,38 @@ func (e *pgEnv) floorPool(ctx context.Context, conns int) (*pgxpool.Pool, error)
 	return p, nil
 }
 
+// barePool is floorPool for the bare floor, whose statements carry
+// plaintext passwords: its sessions log no statement, slow or failing
+// (superuser settings, which the bench's admin has), whatever the server's
+// configuration says.
+func (e *pgEnv) barePool(ctx context.Context, conns int) (*pgxpool.Pool, error) {
+	c := e.cfg.Copy()
+	c.MaxConns = int32(conns)
+	c.MinConns = int32(conns)
+	rp := c.ConnConfig.RuntimeParams
+	rp["application_name"] = "credbroker-bench-bare"
+	rp["log_statement"] = "none"
+	rp["log_min_duration_statement"] = "-1"
+	rp["log_min_error_statement"] = "panic"
+	p, err := pgxpool.NewWithConfig(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("bare pool: %w", err)
+	}
+	conns2 := make([]*pgxpool.Conn, 0, conns)
+	for range conns {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("bare pool: %w", err)
+		}
+		conns2 = append(conns2, c)
+	}
+	for _, c := range conns2 {
+		c.Release()
+	}
+	return p, nil
+}
+
 // countUsers counts roles whose name starts with prefix_.
 func (e *pgEnv) countUsers(ctx context.Context, prefix string) (int, error) {
 	var n int

@@ -24,6 +24,12 @@ type Row struct {
 	P90ms        float64  `json:"p90_ms"`
 	P99ms        float64  `json:"p99_ms"`
 	RatioToFloor *float64 `json:"ratio_to_floor,omitempty"`
+	// P99ToFloor is p99 ÷ the floor's p99; RatioToBare and P99ToBare are
+	// the same against the bare floor (group template only): p50 at seq,
+	// ops/s otherwise.
+	P99ToFloor  *float64 `json:"p99_to_floor,omitempty"`
+	RatioToBare *float64 `json:"ratio_to_bare,omitempty"`
+	P99ToBare   *float64 `json:"p99_to_bare,omitempty"`
 
 	Template string `json:"template,omitempty"` // group | grant | -
 	Errors   int    `json:"errors"`
@@ -63,15 +69,12 @@ func ratio(v float64) *float64 {
 // Print writes the table.
 func (r *Report) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\ttemplate\tn\tconc\tops/s\tp50 ms\tp90 ms\tp99 ms\tvs floor\terrors\t")
+	fmt.Fprintln(tw, "scenario\ttemplate\tn\tconc\tops/s\tp50 ms\tp90 ms\tp99 ms\tvs floor\tp99/floor\tvs bare\tp99/bare\terrors\t")
 	for _, row := range r.Rows {
-		rat := "-"
-		if row.RatioToFloor != nil {
-			rat = fmt.Sprintf("%.2fx", *row.RatioToFloor)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
 			row.Scenario, orDash(row.Template), row.N, row.Concurrency, num(row.OpsPerS),
-			ms(row.P50ms), ms(row.P90ms), ms(row.P99ms), rat, row.Errors)
+			ms(row.P50ms), ms(row.P90ms), ms(row.P99ms),
+			times(row.RatioToFloor, "x"), times(row.P99ToFloor, "x"), times(row.RatioToBare, "x"), times(row.P99ToBare, "x"), row.Errors)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -86,16 +89,13 @@ func (r *Report) Print(w io.Writer) {
 
 // Markdown writes the table as Markdown (for docs/performance.md).
 func (r *Report) Markdown(w io.Writer) {
-	fmt.Fprintln(w, "| scenario | template | n | conc | ops/s | p50 ms | p90 ms | p99 ms | vs floor | errors | notes |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+	fmt.Fprintln(w, "| scenario | template | n | conc | ops/s | p50 ms | p90 ms | p99 ms | vs floor | p99/floor | vs bare | p99/bare | errors | notes |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
 	for _, row := range r.Rows {
-		rat := "-"
-		if row.RatioToFloor != nil {
-			rat = fmt.Sprintf("%.2f×", *row.RatioToFloor)
-		}
-		fmt.Fprintf(w, "| %s | %s | %d | %d | %s | %s | %s | %s | %s | %d | %s |\n",
+		fmt.Fprintf(w, "| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n",
 			row.Scenario, orDash(row.Template), row.N, row.Concurrency, num(row.OpsPerS),
-			ms(row.P50ms), ms(row.P90ms), ms(row.P99ms), rat, row.Errors,
+			ms(row.P50ms), ms(row.P90ms), ms(row.P99ms),
+			times(row.RatioToFloor, "×"), times(row.P99ToFloor, "×"), times(row.RatioToBare, "×"), times(row.P99ToBare, "×"), row.Errors,
 			strings.ReplaceAll(row.Notes, "|", "/"))
 	}
 }
@@ -110,6 +110,14 @@ func (r *Report) WriteJSON(path string) error {
 		return fmt.Errorf("bench.json: %w", err)
 	}
 	return nil
+}
+
+// times prints a ratio, or "-" where there is none.
+func times(v *float64, sign string) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f%s", *v, sign)
 }
 
 func orDash(s string) string {

@@ -32,9 +32,11 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	if err := plugins.ValidateStatements(req.Statements, true); err != nil {
 		return fmt.Errorf("postgres: new user %s: %w: %w", name, plugins.ErrInvalidStatement, err)
 	}
-	verifier, err := newScramVerifier(req.Password, db.iters)
-	if err != nil {
-		return fmt.Errorf("postgres: new user %s: %w", name, err)
+	verifier, ok := db.verifiers.take(req.Password)
+	if !ok {
+		if verifier, err = newScramVerifier(req.Password, db.iters); err != nil {
+			return fmt.Errorf("postgres: new user %s: %w", name, err)
+		}
 	}
 	password, err := quoteLiteral(verifier)
 	if err != nil {
@@ -80,7 +82,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 		intentDone = true
 		return nil
 	}
-	attempts, err := db.inTx(ctx, func(tx pgx.Tx) error {
+	oneByOne := func(tx pgx.Tx) error {
 		lock := aclLock{tx: tx}
 		for i, s := range stmts {
 			if i < len(req.Statements) && objectGrantRE.MatchString(req.Statements[i]) {
@@ -96,7 +98,21 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 			}
 		}
 		return awaitIntent()
-	})
+	}
+	var attempts int
+	if pipelinable(stmts) {
+		attempts, err = retry(ctx, func() error {
+			return db.createPipelined(ctx, stmts, firstObjectGrant(req.Statements), awaitIntent)
+		})
+		if _, ok := errors.AsType[*rejectedInPipeline](err); ok && ctx.Err() == nil {
+			// Nothing was committed. One statement per round trip names
+			// the one the server refuses.
+			more, serr := db.inTx(ctx, oneByOne)
+			attempts, err = attempts+more, serr
+		}
+	} else {
+		attempts, err = db.inTx(ctx, oneByOne)
+	}
 	if err == nil {
 		return nil
 	}

@@ -63,6 +63,8 @@ type DB struct {
 	secret string // admin password, only to scrub it from errors
 	drops  *dropQueue
 	iters  int // SCRAM iterations
+	// verifiers holds SCRAM verifiers computed ahead (verifiers.go).
+	verifiers verifierCache
 }
 
 var _ plugins.Database = (*DB)(nil)
@@ -156,7 +158,10 @@ func (db *DB) Capabilities() plugins.Capabilities {
 }
 
 // Close implements plugins.Database.
-func (db *DB) Close() { db.pool.Close() }
+func (db *DB) Close() {
+	db.verifiers.close()
+	db.pool.Close()
+}
 
 // UpdateUser implements plugins.Database: it moves VALID UNTIL.
 func (db *DB) UpdateUser(ctx context.Context, req plugins.UpdateUserRequest) error {

@@ -95,8 +95,14 @@ func (e *commitError) Unwrap() error { return e.err }
 // inTx runs fn in a transaction and retries the whole transaction on
 // transient errors. It returns the number of attempts made.
 func (db *DB) inTx(ctx context.Context, fn func(pgx.Tx) error) (int, error) {
+	return retry(ctx, func() error { return db.txOnce(ctx, fn) })
+}
+
+// retry runs one attempt of a transaction again on transient errors, with
+// jittered exponential backoff. It returns the number of attempts made.
+func retry(ctx context.Context, once func() error) (int, error) {
 	for attempt := 1; ; attempt++ {
-		err := db.txOnce(ctx, fn)
+		err := once()
 		if err == nil || !transient(err) || attempt == txAttempts {
 			return attempt, err
 		}
