@@ -127,12 +127,14 @@ func connect(ctx context.Context, c Config) (*pgxpool.Pool, error) {
 		return nil, err
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		return nil, fmt.Errorf("pgstore: connect %s:%d: %w: %s", c.Host, c.Port, lease.ErrStoreUnavailable, redact(err.Error(), c.Password))
+	if err == nil {
+		if err = pool.Ping(ctx); err != nil {
+			pool.Close()
+		}
 	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("pgstore: connect %s:%d: %w: %s", c.Host, c.Port, lease.ErrStoreUnavailable, redact(err.Error(), c.Password))
+	if err != nil {
+		err = fmt.Errorf("pgstore: connect %s:%d: %w: %w", c.Host, c.Port, lease.ErrStoreUnavailable, err)
+		return nil, redactErr(err, c.Password)
 	}
 	return pool, nil
 }

@@ -74,8 +74,9 @@ CREATE TABLE {{schema}}.deregistrations (
 `,
 }
 
-// SchemaVersion is the schema this package reads and writes.
-var SchemaVersion = len(migrations)
+// SchemaVersion is the version of the schema this package reads and
+// writes: the number of migrations.
+func SchemaVersion() int { return len(migrations) }
 
 // Init creates the store in c.Schema at SchemaVersion, as `credbroker
 // init-store` does. A store already at SchemaVersion is left as it is; an
@@ -132,12 +133,12 @@ func upgrade(ctx context.Context, pool *pgxpool.Pool, c Config, create bool) err
 			}
 		case err != nil:
 			return err
-		case v > SchemaVersion:
-			return fmt.Errorf("schema %s is at version %d, this broker knows %d: %w; upgrade the broker", c.Schema, v, SchemaVersion, ErrSchemaNewer)
-		case v < SchemaVersion && create:
-			return fmt.Errorf("schema %s is at version %d, this broker needs %d: %w; run `credbroker migrate`", c.Schema, v, SchemaVersion, ErrSchemaOlder)
+		case v > SchemaVersion():
+			return fmt.Errorf("schema %s is at version %d, this broker knows %d: %w; upgrade the broker", c.Schema, v, SchemaVersion(), ErrSchemaNewer)
+		case v < SchemaVersion() && create:
+			return fmt.Errorf("schema %s is at version %d, this broker needs %d: %w; run `credbroker migrate`", c.Schema, v, SchemaVersion(), ErrSchemaOlder)
 		}
-		for i := v; i < SchemaVersion; i++ {
+		for i := v; i < SchemaVersion(); i++ {
 			if _, err := tx.Exec(ctx, strings.ReplaceAll(migrations[i], "{{schema}}", schema)); err != nil {
 				return fmt.Errorf("to version %d: %w", i+1, unavailable(err))
 			}
@@ -191,10 +192,10 @@ func checkVersion(ctx context.Context, q querier, schema string) error {
 	switch {
 	case err != nil:
 		return err
-	case v < SchemaVersion:
-		return fmt.Errorf("schema %s is at version %d, this broker needs %d: %w; run `credbroker migrate`", schema, v, SchemaVersion, ErrSchemaOlder)
-	case v > SchemaVersion:
-		return fmt.Errorf("schema %s is at version %d, this broker knows %d: %w; upgrade the broker", schema, v, SchemaVersion, ErrSchemaNewer)
+	case v < SchemaVersion():
+		return fmt.Errorf("schema %s is at version %d, this broker needs %d: %w; run `credbroker migrate`", schema, v, SchemaVersion(), ErrSchemaOlder)
+	case v > SchemaVersion():
+		return fmt.Errorf("schema %s is at version %d, this broker knows %d: %w; upgrade the broker", schema, v, SchemaVersion(), ErrSchemaNewer)
 	}
 	return nil
 }
