@@ -107,3 +107,17 @@ func TestDroppedSchemaIsMissing(t *testing.T) {
 		t.Errorf("Scan = %v, want ErrStoreMissing", err)
 	}
 }
+
+// The store's sessions are named in pg_stat_activity, apart from the
+// broker's database plugins.
+func TestApplicationName(t *testing.T) {
+	c := testConfig(t)
+	s := initOpen(t, c)
+	var name string
+	if err := s.pool.QueryRow(bg, `SELECT current_setting('application_name')`).Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	if name != applicationName {
+		t.Errorf("application_name = %q, want %q", name, applicationName)
+	}
+}
