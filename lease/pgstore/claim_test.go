@@ -307,3 +307,35 @@ func equalLease(got, want lease.Lease) bool {
 	return got.ID == want.ID && got.State == want.State && got.ExpireTime.Equal(want.ExpireTime) &&
 		got.IssueTime == want.IssueTime && got.Username == want.Username && equal(got.RevocationStatements, want.RevocationStatements)
 }
+
+// A claim lapses on the database's clock, without anyone's help: the
+// lease is claimable again once its short ttl has passed.
+func TestClaimLapsesOnDatabaseClock(t *testing.T) {
+	_, rs := replicas(t, 2)
+	a, b := rs[0], rs[1]
+	l := putLeases(t, a, 1, lease.StateRevoking, time.Now())[0]
+	ca := claim(t, a, ClaimRequest{Replica: "a", Limit: 1, TTL: 2 * time.Second})
+	if len(ca) != 1 {
+		t.Fatalf("a claimed %d", len(ca))
+	}
+	if cb := claim(t, b, ClaimRequest{Replica: "b", Limit: 1, TTL: time.Hour}); len(cb) != 0 {
+		t.Fatalf("b claimed %d leases under a's fresh claim", len(cb))
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		cb := claim(t, b, ClaimRequest{Replica: "b", Limit: 1, TTL: time.Hour})
+		if len(cb) == 1 {
+			if cb[0].Lease.ID != l.ID || cb[0].Version <= ca[0].Version {
+				t.Errorf("b claimed %s at version %d after a's %d", cb[0].Lease.ID, cb[0].Version, ca[0].Version)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a's claim never lapsed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := a.DeleteIfVersion(bg, l.ID, ca[0].Version); !errors.Is(err, ErrFenced) {
+		t.Errorf("a's delete after its claim lapsed = %v, want ErrFenced", err)
+	}
+}

@@ -215,3 +215,22 @@ func TestConfigCheck(t *testing.T) {
 		})
 	}
 }
+
+// Replicas running init-store at once: one creates, the others find it
+// done (the advisory lock serializes them).
+func TestConcurrentInit(t *testing.T) {
+	c := testConfig(t)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- Init(bg, c) }()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent Init: %v", err)
+		}
+	}
+	if got := storedVersions(t, c); len(got) != 1 {
+		t.Errorf("schema_version = %v, want one row", got)
+	}
+	mustOpen(t, c)
+}
