@@ -1,0 +1,249 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/credbroker/credbroker/lease"
+)
+
+// Store is a lease.Store in a PostgreSQL schema, shared by any number of
+// brokers. Every write is one committed transaction when it returns nil.
+type Store struct {
+	pool   *pgxpool.Pool
+	schema string // quoted
+	secret string // the password, only to scrub it from errors
+	closed atomic.Bool
+
+	// SQL built once for the schema.
+	putSQL, getSQL, deleteSQL string
+}
+
+var (
+	_ lease.Store      = (*Store)(nil)
+	_ lease.BulkPutter = (*Store)(nil)
+)
+
+// Open connects to the store described by c. It never creates or migrates
+// anything: a schema without a store is lease.ErrStoreMissing (run
+// `credbroker init-store`, Init), one at another version ErrSchemaOlder
+// (run `credbroker migrate`, Migrate) or ErrSchemaNewer (upgrade the
+// broker). A server that cannot be reached is lease.ErrStoreUnavailable.
+//
+// Open does not read the leases: the store is no lease.Verifier, so
+// Manager.DeferLoad loads synchronously (a bad row fails Load with
+// lease.ErrStoreCorrupt before anything is served).
+func Open(ctx context.Context, c Config) (*Store, error) {
+	c = c.withDefaults()
+	pool, err := connect(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkVersion(ctx, pool, c.Schema); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("pgstore: open: %w", redactErr(err, c.Password))
+	}
+	return newStore(pool, c), nil
+}
+
+func newStore(pool *pgxpool.Pool, c Config) *Store {
+	schema := quoteIdent(c.Schema)
+	cols := strings.Join(leaseCols, ", ")
+	return &Store{
+		pool:      pool,
+		schema:    schema,
+		secret:    c.Password,
+		putSQL:    upsertSQL(schema+".leases", "VALUES ("+placeholders(len(leaseCols))+")"),
+		getSQL:    `SELECT ` + cols + ` FROM ` + schema + `.leases WHERE id = $1`,
+		deleteSQL: `DELETE FROM ` + schema + `.leases WHERE id = $1`,
+	}
+}
+
+// upsertSQL inserts the leases of source (a VALUES list or a SELECT) into
+// table, replacing existing rows: an unconditional write bumps the row's
+// version and ends any claim on it (a renewed lease is no longer due; a
+// replica working on it is fenced).
+func upsertSQL(table, source string) string {
+	var set []string
+	for _, c := range leaseCols[1:] {
+		set = append(set, c+" = EXCLUDED."+c)
+	}
+	return `INSERT INTO ` + table + ` AS l (` + strings.Join(leaseCols, ", ") + `) ` + source + `
+		ON CONFLICT (id) DO UPDATE SET ` + strings.Join(set, ", ") + `,
+			version = l.version + 1, claimed_by = NULL, claim_deadline = NULL`
+}
+
+func placeholders(n int) string {
+	p := make([]string, n)
+	for i := range p {
+		p[i] = fmt.Sprintf("$%d", i+1)
+	}
+	return strings.Join(p, ", ")
+}
+
+// usable fails a call on a closed store or with an ended ctx, before any
+// SQL is sent.
+func (s *Store) usable(ctx context.Context) error {
+	if s.closed.Load() {
+		return fmt.Errorf("%w: closed", lease.ErrStoreUnavailable)
+	}
+	return ctxErr(ctx)
+}
+
+// fail wraps err of operation op: data that does not decode is
+// lease.ErrStoreCorrupt (and unavailable, as the store cannot answer),
+// anything else lease.ErrStoreUnavailable; never with the password.
+func (s *Store) fail(op string, err error) error {
+	if errors.Is(err, lease.ErrStoreCorrupt) && !errors.Is(err, lease.ErrStoreUnavailable) {
+		err = fmt.Errorf("%w: %w", lease.ErrStoreUnavailable, err)
+	} else {
+		err = unavailable(err)
+	}
+	return fmt.Errorf("pgstore: %s: %w", op, redactErr(err, s.secret))
+}
+
+// Put stores l, replacing any lease with its ID, in one committed
+// transaction. It is unconditional, as lease.Store requires: it bumps the
+// row's version and ends a claim on it (PutIfVersion is the fenced write).
+func (s *Store) Put(ctx context.Context, l lease.Lease) error {
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("pgstore: put %s: %w", l.ID, err)
+	}
+	args, err := leaseArgs(l)
+	if err != nil {
+		return fmt.Errorf("pgstore: put: %w", err)
+	}
+	if _, err := s.pool.Exec(ctx, s.putSQL, args...); err != nil {
+		return s.fail("put "+l.ID, err)
+	}
+	return nil
+}
+
+// PutAll stores every lease of ls in one transaction (lease.BulkPutter):
+// COPY into a temporary table, then one upsert from it. A lease given twice
+// is stored as its last copy.
+func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("pgstore: put all: %w", err)
+	}
+	last := make(map[string]int, len(ls))
+	for i, l := range ls {
+		last[l.ID] = i
+	}
+	rows := make([][]any, 0, len(last))
+	for i, l := range ls {
+		if last[l.ID] != i {
+			continue
+		}
+		args, err := leaseArgs(l)
+		if err != nil {
+			return fmt.Errorf("pgstore: put all: %w", err)
+		}
+		rows = append(rows, args)
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `CREATE TEMPORARY TABLE pgstore_bulk (LIKE `+s.schema+`.leases INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
+			return err
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"pgstore_bulk"}, leaseCols, pgx.CopyFromRows(rows)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, upsertSQL(s.schema+".leases", `SELECT `+strings.Join(leaseCols, ", ")+` FROM pgstore_bulk`))
+		return err
+	})
+	if err != nil {
+		return s.fail("put all", err)
+	}
+	return nil
+}
+
+// Get returns the lease with id, or an error wrapping lease.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (lease.Lease, error) {
+	if err := s.usable(ctx); err != nil {
+		return lease.Lease{}, fmt.Errorf("pgstore: get %s: %w", id, err)
+	}
+	l, err := scanLease(s.pool.QueryRow(ctx, s.getSQL, id))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return lease.Lease{}, fmt.Errorf("pgstore: get %s: %w", id, lease.ErrNotFound)
+	case err != nil:
+		return lease.Lease{}, s.fail("get "+id, err)
+	}
+	return l, nil
+}
+
+// Delete removes the lease with id, whoever claims it; an absent id is
+// not an error.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("pgstore: delete %s: %w", id, err)
+	}
+	if _, err := s.pool.Exec(ctx, s.deleteSQL, id); err != nil {
+		return s.fail("delete "+id, err)
+	}
+	return nil
+}
+
+// Scan calls fn for every stored lease that f matches, streaming them from
+// one query (one connection held until it returns). A row that does not
+// decode stops it with an error wrapping lease.ErrStoreCorrupt; fn's error
+// is returned as is.
+func (s *Store) Scan(ctx context.Context, f lease.Filter, fn func(lease.Lease) error) error {
+	if err := s.usable(ctx); err != nil {
+		return fmt.Errorf("pgstore: scan: %w", err)
+	}
+	q := `SELECT ` + strings.Join(leaseCols, ", ") + ` FROM ` + s.schema + `.leases`
+	var where []string
+	var args []any
+	if f.State != 0 {
+		st, ok := stateText(f.State)
+		if !ok {
+			return nil // no stored lease is in a state never stored
+		}
+		args = append(args, st)
+		where = append(where, fmt.Sprintf("state = $%d", len(args)))
+	}
+	if f.Owner != "" {
+		args = append(args, f.Owner)
+		where = append(where, fmt.Sprintf("owner = $%d", len(args)))
+	}
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return s.fail("scan", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		l, err := scanLease(rows)
+		if err != nil {
+			return s.fail("scan", err)
+		}
+		if err := fn(l); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return s.fail("scan", err)
+	}
+	return nil
+}
+
+// Close releases the pool; later calls fail with lease.ErrStoreUnavailable.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.pool.Close()
+	return nil
+}

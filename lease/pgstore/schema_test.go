@@ -1,0 +1,236 @@
+package pgstore
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/lease"
+)
+
+// withMigrations makes the package know ms for the rest of t, as a later
+// release would.
+func withMigrations(t *testing.T, ms []string) {
+	old := migrations
+	migrations = ms
+	t.Cleanup(func() { migrations = old })
+}
+
+func storedVersions(t *testing.T, c Config) []int {
+	t.Helper()
+	rows, err := adminPool(t, c).Query(bg, `SELECT version FROM `+quoteIdent(c.Schema)+`.schema_version ORDER BY version`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []int
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		vs = append(vs, v)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return vs
+}
+
+func wantErr(t *testing.T, what string, err, sentinel error, hint string) {
+	t.Helper()
+	if !errors.Is(err, sentinel) {
+		t.Errorf("%s = %v, want %v", what, err, sentinel)
+		return
+	}
+	if !strings.Contains(err.Error(), hint) {
+		t.Errorf("%s = %q, want it to say %q", what, err, hint)
+	}
+}
+
+func TestInitIsIdempotent(t *testing.T) {
+	c := testConfig(t)
+	s := initOpen(t, c)
+	l := testLease(t, lease.StateActive)
+	if err := s.Put(bg, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := Init(bg, c); err != nil {
+		t.Fatalf("Init of a store at the current version: %v", err)
+	}
+	if _, err := s.Get(bg, l.ID); err != nil {
+		t.Errorf("after a second Init: %v", err)
+	}
+	if got := storedVersions(t, c); len(got) != 1 || got[0] != SchemaVersion() {
+		t.Errorf("schema_version = %v, want [%d]", got, SchemaVersion())
+	}
+}
+
+func TestOpenMissingSaysInitStore(t *testing.T) {
+	c := testConfig(t)
+	_, err := Open(bg, c)
+	wantErr(t, "Open of a schema never initialized", err, lease.ErrStoreMissing, "credbroker init-store")
+	wantErr(t, "Migrate of a schema never initialized", Migrate(bg, c), lease.ErrStoreMissing, "credbroker init-store")
+	// Migrate created nothing.
+	_, err = Open(bg, c)
+	wantErr(t, "Open after Migrate", err, lease.ErrStoreMissing, "credbroker init-store")
+}
+
+// A schema whose tables are there without a version is not mistaken for a
+// missing store (which init-store would then create over).
+func TestOpenWithoutVersionsIsCorrupt(t *testing.T) {
+	c := testConfig(t)
+	initOpen(t, c).Close()
+	exec(t, c, `DROP TABLE `+quoteIdent(c.Schema)+`.schema_version`)
+	_, err := Open(bg, c)
+	wantErr(t, "Open", err, lease.ErrStoreCorrupt, "schema_version")
+	wantErr(t, "Init", Init(bg, c), lease.ErrStoreCorrupt, "schema_version")
+}
+
+func TestSchemaNewer(t *testing.T) {
+	c := testConfig(t)
+	initOpen(t, c).Close()
+	exec(t, c, `INSERT INTO `+quoteIdent(c.Schema)+`.schema_version (version) VALUES ($1)`, SchemaVersion()+1)
+	_, err := Open(bg, c)
+	wantErr(t, "Open of a newer schema", err, ErrSchemaNewer, "upgrade the broker")
+	wantErr(t, "Init of a newer schema", Init(bg, c), ErrSchemaNewer, "upgrade the broker")
+	wantErr(t, "Migrate of a newer schema", Migrate(bg, c), ErrSchemaNewer, "upgrade the broker")
+}
+
+// A release with a version 2: Open refuses the old schema, Init too, and
+// Migrate brings it forward keeping the leases.
+func TestMigrate(t *testing.T) {
+	c := testConfig(t)
+	s := initOpen(t, c)
+	l := testLease(t, lease.StateActive)
+	if err := s.Put(bg, l); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	withMigrations(t, append(migrations[:len(migrations):len(migrations)],
+		`ALTER TABLE {{schema}}.leases ADD COLUMN note text NOT NULL DEFAULT 'migrated'`))
+	_, err := Open(bg, c)
+	wantErr(t, "Open of an older schema", err, ErrSchemaOlder, "credbroker migrate")
+	wantErr(t, "Init of an older schema", Init(bg, c), ErrSchemaOlder, "credbroker migrate")
+
+	if err := Migrate(bg, c); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if got := storedVersions(t, c); len(got) != 2 || got[1] != 2 {
+		t.Errorf("schema_version = %v, want [1 2]", got)
+	}
+	var note string
+	if err := adminPool(t, c).QueryRow(bg, `SELECT note FROM `+quoteIdent(c.Schema)+`.leases WHERE id = $1`, l.ID).Scan(&note); err != nil || note != "migrated" {
+		t.Errorf("the new column: %q, %v", note, err)
+	}
+	s = mustOpen(t, c)
+	if got, err := s.Get(bg, l.ID); err != nil || got.ID != l.ID {
+		t.Errorf("Get after Migrate = %+v, %v", got, err)
+	}
+	if err := Migrate(bg, c); err != nil {
+		t.Errorf("Migrate of a current schema: %v", err)
+	}
+}
+
+// A migration that fails leaves the schema at its version: they run in one
+// transaction.
+func TestMigrateFailureRollsBack(t *testing.T) {
+	c := testConfig(t)
+	initOpen(t, c).Close()
+	withMigrations(t, append(migrations[:len(migrations):len(migrations)],
+		`ALTER TABLE {{schema}}.leases ADD COLUMN half text; SELECT no_such_function()`))
+	if err := Migrate(bg, c); err == nil {
+		t.Fatal("Migrate with a failing migration succeeded")
+	}
+	if got := storedVersions(t, c); len(got) != 1 {
+		t.Errorf("schema_version after a failed Migrate = %v, want [1]", got)
+	}
+	var n int
+	if err := adminPool(t, c).QueryRow(bg, `SELECT count(*) FROM information_schema.columns
+		WHERE table_schema = $1 AND column_name = 'half'`, c.Schema).Scan(&n); err != nil || n != 0 {
+		t.Errorf("the failed migration's column: %d, %v", n, err)
+	}
+}
+
+// No error quotes the password: neither a refused login nor an unreachable
+// server.
+func TestNoPasswordInErrors(t *testing.T) {
+	base := serverConfig(t)
+	wrong := base
+	wrong.Password = "wrong-pw-Zq7x9-" + randomHex(t)
+	down := base
+	down.Port = 1 // nothing listens there
+	down.ConnectTimeout = time.Second
+	quoted := base
+	quoted.Host = "no such host' password='" + base.Password
+	for _, tt := range []struct {
+		name string
+		c    Config
+	}{
+		{"wrong password", wrong},
+		{"server down", down},
+		{"bad host", quoted},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Open(bg, tt.c)
+			if !errors.Is(err, lease.ErrStoreUnavailable) {
+				t.Errorf("Open = %v, want ErrStoreUnavailable", err)
+			}
+			if err == nil {
+				return
+			}
+			for _, pw := range []string{tt.c.Password, base.Password} {
+				if strings.Contains(err.Error(), pw) {
+					t.Fatal("Open's error quotes a password (error not shown)")
+				}
+			}
+			t.Logf("error: %v", err) // shown only once known to be clean
+		})
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	ok := Config{Host: "db", Username: "cb"}
+	for _, tt := range []struct {
+		name string
+		edit func(*Config)
+		want string // "" for no error
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"no host", func(c *Config) { c.Host = "" }, "host is required"},
+		{"no user", func(c *Config) { c.Username = "" }, "username is required"},
+		{"port", func(c *Config) { c.Port = 70000 }, "port"},
+		{"pool", func(c *Config) { c.MaxConns = -1 }, "max conns"},
+		{"long schema", func(c *Config) { c.Schema = strings.Repeat("s", 64) }, "schema name"},
+		{"NUL", func(c *Config) { c.Database = "a\x00b" }, "NUL"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := ok
+			tt.edit(&c)
+			err := c.Check()
+			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("Check = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// Replicas running init-store at once: one creates, the others find it
+// done (the advisory lock serializes them).
+func TestConcurrentInit(t *testing.T) {
+	c := testConfig(t)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- Init(bg, c) }()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent Init: %v", err)
+		}
+	}
+	if got := storedVersions(t, c); len(got) != 1 {
+		t.Errorf("schema_version = %v, want one row", got)
+	}
+	mustOpen(t, c)
+}
