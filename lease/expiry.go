@@ -131,7 +131,7 @@ func (m *Manager) load(ctx context.Context) error {
 	}
 
 	// due holds every restored lease but the few CREATING ones, in the
-	// store's order (a BoltStore's is the id order): the id list is built
+	// store's order (boltstore's is the id order): the id list is built
 	// from it in O(n), before it becomes the heap.
 	ix.ids = buildIDList(due)
 	for _, e := range creating {

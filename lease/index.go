@@ -217,7 +217,7 @@ type idList struct {
 }
 
 // buildIDList returns the idList of es, sorting es first if needed (a
-// BoltStore yields them in id order already; a check is O(n)).
+// boltstore yields them in id order already; a check is O(n)).
 func buildIDList(es []*entry) idList {
 	byID := func(a, b *entry) int { return strings.Compare(a.id, b.id) }
 	if !slices.IsSortedFunc(es, byID) {

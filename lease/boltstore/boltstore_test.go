@@ -23,7 +23,7 @@ func openTestBolt(t *testing.T, path string) *Store {
 	t.Helper()
 	s, err := Open(path, WithBatchDelay(time.Millisecond))
 	if err != nil {
-		t.Fatalf("OpenBolt: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
 	return s
 }
@@ -261,7 +261,7 @@ func TestBoltCorruptRefused(t *testing.T) {
 			s, err := Open(path, WithLockTimeout(100*time.Millisecond))
 			if err == nil {
 				s.Close()
-				t.Fatal("OpenBolt accepted a corrupt file")
+				t.Fatal("Open accepted a corrupt file")
 			}
 			if !errors.Is(err, lease.ErrStoreCorrupt) {
 				t.Errorf("err = %v, want lease.ErrStoreCorrupt", err)
@@ -343,7 +343,7 @@ func TestBoltLockTimeout(t *testing.T) {
 	second, err := Open(path, WithLockTimeout(50*time.Millisecond))
 	if err == nil {
 		second.Close()
-		t.Fatal("second OpenBolt of a locked file succeeded")
+		t.Fatal("second Open of a locked file succeeded")
 	}
 	if !errors.Is(err, lease.ErrStoreUnavailable) || !strings.Contains(err.Error(), "locked") {
 		t.Errorf("err = %v, want lease.ErrStoreUnavailable saying locked", err)
@@ -353,7 +353,7 @@ func TestBoltLockTimeout(t *testing.T) {
 	}
 	third, err := Open(path, WithLockTimeout(time.Second))
 	if err != nil {
-		t.Fatalf("OpenBolt after the holder closed: %v", err)
+		t.Fatalf("Open after the holder closed: %v", err)
 	}
 	third.Close()
 }

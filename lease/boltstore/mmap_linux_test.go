@@ -69,7 +69,7 @@ func TestBoltPagesNotKeptResident(t *testing.T) {
 	s := openTestBolt(t, path)
 	defer s.Close()
 	if rss := mappedRSS(t, s); rss > limit {
-		t.Errorf("after OpenBolt: %d bytes of a %d-byte store resident", rss, info.Size())
+		t.Errorf("after Open: %d bytes of a %d-byte store resident", rss, info.Size())
 	}
 	got := scanAll(t, s)
 	if len(got) != n {
