@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/credbroker/credbroker/internal/pgpool"
 	"github.com/credbroker/credbroker/plugins"
 )
 
@@ -98,28 +98,21 @@ func New(ctx context.Context, c Config) (*DB, error) {
 		return nil, errors.New("postgres: host, port and username are required")
 	}
 
-	// The password is set on the parsed config rather than written into the
-	// connection string, so no parse or connect error can ever quote it.
-	kv := []string{
-		"host=" + kvQuote(c.Host),
-		"port=" + strconv.Itoa(c.Port),
-		"user=" + kvQuote(c.Username),
-		"application_name=credbroker",
-	}
-	if c.Database != "" {
-		kv = append(kv, "dbname="+kvQuote(c.Database))
-	}
-	if c.SSLMode != "" {
-		kv = append(kv, "sslmode="+kvQuote(c.SSLMode))
-	}
-	pc, err := pgxpool.ParseConfig(strings.Join(kv, " "))
+	// The password is set on the parsed config, never written into a
+	// connection string (internal/pgpool).
+	pc, err := pgpool.Config(pgpool.Settings{
+		Host:            c.Host,
+		Port:            c.Port,
+		Database:        c.Database,
+		Username:        c.Username,
+		Password:        c.Password,
+		SSLMode:         c.SSLMode,
+		ApplicationName: "credbroker",
+		MaxConns:        c.MaxConns,
+		ConnectTimeout:  c.ConnectTimeout,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("postgres: connection settings: %s", plugins.Redact(err.Error(), c.Password))
-	}
-	pc.ConnConfig.Password = c.Password
-	pc.ConnConfig.ConnectTimeout = c.ConnectTimeout
-	if c.MaxConns > 0 {
-		pc.MaxConns = c.MaxConns
+		return nil, fmt.Errorf("postgres: %w", err)
 	}
 
 	pool, err := pgxpool.NewWithConfig(ctx, pc)

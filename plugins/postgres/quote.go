@@ -26,9 +26,3 @@ func quoteLiteral(s string) (string, error) {
 	}
 	return q, nil
 }
-
-// kvQuote quotes a value for a libpq key/value connection string.
-func kvQuote(s string) string {
-	s = strings.ReplaceAll(s, `\`, `\\`)
-	return "'" + strings.ReplaceAll(s, "'", `\'`) + "'"
-}
