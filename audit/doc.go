@@ -34,9 +34,9 @@
 // head file is not synced after each commit (that would double the cost):
 // after a power loss it can lag the log by the last commits. Open and
 // Verify accept records beyond the head when the head's record is in the
-// file unchanged; so a cut of records written after the last durable head
-// is undetectable, a window of at most the commits since the last
-// rotation or Close (which sync the head).
+// file unchanged (Report.BeyondHead counts them), so after a power loss a
+// cut of those records would go unnoticed: at most the commits since the
+// head was last synced (at Open, rotation and Close).
 //
 // Fail closed: when the file cannot be written or synced, Write returns an
 // error wrapping ErrUnavailable and the Writer stays failed (the state of

@@ -48,7 +48,11 @@ func (e *BreakError) Error() string {
 	if e.Seq > 0 {
 		seq = fmt.Sprintf(" (seq %d)", e.Seq)
 	}
-	return fmt.Sprintf("audit: chain broken at %s:%d%s: %s: %s", e.File, e.Line, seq, e.Kind, e.Detail)
+	at := e.File
+	if e.Line > 0 {
+		at = fmt.Sprintf("%s:%d", e.File, e.Line)
+	}
+	return fmt.Sprintf("audit: chain broken at %s%s: %s: %s", at, seq, e.Kind, e.Detail)
 }
 
 // Report sums up an intact chain.

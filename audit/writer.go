@@ -101,7 +101,7 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 		return w, nil
 	}
 	if err := w.resume(ctx); err != nil {
-		return nil, fmt.Errorf("audit: open %s: %w", w.path, err)
+		return nil, fmt.Errorf("open audit log %s: %w", w.path, err)
 	}
 	return w, nil
 }
