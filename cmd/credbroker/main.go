@@ -4,6 +4,7 @@
 //	credbroker init-store --config FILE   create the lease store of a new installation
 //	credbroker check-config --config FILE validate a config and exit
 //	credbroker dev-certs --out DIR ...    mint a dev trust bundle and X.509-SVIDs
+//	credbroker audit verify FILE...       check an audit log's hash chain
 //
 // This file only wires: flags and config in, components built, Run joined
 // under signal handling.
@@ -36,6 +37,7 @@ commands:
   init-store    create the empty lease store of a new installation (--config FILE)
   check-config  validate a config file and exit (--config FILE)
   dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
+  audit verify  check an audit log's hash chain (FILE... oldest first)
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -54,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return checkConfig(args[1:], stdout, stderr)
 	case "dev-certs":
 		return devCerts(args[1:], stdout, stderr)
+	case "audit":
+		return auditCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
