@@ -81,21 +81,21 @@ func Verify(files ...string) (Report, error) {
 	if len(files) == 0 {
 		return rep, errors.New("audit: verify: no file given")
 	}
-	v := &verifier{prevHash: Genesis, next: 1}
-	for i, name := range files {
-		if err := v.file(name, i == len(files)-1); err != nil {
+	last := files[len(files)-1]
+	h, herr := readHead(last + HeadSuffix)
+	v := &verifier{prevHash: Genesis, next: 1, headSeq: h.Seq, headHash: Genesis}
+	for _, name := range files {
+		if err := v.file(name); err != nil {
 			return rep, err
 		}
 	}
 	rep = v.rep
 	rep.Files = len(files)
-	last := files[len(files)-1]
-	h, err := readHead(last + HeadSuffix)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(herr, os.ErrNotExist):
 		return rep, nil
-	case err != nil:
-		return rep, &BreakError{File: last + HeadSuffix, Line: 1, Kind: KindHead, Detail: err.Error()}
+	case herr != nil:
+		return rep, &BreakError{File: last + HeadSuffix, Line: 1, Kind: KindHead, Detail: herr.Error()}
 	}
 	switch {
 	case h.Seq > v.prevSeq:
@@ -105,10 +105,11 @@ func Verify(files ...string) (Report, error) {
 		return rep, &BreakError{File: v.lastFile, Line: v.lastLine, Seq: v.prevSeq, Kind: KindEdited,
 			Detail: "the last record's hash does not match the head file"}
 	case h.Seq < v.prevSeq:
-		at, ok := v.hashes[h.Seq]
-		if !ok || at.hash != h.Hash {
+		// A head that lags: a power loss before it was rewritten. The
+		// record it names must be in the chain unchanged.
+		if v.headHash != h.Hash {
 			return rep, &BreakError{File: last + HeadSuffix, Line: 1, Seq: h.Seq, Kind: KindEdited,
-				Detail: fmt.Sprintf("the head records seq %d with a hash that no record of the last file has", h.Seq)}
+				Detail: fmt.Sprintf("the head records seq %d with a hash that is not that record's", h.Seq)}
 		}
 		rep.BeyondHead = int(v.prevSeq - h.Seq)
 	}
@@ -124,13 +125,10 @@ type verifier struct {
 	prevHash string // hash of the last accepted line
 	lastFile string // where the last accepted line is
 	lastLine int
-	// hashes of the last file's records, to check a head that lags
-	hashes map[uint64]loc
-}
-
-type loc struct {
-	line int
-	hash string
+	// the head's seq, and the hash of the line with that seq (Genesis
+	// for seq 0), to check a head that lags
+	headSeq  uint64
+	headHash string
 }
 
 // entry is one line of a file.
@@ -142,7 +140,7 @@ type entry struct {
 	partial bool  // no newline at the end: the last bytes of the file
 }
 
-func (v *verifier) file(name string, last bool) error {
+func (v *verifier) file(name string) error {
 	f, err := os.Open(name)
 	if errors.Is(err, os.ErrNotExist) {
 		return &BreakError{File: name, Kind: KindMissingFile, Seq: v.next, Detail: "no such file"}
@@ -151,9 +149,6 @@ func (v *verifier) file(name string, last bool) error {
 		return fmt.Errorf("audit: verify: %w", err)
 	}
 	defer f.Close()
-	if last {
-		v.hashes = map[uint64]loc{}
-	}
 	r := bufio.NewReaderSize(f, 64<<10)
 	n := 0
 	read := func() (*entry, error) {
@@ -196,8 +191,8 @@ func (v *verifier) file(name string, last bool) error {
 		}
 		first = false
 		h := lineHash(cur.raw)
-		if v.hashes != nil {
-			v.hashes[cur.rec.Seq] = loc{cur.line, h}
+		if cur.rec.Seq == v.headSeq {
+			v.headHash = h
 		}
 		if v.rep.Records == 0 {
 			v.rep.FirstSeq, v.rep.First = cur.rec.Seq, cur.rec.Time

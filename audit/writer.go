@@ -137,9 +137,10 @@ func (w *Writer) resume(ctx context.Context) error {
 			return fmt.Errorf("%w: the file ends at seq %d but the head records seq %d: its tail was cut off", ErrTailMismatch, t.last.Seq, h.Seq)
 		case h.Seq == t.last.Seq && h.Hash != t.lastHash:
 			return fmt.Errorf("%w: the last record (seq %d, line %d) is not the one the head records: edited or replaced", ErrTailMismatch, t.last.Seq, t.lines)
-		case h.Seq < t.last.Seq && h.Hash != t.hashAt:
-			// A head behind the file is a crash before it was rewritten,
-			// but the record it names must be in the file, unchanged.
+		case h.Seq < t.last.Seq && h.Hash != t.hashAt && (h.Seq+1 != t.first || h.Hash != t.firstPrev):
+			// A head behind the file is a power loss before it was
+			// rewritten, but the record it names must be in the file
+			// unchanged, or be the one the file's first record follows.
 			return fmt.Errorf("%w: the head records seq %d, which the file does not hold unchanged", ErrTailMismatch, h.Seq)
 		}
 		w.seq, w.prev, w.firstSeq = t.last.Seq, t.lastHash, t.first
@@ -165,13 +166,14 @@ func (w *Writer) resume(ctx context.Context) error {
 
 // tail is what Open needs of an existing file.
 type tail struct {
-	lines    int    // complete lines
-	size     int64  // bytes of the complete lines
-	partial  bool   // bytes after the last newline
-	first    uint64 // seq of the first line
-	last     Record // the last complete line
-	lastHash string
-	hashAt   string // line hash of the record with the seq asked for
+	lines     int    // complete lines
+	size      int64  // bytes of the complete lines
+	partial   bool   // bytes after the last newline
+	first     uint64 // seq of the first line
+	firstPrev string // and its prev
+	last      Record // the last complete line
+	lastHash  string
+	hashAt    string // line hash of the record with the seq asked for
 }
 
 func scanTail(ctx context.Context, f *os.File, want uint64) (tail, error) {
@@ -189,7 +191,11 @@ func scanTail(ctx context.Context, f *os.File, want uint64) (tail, error) {
 				return t, fmt.Errorf("%w: line %d is not a record: run credbroker audit verify", ErrTailMismatch, t.lines)
 			}
 			if t.lines == 1 {
-				t.first = seq
+				var r Record
+				if err := json.Unmarshal(line, &r); err != nil {
+					return t, fmt.Errorf("%w: the first line is not a record: %v", ErrTailMismatch, err)
+				}
+				t.first, t.firstPrev = seq, r.Prev
 			}
 			if seq == want {
 				t.hashAt = lineHash(line)
@@ -307,13 +313,13 @@ func (w *Writer) commit(_ context.Context, recs []Record) []error {
 			return fail(w.failed)
 		}
 	}
+	w.seq, w.prev = seq, prev // in the file: the chain goes on from here whatever stdout does
 	if w.stdout != nil {
 		if _, err := w.stdout.Write(buf.Bytes()); err != nil {
 			w.failed = fmt.Errorf("%w: stdout: %w", ErrUnavailable, err)
 			return fail(w.failed)
 		}
 	}
-	w.seq, w.prev = seq, prev
 	return out
 }
 

@@ -347,3 +347,46 @@ func TestAuditCtxEndedBeforeWrite(t *testing.T) {
 		t.Fatalf("seq %d after a cancelled write", seq)
 	}
 }
+
+// A power loss can leave the head at any commit since it was last synced:
+// at seq 0 (before the first record), or at the last record of a rotated
+// file. Open and Verify accept both.
+func TestAuditHeadLagsAfterPowerLoss(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		maxSize int64
+		seq     func(files []string) uint64 // the seq the head is set back to
+	}{
+		{"before the first record", 0, func([]string) uint64 { return 0 }},
+		{"at the end of a rotated file", 1000, func(files []string) uint64 {
+			var live Record
+			json.Unmarshal(readLines(t, files[len(files)-1])[0], &live)
+			return live.Seq - 1
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			w := openLog(t, Options{Path: path, MaxSize: tc.maxSize})
+			writeN(t, w, 1, 30)
+			w.Close()
+			files := rotatedFiles(t, path)
+			seq := tc.seq(files)
+			hash := Genesis
+			if seq > 0 {
+				prev := readLines(t, files[len(files)-2])
+				hash = lineHash(bytes.TrimSuffix(prev[len(prev)-2], []byte("\n")))
+			}
+			if err := writeHead(path+HeadSuffix, head{Seq: seq, Hash: hash}, false); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Verify(files...)
+			if err != nil || rep.BeyondHead != 30-int(seq) {
+				t.Fatalf("verify: %+v, %v", rep, err)
+			}
+			w = openLog(t, Options{Path: path, MaxSize: tc.maxSize})
+			if got, _ := w.Head(); got != 30 {
+				t.Fatalf("resumed at %d, want 30", got)
+			}
+		})
+	}
+}
