@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-func TestWriteAndVerify(t *testing.T) {
+func TestAuditWriteAndVerify(t *testing.T) {
 	path := newLog(t, 10)
 	rep, err := Verify(path)
 	if err != nil {
@@ -313,7 +313,7 @@ func TestAuditReasonRedacted(t *testing.T) {
 	}
 }
 
-func TestLooksSecret(t *testing.T) {
+func TestAuditLooksSecret(t *testing.T) {
 	for _, tc := range []struct {
 		s    string
 		want bool
