@@ -124,6 +124,9 @@ func (w *Writer) resume(ctx context.Context) error {
 			f.Close()
 		}
 	}()
+	if err := lock(f); err != nil {
+		return err
+	}
 	t, err := scanTail(ctx, f, h.Seq)
 	if err != nil {
 		return err
@@ -379,6 +382,9 @@ func (w *Writer) rotate() error {
 		return fmt.Errorf("rotate: %w", err)
 	}
 	w.f, w.size, w.firstSeq = f, 0, 0
+	if err := lock(f); err != nil {
+		return fmt.Errorf("rotate: %w", err)
+	}
 	if err := syncDir(filepath.Dir(w.path)); err != nil {
 		return fmt.Errorf("rotate: %w", err)
 	}

@@ -390,3 +390,29 @@ func TestAuditHeadLagsAfterPowerLoss(t *testing.T) {
 		})
 	}
 }
+
+func TestAuditSecondWriterRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	openLog(t, Options{Path: path})
+	if w, err := Open(context.Background(), Options{Path: path}); err == nil {
+		w.Close()
+		t.Fatal("a second Writer opened the same file")
+	} else {
+		t.Log(err)
+	}
+}
+
+func TestAuditFileAndStdout(t *testing.T) {
+	var out bytes.Buffer
+	path := filepath.Join(t.TempDir(), "audit.log")
+	w := openLog(t, Options{Path: path, Stdout: &out})
+	writeN(t, w, 1, 3)
+	w.Close()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, out.Bytes()) {
+		t.Fatalf("stdout differs from the file:\n%s\n%s", out.Bytes(), b)
+	}
+}
