@@ -56,7 +56,8 @@
 // # Resuming
 //
 // Open resumes the chain from the file's last line (or from the head when
-// the file is empty), after checking that line against the head. A
+// the file is empty), after checking that line against the head; it
+// refuses a file with records and no head. A
 // partial last line, which only a crash during an unacknowledged write
 // leaves, is cut off. The Writer holds an exclusive flock(2) on the file
 // (Linux), so a second Writer, another broker on the same file, cannot

@@ -81,9 +81,10 @@ type Writer struct {
 
 // Open opens the log at opts.Path (creating it) and resumes its chain: the
 // next record follows the file's last line, or the head file's record when
-// the file is empty (just rotated). It refuses a file whose last record
-// does not match the head file (ErrTailMismatch) and an empty file with
-// rotated files beside it but no head file. A partial last line, left by a
+// the file is empty (just rotated). It refuses (ErrTailMismatch) a file
+// whose last record does not match the head file, a file with records but
+// no head file, and an empty file with rotated files beside it but no
+// head file. A partial last line, left by a
 // crash during a write that was never acknowledged, is cut off.
 func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if opts.Path == "" && opts.Stdout == nil {
@@ -135,7 +136,9 @@ func (w *Writer) resume(ctx context.Context) error {
 	case t.lines > 0:
 		switch {
 		case !haveHead:
-			// A crash before the first head was written; nothing to check.
+			// Open writes the head before the first record, so it was
+			// removed: the tail could have gone with it.
+			return fmt.Errorf("%w: the file has records (last seq %d) but there is no head file %s: run credbroker audit verify, then move the file aside", ErrTailMismatch, t.last.Seq, w.path+HeadSuffix)
 		case h.Seq > t.last.Seq:
 			return fmt.Errorf("%w: the file ends at seq %d but the head records seq %d: its tail was cut off", ErrTailMismatch, t.last.Seq, h.Seq)
 		case h.Seq == t.last.Seq && h.Hash != t.lastHash:

@@ -163,6 +163,9 @@ func TestAuditOpenRefusesBrokenTail(t *testing.T) {
 			lines[len(lines)-2] = bytes.Replace(lines[len(lines)-2], []byte("cb_orders"), []byte("cb_ORDERS"), 1)
 			writeLines(t, path, lines)
 		}},
+		{"head removed", func(t *testing.T, path string) {
+			os.Remove(path + HeadSuffix)
+		}},
 		{"file emptied", func(t *testing.T, path string) {
 			writeLines(t, path, nil)
 			os.WriteFile(RotatedName(path, 1), nil, 0o600)

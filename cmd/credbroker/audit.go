@@ -35,7 +35,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err // "audit: chain broken at FILE:LINE (seq N): kind: detail"
 	}
-	head := "no head file"
+	head := "no head file (the tail is not checked)"
 	if rep.Head {
 		head = "head matches"
 		if rep.BeyondHead > 0 {
