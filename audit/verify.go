@@ -99,7 +99,11 @@ func Verify(files ...string) (Report, error) {
 	}
 	switch {
 	case h.Seq > v.prevSeq:
-		return rep, &BreakError{File: last, Line: v.lastLine + 1, Seq: v.prevSeq + 1, Kind: KindTruncated,
+		line := 1
+		if v.lastFile == last {
+			line = v.lastLine + 1
+		}
+		return rep, &BreakError{File: last, Line: line, Seq: v.prevSeq + 1, Kind: KindTruncated,
 			Detail: fmt.Sprintf("the head records seq %d, the chain ends at seq %d", h.Seq, v.prevSeq)}
 	case h.Seq == v.prevSeq && h.Hash != v.prevHash:
 		return rep, &BreakError{File: v.lastFile, Line: v.lastLine, Seq: v.prevSeq, Kind: KindEdited,

@@ -157,3 +157,20 @@ func TestAuditVerifyMissingFile(t *testing.T) {
 func fmtSscan(name, path string, seq *uint64) (int, error) {
 	return fmt.Sscanf(name[len(path)+1:], "%d", seq)
 }
+
+func TestAuditVerifyLiveFileEmptied(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	w := openLog(t, Options{Path: path, MaxSize: 1000})
+	writeN(t, w, 1, 30)
+	w.Close()
+	files := rotatedFiles(t, path)
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Verify(files...)
+	var b *BreakError
+	if !errors.As(err, &b) || b.Kind != KindTruncated || b.File != path || b.Line != 1 {
+		t.Fatalf("verify: %v, want a truncated tail at %s:1", err, path)
+	}
+	t.Log(err)
+}
