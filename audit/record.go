@@ -68,7 +68,8 @@ const ResultOK = "ok"
 //	lease_id  string  the lease
 //	username  string  the database user of the lease (never its password)
 //	result    string  "ok" or an error code name ([A-Za-z0-9_], at most 64 bytes)
-//	reason    string  a short explanation, already scrubbed by the caller
+//	reason    string  a short explanation, scrubbed by the caller; the Writer
+//	                  replaces one that LooksSecret by RedactedReason
 //	by        string  one of the By constants, for revocations
 //	prev      string  hex SHA-256 of the previous record's line (set by the Writer)
 //
