@@ -3,15 +3,18 @@ package broker_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/internal/testenv"
+	"github.com/credbroker/credbroker/lease/pgstore"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -162,4 +165,59 @@ func TestPostgresLeaseStoreMissing(t *testing.T) {
 		t.Fatalf("missing store: got %v, want a refusal that points to init-store", err)
 	}
 	t.Logf("missing store refused: %v", err)
+}
+
+// The broker's lock session on the store ends under it (the server
+// restarted that session, a network cut, pg_terminate_backend): it stops
+// writing to the store, so issuance fails closed with nothing left behind,
+// and another broker may take the store.
+func TestPostgresLeaseStoreLockLost(t *testing.T) {
+	storeYAML, _, store := pgLeaseStore(t)
+	e := newEnvWith(t, envExtra{leaseStore: storeYAML})
+	ctx := context.Background()
+	k1, k2 := pgstore.WriterLockKeys(store.Schema)
+	var pid int32
+	if err := e.admin.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory'
+		AND classid = $1::int4::oid AND objid = $2::int4::oid AND objsubid = 2 AND granted`, k1, k2).Scan(&pid); err != nil {
+		t.Fatalf("the broker's lock session: %v", err)
+	}
+	if _, err := e.admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the lock session to end", func() bool {
+		var n int
+		if err := e.admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
+
+	_, err := e.creds(ordersID).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	wantCode(t, err, codes.Unavailable)
+	if n := e.countUsers(); n != 0 {
+		t.Fatalf("%d users made by a broker that lost its store", n)
+	}
+	if !strings.Contains(e.log.String(), "lock is lost") {
+		t.Errorf("the broker's log does not say the store's lock is lost")
+	}
+	pc, _ := pgx.ParseConfig(testenv.PostgresDSN(t))
+	e.assertNoSecret(pc.Password)
+
+	// Another broker may take the store now.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := e.opts
+	opts.Listener = lis
+	opts.CreateStore = false
+	app, err := broker.NewApp(ctx, e.cfg, opts)
+	if err != nil {
+		t.Fatalf("a second broker after the first lost the store: %v", err)
+	}
+	stopped, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := app.Run(stopped); err != nil {
+		t.Errorf("second broker run: %v", err)
+	}
 }

@@ -26,6 +26,15 @@ func writerKey2(schema string) int32 {
 	return int32(h.Sum32() & 0x7fffffff)
 }
 
+// WriterLockKeys returns the two keys of the single-writer advisory lock of
+// the store in schema, to find the session holding it:
+//
+//	SELECT pid FROM pg_locks WHERE locktype = 'advisory'
+//		AND classid = <key1> AND objid = <key2> AND objsubid = 2
+func WriterLockKeys(schema string) (key1, key2 int32) {
+	return writerKey1, writerKey2(schema)
+}
+
 // guard is the single-writer lock of a store opened by Open: a session
 // advisory lock held by one connection of its own for the store's life
 // (see "One broker per store" in the package documentation).
