@@ -53,6 +53,14 @@
 //     may already have let another broker in. Reads are not checked: they
 //     change nothing.
 //
+// The check costs one round trip per write, serialized on the lock's
+// connection: on the 2-core test machine 16 concurrent Puts take 184 µs
+// each against 98 µs on a store opened without the lock, a ceiling of
+// ~5,000 writes a second, far above what issuance needs (two writes per
+// credential, ~250 credentials a second there). Concurrent writers could
+// share one ping (any ping that starts after a writer arrives would do);
+// not worth its code until HA mode replaces the guard.
+//
 // Why a ping and not a check in the write's own statement: it needs no
 // change to any statement or to the schema, and it is as strong. Neither
 // makes the check and the write atomic (pg_locks and pg_stat_activity are
