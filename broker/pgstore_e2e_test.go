@@ -175,6 +175,12 @@ func TestPostgresLeaseStoreLockLost(t *testing.T) {
 	storeYAML, _, store := pgLeaseStore(t)
 	e := newEnvWith(t, envExtra{leaseStore: storeYAML})
 	ctx := context.Background()
+	client := e.creds(ordersID)
+	resp, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	if err != nil {
+		t.Fatalf("issue: %v", err)
+	}
+	l := resp.GetLease()
 	k1, k2 := pgstore.WriterLockKeys(store.Schema)
 	var pid int32
 	if err := e.admin.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory'
@@ -192,10 +198,16 @@ func TestPostgresLeaseStoreLockLost(t *testing.T) {
 		return n == 0
 	})
 
-	_, err := e.creds(ordersID).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	_, err = client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
 	wantCode(t, err, codes.Unavailable)
-	if n := e.countUsers(); n != 0 {
-		t.Fatalf("%d users made by a broker that lost its store", n)
+	if n := e.countUsers(); n != 1 {
+		t.Fatalf("%d users, want only the first lease's: a broker that lost its store made one", n)
+	}
+	// Nor does it drop users: the other broker may have renewed the lease.
+	_, err = client.RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: l.GetId()})
+	wantCode(t, err, codes.Unavailable)
+	if !e.userExists(l.GetUsername()) {
+		t.Fatal("a broker that lost its store dropped a user")
 	}
 	if !strings.Contains(e.log.String(), "lock is lost") {
 		t.Errorf("the broker's log does not say the store's lock is lost")
@@ -214,6 +226,13 @@ func TestPostgresLeaseStoreLockLost(t *testing.T) {
 	app, err := broker.NewApp(ctx, e.cfg, opts)
 	if err != nil {
 		t.Fatalf("a second broker after the first lost the store: %v", err)
+	}
+	// It owns the lease now and revokes it.
+	if _, err := app.Manager().Revoke(ctx, l.GetId()); err != nil {
+		t.Fatalf("revoke through the second broker: %v", err)
+	}
+	if e.userExists(l.GetUsername()) {
+		t.Fatal("user still exists after the second broker revoked its lease")
 	}
 	stopped, cancel := context.WithCancel(ctx)
 	cancel()

@@ -97,8 +97,8 @@ func (g *guard) check(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
 	defer cancel()
 	if err := g.conn.Ping(pctx); err != nil {
-		g.lost = fmt.Errorf("%w: the store's single-writer lock is lost (its connection failed: %w); "+
-			"another broker may hold the store now: this one writes nothing more, restart it", lease.ErrStoreUnavailable, err)
+		g.lost = fmt.Errorf("%w: %w: the store's single-writer lock is lost (its connection failed: %w); "+
+			"another broker may hold the store now: this one writes nothing more, restart it", lease.ErrStoreUnavailable, lease.ErrStoreFenced, err)
 		g.conn.Close(pctx)
 		return g.lost
 	}
