@@ -92,8 +92,8 @@ func TestLostLockFencesWrites(t *testing.T) {
 		},
 	}
 	for name, write := range writes {
-		if err := write(); !errors.Is(err, lease.ErrStoreUnavailable) || !strings.Contains(err.Error(), "lock is lost") {
-			t.Errorf("%s on the store that lost its lock = %v, want ErrStoreUnavailable saying the lock is lost", name, err)
+		if err := write(); !errors.Is(err, lease.ErrStoreUnavailable) || !errors.Is(err, lease.ErrStoreFenced) || !strings.Contains(err.Error(), "lock is lost") {
+			t.Errorf("%s on the store that lost its lock = %v, want ErrStoreUnavailable and ErrStoreFenced saying the lock is lost", name, err)
 		}
 	}
 	if _, err := s2.Get(bg, l.ID); err != nil {
