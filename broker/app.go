@@ -18,7 +18,6 @@ import (
 
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
-	"github.com/credbroker/credbroker/lease/boltstore"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -82,7 +81,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
-	if err := a.openStore(cfg, opts); err != nil {
+	if err := a.openStore(ctx, cfg, opts); err != nil {
 		return nil, err
 	}
 	if err := a.openDatabases(ctx, cfg); err != nil {
@@ -116,7 +115,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 
 	// Deregistrations are kept in the lease store; brokers before it kept
 	// them in a JSON file next to the bbolt file, imported once here.
-	reg, err := openRegistry(ctx, a.store, cfg.LeaseStore.Path+legacyDenylistSuffix)
+	var legacy string // none before a PostgreSQL store
+	if cfg.LeaseStore.Path != "" {
+		legacy = cfg.LeaseStore.Path + legacyDenylistSuffix
+	}
+	reg, err := openRegistry(ctx, a.store, legacy)
 	if err != nil {
 		return nil, err
 	}
@@ -176,29 +179,6 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 	return a, nil
-}
-
-// openStore opens the lease store, which checks every record: a store that
-// would not restore refuses the start.
-func (a *App) openStore(cfg *Config, opts AppOptions) error {
-	var storeOpts []boltstore.Option
-	if !opts.CreateStore {
-		storeOpts = append(storeOpts, boltstore.WithMustExist())
-	}
-	store, err := boltstore.Open(cfg.LeaseStore.Path, storeOpts...)
-	if errors.Is(err, lease.ErrStoreMissing) {
-		return fmt.Errorf("lease store %s does not exist: for a new installation run `credbroker init-store --config FILE`; "+
-			"otherwise restore it from a backup (starting empty would forget every live lease and strand its users)", cfg.LeaseStore.Path)
-	}
-	if err != nil {
-		return fmt.Errorf("lease store: %w", err)
-	}
-	a.store = store
-	if opts.WrapStore != nil {
-		a.store = opts.WrapStore(store)
-	}
-	a.closers = append(a.closers, func() { _ = store.Close() })
-	return nil
 }
 
 // openDatabases opens every configured database; one that is unreachable

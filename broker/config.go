@@ -11,6 +11,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/credbroker/credbroker/lease/pgstore"
 	"github.com/credbroker/credbroker/plugins"
 )
 
@@ -48,9 +49,32 @@ type SVIDConfig struct {
 	ReloadInterval    Duration `yaml:"reload_interval"`
 }
 
-// LeaseStoreConfig locates the embedded lease store.
+// LeaseStoreConfig locates the lease store: the embedded bbolt file at
+// Path (the default), or a PostgreSQL schema. Exactly one is set.
 type LeaseStoreConfig struct {
-	Path string `yaml:"path"`
+	Path     string               `yaml:"path"`
+	Postgres *PostgresStoreConfig `yaml:"postgres"`
+}
+
+// PostgresStoreConfig is a lease store in a PostgreSQL schema
+// (lease/pgstore). One broker per store until the multi-replica (HA) mode
+// is built: a second broker on the same schema is refused at start. The
+// password is only ever a reference, as for the databases.
+type PostgresStoreConfig struct {
+	Host           string   `yaml:"host"`
+	Port           int      `yaml:"port"`
+	Database       string   `yaml:"database"`
+	Username       string   `yaml:"username"`
+	PasswordEnv    string   `yaml:"password_env"`
+	PasswordFile   string   `yaml:"password_file"`
+	SSLMode        string   `yaml:"sslmode"`
+	MaxConnections int      `yaml:"max_connections"`
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	Schema         string   `yaml:"schema"`
+
+	// Password exists only so that an inline secret is refused with a
+	// message that says what to do instead.
+	Password string `yaml:"password"`
 }
 
 // RevocationConfig tunes the expiry loop.
@@ -218,6 +242,23 @@ func (c *Config) applyDefaults() {
 	if c.Revocation.BackoffMax.Duration == 0 {
 		c.Revocation.BackoffMax.Duration = time.Minute
 	}
+	if p := c.LeaseStore.Postgres; p != nil {
+		if p.Port == 0 {
+			p.Port = pgstore.DefaultPort
+		}
+		if p.SSLMode == "" {
+			p.SSLMode = "prefer"
+		}
+		if p.MaxConnections == 0 {
+			p.MaxConnections = pgstore.DefaultMaxConns
+		}
+		if p.ConnectTimeout.Duration == 0 {
+			p.ConnectTimeout.Duration = pgstore.DefaultConnectTimeout
+		}
+		if p.Schema == "" {
+			p.Schema = pgstore.DefaultSchema
+		}
+	}
 	for name, d := range c.Databases {
 		if d.SSLMode == "" {
 			d.SSLMode = "prefer"
@@ -237,14 +278,46 @@ func (c *Config) applyDefaults() {
 
 // AdminPassword resolves a database's admin password from its reference.
 func (d DatabaseConfig) AdminPassword() (string, error) {
-	if d.PasswordEnv != "" {
-		v, ok := os.LookupEnv(d.PasswordEnv)
+	return resolvePassword(d.PasswordEnv, d.PasswordFile)
+}
+
+// StoreConfig is the pgstore configuration of the section, with the
+// password resolved from its reference.
+func (p PostgresStoreConfig) StoreConfig() (pgstore.Config, error) {
+	pw, err := resolvePassword(p.PasswordEnv, p.PasswordFile)
+	if err != nil {
+		return pgstore.Config{}, fmt.Errorf("lease_store.postgres: %w", err)
+	}
+	c := p.storeConfig()
+	c.Password = pw
+	return c, nil
+}
+
+// storeConfig is StoreConfig without the password, for checks.
+func (p PostgresStoreConfig) storeConfig() pgstore.Config {
+	return pgstore.Config{
+		Host:           p.Host,
+		Port:           p.Port,
+		Database:       p.Database,
+		Username:       p.Username,
+		SSLMode:        p.SSLMode,
+		MaxConns:       int32(p.MaxConnections),
+		ConnectTimeout: p.ConnectTimeout.Duration,
+		Schema:         p.Schema,
+	}
+}
+
+// resolvePassword reads a password from the environment variable env or,
+// if env is empty, from the file at file.
+func resolvePassword(env, file string) (string, error) {
+	if env != "" {
+		v, ok := os.LookupEnv(env)
 		if !ok {
-			return "", fmt.Errorf("environment variable %s is not set", d.PasswordEnv)
+			return "", fmt.Errorf("environment variable %s is not set", env)
 		}
 		return v, nil
 	}
-	b, err := os.ReadFile(d.PasswordFile)
+	b, err := os.ReadFile(file)
 	if err != nil {
 		return "", fmt.Errorf("read password_file: %w", err)
 	}

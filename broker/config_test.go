@@ -3,6 +3,7 @@ package broker
 import (
 	"github.com/credbroker/credbroker/plugins/builtin"
 
+	"os"
 	"strings"
 	"testing"
 )
@@ -138,5 +139,97 @@ func TestParseConfigPluginKeys(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte(goodConfig), nil); err == nil {
 		t.Error("ParseConfig without a catalog succeeded")
+	}
+}
+
+// pgStoreConfig is goodConfig with its lease store in PostgreSQL.
+var pgStoreConfig = strings.Replace(goodConfig, "lease_store: {path: /tmp/leases.db}\n", `lease_store:
+  postgres:
+    host: db.internal
+    database: credbroker
+    username: credbroker
+    password_env: STORE_PW
+`, 1)
+
+func TestParseConfigPostgresStore(t *testing.T) {
+	c, err := ParseConfig([]byte(pgStoreConfig), builtin.Catalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.LeaseStore.Postgres
+	if p == nil || c.LeaseStore.Path != "" {
+		t.Fatalf("lease_store = %+v", c.LeaseStore)
+	}
+	if p.Port != 5432 || p.Schema != "credbroker" || p.SSLMode != "prefer" || p.MaxConnections != 8 || p.ConnectTimeout.Seconds() != 5 {
+		t.Errorf("defaults: %+v", p)
+	}
+	t.Setenv("STORE_PW", "s3cret-store")
+	sc, err := p.StoreConfig()
+	if err != nil || sc.Password != "s3cret-store" || sc.Host != "db.internal" || sc.MaxConns != 8 {
+		t.Errorf("StoreConfig = %+v, %v", sc, err)
+	}
+}
+
+// Each refusal names its key, in the words the databases.* checks use.
+func TestParseConfigPostgresStoreRefusals(t *testing.T) {
+	const key = "    password_env: STORE_PW\n"
+	cases := []struct {
+		name, old, new, want string
+	}{
+		{"both path and postgres", "lease_store:\n", "lease_store:\n  path: /tmp/leases.db\n",
+			"config: lease_store: set either path (bbolt) or postgres, not both"},
+		{"inline password", key, "    password: hunter2\n",
+			"config: lease_store.postgres.password: inline secrets are not allowed; use password_env or password_file"},
+		{"no password reference", key, "",
+			"config: lease_store.postgres: set exactly one of password_env or password_file"},
+		{"both password references", key, key + "    password_file: /run/pw\n",
+			"config: lease_store.postgres: set exactly one of password_env or password_file"},
+		{"no host", "    host: db.internal\n", "",
+			"config: lease_store.postgres.host: required"},
+		{"bad port", "    host: db.internal\n", "    host: db.internal\n    port: 70000\n",
+			"config: lease_store.postgres.port: want 1..65535, got 70000"},
+		{"no database", "    database: credbroker\n", "",
+			"config: lease_store.postgres.database: required"},
+		{"no username", "    username: credbroker\n", "",
+			"config: lease_store.postgres.username: required"},
+		{"bad sslmode", key, key + "    sslmode: sometimes\n",
+			`config: lease_store.postgres.sslmode: unknown mode "sometimes"`},
+		{"negative pool", key, key + "    max_connections: -1\n",
+			"config: lease_store.postgres.max_connections: want 1..1000, got -1"},
+		{"bad timeout", key, key + "    connect_timeout: soon\n",
+			`config: lease_store.postgres.connect_timeout: want a duration such as 30s or 1h, got "soon"`},
+		{"bad schema", key, key + "    schema: Leases-1\n",
+			"config: lease_store.postgres.schema: must match ^[a-z_][a-z0-9_]{0,62}$"},
+		{"unknown key", key, key + "    pool_size: 3\n",
+			"config: unmarshal errors:\n  line 12: field pool_size not found in type broker.PostgresStoreConfig"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(pgStoreConfig, tc.old) {
+				t.Fatalf("test case does not apply: %q not in config", tc.old)
+			}
+			_, err := ParseConfig([]byte(strings.Replace(pgStoreConfig, tc.old, tc.new, 1)), builtin.Catalog())
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Fatal("the error quotes the inline password")
+			}
+		})
+	}
+}
+
+// An unset password reference is reported when the store is opened, by
+// name, without a value.
+func TestPostgresStorePasswordUnset(t *testing.T) {
+	c, err := ParseConfig([]byte(pgStoreConfig), builtin.Catalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("STORE_PW", "")
+	os.Unsetenv("STORE_PW")
+	_, err = c.LeaseStore.Postgres.StoreConfig()
+	if err == nil || err.Error() != "lease_store.postgres: environment variable STORE_PW is not set" {
+		t.Errorf("StoreConfig = %v", err)
 	}
 }

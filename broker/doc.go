@@ -16,6 +16,8 @@ needs), and none starts a goroutine when it is built.
 
 	config.go     Config: the YAML file, its defaults, LoadConfig and ParseConfig
 	validate.go   Config.Validate: every key checked (engine keys by the catalog)
+	store.go      the lease store the config names (bbolt file or PostgreSQL
+	              schema): openStore, InitStore and MigrateStore for cmd/
 	databases.go  Database (a configured database and its plugin), openDatabase,
 	              backend (lease.Backend: a lease's drop and extend routed to its plugin)
 	roles.go      Role: a resolved role template

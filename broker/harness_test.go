@@ -60,6 +60,9 @@ type env struct {
 	ca     *identity.DevCA
 	app    *broker.App
 	addr   string
+	cfg    *broker.Config
+	opts   broker.AppOptions
+	stop   func() // stops app and waits for its Run
 	log    *syncBuffer
 	admin  *pgx.Conn // superuser connection for checks
 	pgHost string
@@ -92,7 +95,9 @@ func newEnv(t *testing.T, opts ...func(*broker.AppOptions)) *env {
 // envExtra adds databases and roles to the broker newEnvWith starts: YAML
 // entries indented as they would be under databases: and roles:. top is
 // added at the top level of the config (e.g. a registry: section).
-type envExtra struct{ databases, roles, top string }
+// leaseStore, if set, replaces the lease_store: line (a bbolt file in a
+// temporary directory).
+type envExtra struct{ databases, roles, top, leaseStore string }
 
 // newEnvWith is newEnv with more databases and roles.
 func newEnvWith(t *testing.T, extra envExtra, opts ...func(*broker.AppOptions)) *env {
@@ -145,13 +150,17 @@ func newEnvWith(t *testing.T, extra envExtra, opts ...func(*broker.AppOptions)) 
 	}
 	t.Setenv("CREDBROKER_TEST_ADMIN_PW", cfgPG.Password)
 	closed := closedPort(t)
+	store := extra.leaseStore
+	if store == "" {
+		store = fmt.Sprintf("lease_store: {path: %s/leases.db}", t.TempDir())
+	}
 	yaml := fmt.Sprintf(`
 listen: 127.0.0.1:0
 trust_domain: example.org
 %[12]s
 svid: {cert_file: unused, key_file: unused, bundle_file: unused}
 admins: [spiffe://example.org/ops/admin]
-lease_store: {path: %[1]s/leases.db}
+%[1]s
 revocation: {backoff_base: 100ms, backoff_max: 1s}
 databases:
   main:
@@ -207,7 +216,7 @@ roles:
     creation_statements:
       - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}};
 %[11]s
-`, t.TempDir(), e.pgHost, e.pgPort, cfgPG.Database, cfgPG.User, e.prefix, closed, e.reader, e.table, extra.databases, extra.roles, extra.top)
+`, store, e.pgHost, e.pgPort, cfgPG.Database, cfgPG.User, e.prefix, closed, e.reader, e.table, extra.databases, extra.roles, extra.top)
 	cfg, err := broker.ParseConfig([]byte(yaml), builtin.Catalog())
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -216,27 +225,17 @@ roles:
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = lis.Addr().String()
+	e.cfg = cfg
+	e.addr = "127.0.0.1:0"
 	logger := slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	appOpts := broker.AppOptions{Logger: logger, Listener: lis, Source: src, CreateStore: true}
+	e.opts = broker.AppOptions{Logger: logger, Source: src, CreateStore: true}
 	for _, o := range opts {
-		o(&appOpts)
+		o(&e.opts)
 	}
-	e.app, err = broker.NewApp(ctx, cfg, appOpts)
-	if err != nil {
-		t.Fatalf("new app: %v", err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- e.app.Run(runCtx) }()
+	e.start()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("broker run: %v", err)
+		if e.stop != nil {
+			e.stop()
 		}
 		// Nothing this broker created may outlive the test.
 		if n := e.countUsers(); n != 0 {
@@ -245,6 +244,41 @@ roles:
 		}
 	})
 	return e
+}
+
+// start builds and runs an App on e's config, listening on e.addr.
+func (e *env) start() {
+	e.t.Helper()
+	lis, err := net.Listen("tcp", e.addr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.addr = lis.Addr().String()
+	opts := e.opts
+	opts.Listener = lis
+	e.app, err = broker.NewApp(context.Background(), e.cfg, opts)
+	if err != nil {
+		lis.Close()
+		e.t.Fatalf("new app: %v", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.app.Run(runCtx) }()
+	e.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("broker run: %v", err)
+		}
+	}
+}
+
+// restart stops the broker and starts a new one on the same config, store
+// and address, as its supervisor would. Clients reconnect by themselves.
+func (e *env) restart() {
+	e.t.Helper()
+	e.stop()
+	e.stop = nil
+	e.start()
 }
 
 func newCA(t *testing.T) *identity.DevCA {

@@ -21,6 +21,9 @@ var (
 	dbNameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 	prefixRE   = regexp.MustCompile(`^` + plugins.PrefixPattern + `$`)
 	instanceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	// pgSchemaRE is stricter than PostgreSQL (which quotes anything): a
+	// name an operator can type unquoted in psql.
+	pgSchemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 )
 
 // Validate checks every key and reports the first problem, naming the key.
@@ -37,6 +40,9 @@ func (c *Config) Validate() error {
 	}
 	for name, d := range c.Databases {
 		durations["databases."+name+".connect_timeout"] = d.ConnectTimeout
+	}
+	if p := c.LeaseStore.Postgres; p != nil {
+		durations["lease_store.postgres.connect_timeout"] = p.ConnectTimeout
 	}
 	for name, r := range c.Roles {
 		durations["roles."+name+".default_ttl"] = r.DefaultTTL
@@ -102,8 +108,8 @@ func (c *Config) Validate() error {
 			return bad(fmt.Sprintf("admins[%d]", i), "%q is outside trust domain %q", a, c.TrustDomain)
 		}
 	}
-	if c.LeaseStore.Path == "" {
-		return bad("lease_store.path", "required")
+	if err := c.LeaseStore.validate(); err != nil {
+		return err
 	}
 	if c.Revocation.Concurrency < 1 || c.Revocation.Concurrency > 256 {
 		return bad("revocation.concurrency", "want 1..256, got %d", c.Revocation.Concurrency)
@@ -223,6 +229,52 @@ func (c *Config) Validate() error {
 				return bad(fmt.Sprintf("%s.revocation_statements[%d]", key, i), "only {{name}} is available in revocation statements")
 			}
 		}
+	}
+	return nil
+}
+
+// validate checks the lease_store section: a bbolt path or a postgres
+// section, never both.
+func (s LeaseStoreConfig) validate() error {
+	bad := func(key, format string, args ...any) error {
+		return &ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)}
+	}
+	p := s.Postgres
+	switch {
+	case s.Path != "" && p != nil:
+		return bad("lease_store", "set either path (bbolt) or postgres, not both")
+	case p == nil && s.Path == "":
+		return bad("lease_store.path", "required (or a lease_store.postgres section)")
+	case p == nil:
+		return nil
+	}
+	const key = "lease_store.postgres"
+	switch {
+	case p.Password != "":
+		return bad(key+".password", "inline secrets are not allowed; use password_env or password_file")
+	case p.Host == "":
+		return bad(key+".host", "required")
+	case p.Port < 1 || p.Port > 65535:
+		return bad(key+".port", "want 1..65535, got %d", p.Port)
+	case p.Database == "":
+		return bad(key+".database", "required")
+	case p.Username == "":
+		return bad(key+".username", "required")
+	case (p.PasswordEnv == "") == (p.PasswordFile == ""):
+		return bad(key, "set exactly one of password_env or password_file")
+	case p.MaxConnections < 1 || p.MaxConnections > 1000:
+		return bad(key+".max_connections", "want 1..1000, got %d", p.MaxConnections)
+	case !pgSchemaRE.MatchString(p.Schema):
+		return bad(key+".schema", "must match %s", pgSchemaRE)
+	}
+	switch p.SSLMode {
+	case "disable", "allow", "prefer", "require", "verify-ca", "verify-full":
+	default:
+		return bad(key+".sslmode", "unknown mode %q", p.SSLMode)
+	}
+	// What pgstore itself checks before it connects.
+	if err := p.storeConfig().Check(); err != nil {
+		return bad(key, "%s", strings.TrimPrefix(err.Error(), "pgstore: "))
 	}
 	return nil
 }

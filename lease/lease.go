@@ -78,6 +78,12 @@ var (
 	// ErrStoreMissing: a store that must exist (boltstore.WithMustExist)
 	// does not. A store that vanished is lost leases, never "no leases".
 	ErrStoreMissing = errors.New("lease store does not exist")
+	// ErrStoreFenced: this process may no longer write the store (it lost
+	// the store's single-writer lock, lease/pgstore): another broker may
+	// hold it and own the leases. Errors that wrap it also wrap
+	// ErrStoreUnavailable. The Manager then acts on no lease: a revocation
+	// drops no user, as the lease may have been renewed through the other.
+	ErrStoreFenced = errors.New("lease store held by another writer")
 	// ErrExists: Issue was given an ID that is already known.
 	ErrExists = errors.New("lease already exists")
 	// ErrWrongState: the operation does not apply to the lease's current

@@ -97,6 +97,9 @@ type Manager struct {
 	wake    chan struct{} // tells Run to look at the queue again
 	wg      sync.WaitGroup
 	running atomic.Bool
+	// fenced is set once the store said ErrStoreFenced: another broker may
+	// own the leases now, so no revocation drops a user any more.
+	fenced atomic.Bool
 }
 
 // NewManager checks cfg and returns a Manager. It starts no goroutine: call

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"sync"
@@ -440,6 +441,28 @@ func TestRevokeStoreDownStillDrops(t *testing.T) {
 	mustState(t, env.m, l.ID, StateRevoking)
 	if s, _ := storedLease(env.store, l.ID); s.State != StateActive {
 		t.Errorf("stored state = %s, want the old ACTIVE record kept", s.State)
+	}
+}
+
+// A store that says another writer may hold it (lease/pgstore after its
+// lock was lost): neither a revoke nor the expiry loop drops the user, as
+// the lease may have been renewed through the other broker.
+func TestRevokeStoreFencedDropsNothing(t *testing.T) {
+	env := newEnv(t, nil)
+	l := env.issue(t, time.Minute, time.Hour)
+	fenced := fmt.Errorf("%w: %w: lock lost", ErrStoreUnavailable, ErrStoreFenced)
+	env.store.SetFailPut(func(Lease) error { return fenced })
+	env.store.SetFailDelete(func(string) error { return fenced })
+	if _, err := env.m.Revoke(bg, l.ID); !errors.Is(err, ErrStoreUnavailable) || !errors.Is(err, ErrStoreFenced) {
+		t.Fatalf("Revoke err = %v, want ErrStoreUnavailable and ErrStoreFenced", err)
+	}
+	env.clock.Advance(time.Hour)
+	env.drain()
+	if n := env.backend.TotalDrops(); n != 0 {
+		t.Errorf("%d drops by a Manager whose store is fenced", n)
+	}
+	if s, _ := storedLease(env.store, l.ID); s.State != StateActive {
+		t.Errorf("stored state = %s, want the ACTIVE record kept", s.State)
 	}
 }
 

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -147,7 +148,9 @@ func (m *Manager) revokeLocked(ctx context.Context, e *entry, expired bool) (Lea
 		l.State = StateRevoking
 		l.Expired = l.Expired || expired
 		if storeIntent {
-			if err := m.cfg.Store.Put(ctx, l); err != nil {
+			if err := m.cfg.Store.Put(ctx, l); errors.Is(err, ErrStoreFenced) {
+				m.fenced.Store(true)
+			} else if err != nil {
 				// Drop anyway: a revocation must not wait for the store.
 				// The old record stays, and a record without a user is
 				// harmless: its next revocation finds the user absent.
@@ -158,6 +161,13 @@ func (m *Manager) revokeLocked(ctx context.Context, e *entry, expired bool) (Lea
 		m.setLease(e, l)
 	}
 	failpoint.Hit(FailpointAfterRevoking)
+	if m.fenced.Load() {
+		// Another broker may hold the store and have renewed this lease:
+		// dropping its user could end a live lease. Drop nothing; the
+		// retries fail the same way until the broker restarts.
+		err := fmt.Errorf("lease: revoke %s: %w: %w: not dropping the user", l.ID, ErrStoreUnavailable, ErrStoreFenced)
+		return m.retryLater(ctx, e, l, err.Error(), err)
+	}
 
 	bctx, cancel := context.WithTimeout(ctx, m.cfg.BackendTimeout)
 	err := m.cfg.Backend.Drop(bctx, l)

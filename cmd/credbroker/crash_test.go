@@ -131,6 +131,12 @@ func newFixtureDSN(t *testing.T, dsn string) *fixture {
 // newFixtureExtra adds databases and roles (YAML under databases: and
 // roles:; PREFIX is replaced by the fixture's username prefix).
 func newFixtureExtra(t *testing.T, dsn, extraDatabases, extraRoles string) *fixture {
+	return newFixtureStore(t, dsn, extraDatabases, extraRoles, "")
+}
+
+// newFixtureStore is newFixtureExtra with the lease_store: section given
+// (empty: a bbolt file in the fixture's directory).
+func newFixtureStore(t *testing.T, dsn, extraDatabases, extraRoles, leaseStore string) *fixture {
 	ctx := context.Background()
 	pgc, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -166,12 +172,15 @@ func newFixtureExtra(t *testing.T, dsn, extraDatabases, extraRoles string) *fixt
 	}
 	f.addr = l.Addr().String()
 	l.Close()
+	if leaseStore == "" {
+		leaseStore = fmt.Sprintf("lease_store: {path: %s/leases.db}", f.dir)
+	}
 	cfg := fmt.Sprintf(`
 listen: %[1]s
 trust_domain: example.org
 svid: {cert_file: %[2]s/server.pem, key_file: %[2]s/server-key.pem, bundle_file: %[2]s/bundle.pem}
 admins: [spiffe://example.org/ops/admin]
-lease_store: {path: %[2]s/leases.db}
+%[8]s
 revocation: {backoff_base: 200ms, backoff_max: 2s}
 databases:
   main:
@@ -191,7 +200,7 @@ roles:
     allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
     creation_statements:
       - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};
-`, f.addr, f.dir, pgc.Host, pgc.Port, pgc.Database, pgc.User, f.prefix)
+`, f.addr, f.dir, pgc.Host, pgc.Port, pgc.Database, pgc.User, f.prefix, leaseStore)
 	cfg = strings.Replace(cfg, "roles:\n", strings.ReplaceAll(extraDatabases, "PREFIX", f.prefix)+"roles:\n", 1) + extraRoles
 	if err := os.WriteFile(filepath.Join(f.dir, "config.yaml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

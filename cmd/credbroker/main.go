@@ -2,6 +2,7 @@
 //
 //	credbroker serve --config FILE       run the broker
 //	credbroker init-store --config FILE   create the lease store of a new installation
+//	credbroker migrate --config FILE      bring a PostgreSQL lease store to this version
 //	credbroker check-config --config FILE validate a config and exit
 //	credbroker dev-certs --out DIR ...    mint a dev trust bundle and X.509-SVIDs
 //	credbroker audit verify FILE...       check an audit log's hash chain
@@ -34,7 +35,10 @@ const usage = `usage: credbroker <command> [flags]
 
 commands:
   serve         run the broker (--config FILE)
-  init-store    create the empty lease store of a new installation (--config FILE)
+  init-store    create the empty lease store of a new installation: the bbolt
+                file, or the PostgreSQL schema (--config FILE)
+  migrate       apply pending schema migrations to a PostgreSQL lease store;
+                serve never migrates by itself (--config FILE)
   check-config  validate a config file and exit (--config FILE)
   dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
   audit verify  check an audit log's hash chain (FILE... oldest first)
@@ -51,7 +55,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "serve":
 		return serve(ctx, args[1:], stderr)
 	case "init-store":
-		return initStore(args[1:], stdout, stderr)
+		return initStore(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		return migrate(ctx, args[1:], stdout, stderr)
 	case "check-config":
 		return checkConfig(args[1:], stdout, stderr)
 	case "dev-certs":

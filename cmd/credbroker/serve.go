@@ -5,10 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/credbroker/credbroker/broker"
-	"github.com/credbroker/credbroker/lease/boltstore"
 	"github.com/credbroker/credbroker/plugins/builtin"
 )
 
@@ -51,32 +49,47 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// initStore creates an empty lease store where the config says, refusing to
-// touch an existing one. serve never creates a store by itself.
-func initStore(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("init-store", flag.ContinueOnError)
+// initStore creates the lease store of a new installation where the config
+// says (a bbolt file, refusing to touch an existing one, or a PostgreSQL
+// schema). serve never creates a store by itself.
+func initStore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadFor("init-store", args, stderr)
+	if err != nil {
+		return err
+	}
+	msg, err := broker.InitStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, msg)
+	return nil
+}
+
+// migrate brings a PostgreSQL lease store to this binary's schema version.
+// serve never migrates by itself.
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadFor("migrate", args, stderr)
+	if err != nil {
+		return err
+	}
+	msg, err := broker.MigrateStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, msg)
+	return nil
+}
+
+// loadFor parses the --config flag of command cmd and loads the config.
+func loadFor(cmd string, args []string, stderr io.Writer) (*broker.Config, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "path to the YAML config (required)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, err
 	}
 	if *path == "" {
-		return fmt.Errorf("init-store: --config is required")
+		return nil, fmt.Errorf("%s: --config is required", cmd)
 	}
-	cfg, err := broker.LoadConfig(*path, builtin.Catalog())
-	if err != nil {
-		return err
-	}
-	if _, err := os.Stat(cfg.LeaseStore.Path); err == nil {
-		return fmt.Errorf("init-store: %s already exists; refusing to replace a lease store", cfg.LeaseStore.Path)
-	}
-	s, err := boltstore.Open(cfg.LeaseStore.Path)
-	if err != nil {
-		return err
-	}
-	if err := s.Close(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "created empty lease store %s\n", cfg.LeaseStore.Path)
-	return nil
+	return broker.LoadConfig(*path, builtin.Catalog())
 }

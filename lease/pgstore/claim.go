@@ -49,7 +49,7 @@ type ClaimRequest struct {
 // Each claimed row's version is bumped, which fences whoever worked on it
 // before. CREATING leases are never claimed (see doc.go).
 func (s *Store) ClaimDue(ctx context.Context, req ClaimRequest) ([]Claim, error) {
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return nil, fmt.Errorf("pgstore: claim: %w", err)
 	}
 	switch {
@@ -126,7 +126,7 @@ func (s *Store) GetVersion(ctx context.Context, id string) (lease.Lease, int64, 
 // on working under it, with the new version.
 func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64) (int64, error) {
 	op := fmt.Sprintf("put %s at version %d", l.ID, version)
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
 	}
 	args, err := leaseArgs(l)
@@ -161,7 +161,7 @@ func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64) 
 // wrapping ErrFenced.
 func (s *Store) DeleteIfVersion(ctx context.Context, id string, version int64) error {
 	op := fmt.Sprintf("delete %s at version %d", id, version)
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: %s: %w", op, err)
 	}
 	tag, err := s.pool.Exec(ctx, `DELETE FROM `+s.schema+`.leases WHERE id = $1 AND version = $2`, id, version)

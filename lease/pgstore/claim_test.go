@@ -9,7 +9,9 @@ import (
 	"github.com/credbroker/credbroker/lease"
 )
 
-// replicas opens n stores on one new schema, as n brokers would.
+// replicas opens n stores on one new schema, as n brokers of the
+// multi-replica mode would: shared, without the single-writer lock that
+// Open takes until that mode is built.
 func replicas(t *testing.T, n int) (Config, []*Store) {
 	t.Helper()
 	c := testConfig(t)
@@ -18,7 +20,12 @@ func replicas(t *testing.T, n int) (Config, []*Store) {
 	}
 	ss := make([]*Store, n)
 	for i := range ss {
-		ss[i] = mustOpen(t, c)
+		s, err := open(bg, c, false)
+		if err != nil {
+			t.Fatalf("open shared: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		ss[i] = s
 	}
 	return c, ss
 }

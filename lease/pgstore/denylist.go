@@ -15,7 +15,7 @@ import (
 // Deny records that the workload id was deregistered at at, unless it is
 // already (its first time is kept).
 func (s *Store) Deny(ctx context.Context, id string, at time.Time) error {
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: deny %s: %w", id, err)
 	}
 	if id == "" {
@@ -32,7 +32,7 @@ func (s *Store) Deny(ctx context.Context, id string, at time.Time) error {
 
 // Allow lifts the deregistration of id; an id not denied is not an error.
 func (s *Store) Allow(ctx context.Context, id string) error {
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: allow %s: %w", id, err)
 	}
 	if _, err := s.pool.Exec(ctx, `DELETE FROM `+s.schema+`.deregistrations WHERE spiffe_id = $1`, id); err != nil {

@@ -42,7 +42,7 @@ func ctxErr(ctx context.Context) error {
 
 // sentinels are the errors a scrubbed error still matches.
 var sentinels = []error{
-	lease.ErrStoreUnavailable, lease.ErrStoreCorrupt, lease.ErrStoreMissing, lease.ErrNotFound,
+	lease.ErrStoreUnavailable, lease.ErrStoreCorrupt, lease.ErrStoreMissing, lease.ErrStoreFenced, lease.ErrNotFound,
 	lease.ErrInvalid, ErrSchemaOlder, ErrSchemaNewer, ErrFenced,
 	context.Canceled, context.DeadlineExceeded,
 }

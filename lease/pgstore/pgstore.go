@@ -20,6 +20,9 @@ type Store struct {
 	schema string // quoted
 	secret string // the password, only to scrub it from errors
 	closed atomic.Bool
+	// guard is the single-writer lock (nil for a store opened shared, by
+	// the claim tests: the primitives of the multi-replica mode to come).
+	guard *guard
 
 	// SQL built once for the schema.
 	putSQL, getSQL, deleteSQL string
@@ -36,10 +39,22 @@ var (
 // (run `credbroker migrate`, Migrate) or ErrSchemaNewer (upgrade the
 // broker). A server that cannot be reached is lease.ErrStoreUnavailable.
 //
+// Open takes the store's single-writer lock for the store's life (see "One
+// broker per store" in the package documentation): while another broker
+// holds it, Open fails with lease.ErrStoreUnavailable saying so. Writes
+// fail with lease.ErrStoreUnavailable once the lock is lost.
+//
 // Open does not read the leases: the store is no lease.Verifier, so
 // Manager.DeferLoad loads synchronously (a bad row fails Load with
 // lease.ErrStoreCorrupt before anything is served).
 func Open(ctx context.Context, c Config) (*Store, error) {
+	return open(ctx, c, true)
+}
+
+// open is Open, with the single-writer lock or without it (shared: several
+// stores on one schema, for the claim tests until the multi-replica mode
+// is built).
+func open(ctx context.Context, c Config, single bool) (*Store, error) {
 	c = c.withDefaults()
 	pool, err := connect(ctx, c)
 	if err != nil {
@@ -49,7 +64,14 @@ func Open(ctx context.Context, c Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("pgstore: open: %w", redactErr(err, c.Password))
 	}
-	return newStore(pool, c), nil
+	s := newStore(pool, c)
+	if single {
+		if s.guard, err = lockWriter(ctx, c); err != nil {
+			pool.Close()
+			return nil, redactErr(err, c.Password)
+		}
+	}
+	return s, nil
 }
 
 func newStore(pool *pgxpool.Pool, c Config) *Store {
@@ -96,6 +118,18 @@ func (s *Store) usable(ctx context.Context) error {
 	return ctxErr(ctx)
 }
 
+// writable is usable for a write: it also checks that the single-writer
+// lock is still held, so that a broker that lost it writes nothing more.
+func (s *Store) writable(ctx context.Context) error {
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	if s.guard != nil {
+		return redactErr(s.guard.check(ctx), s.secret)
+	}
+	return nil
+}
+
 // fail wraps err of operation op: data that does not decode is
 // lease.ErrStoreCorrupt (and unavailable, as the store cannot answer),
 // anything else lease.ErrStoreUnavailable; never with the password.
@@ -112,7 +146,7 @@ func (s *Store) fail(op string, err error) error {
 // transaction. It is unconditional, as lease.Store requires: it bumps the
 // row's version and ends a claim on it (PutIfVersion is the fenced write).
 func (s *Store) Put(ctx context.Context, l lease.Lease) error {
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: put %s: %w", l.ID, err)
 	}
 	args, err := leaseArgs(l)
@@ -129,7 +163,7 @@ func (s *Store) Put(ctx context.Context, l lease.Lease) error {
 // COPY into a temporary table, then one upsert from it. A lease given twice
 // is stored as its last copy.
 func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: put all: %w", err)
 	}
 	last := make(map[string]int, len(ls))
@@ -184,7 +218,7 @@ func (s *Store) Get(ctx context.Context, id string) (lease.Lease, error) {
 // Delete removes the lease with id, whoever claims it; an absent id is
 // not an error.
 func (s *Store) Delete(ctx context.Context, id string) error {
-	if err := s.usable(ctx); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: delete %s: %w", id, err)
 	}
 	if _, err := s.pool.Exec(ctx, s.deleteSQL, id); err != nil {
@@ -245,5 +279,8 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.pool.Close()
+	if s.guard != nil {
+		s.guard.release()
+	}
 	return nil
 }

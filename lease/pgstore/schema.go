@@ -138,6 +138,17 @@ func upgrade(ctx context.Context, pool *pgxpool.Pool, c Config, create bool) err
 		case v < SchemaVersion() && create:
 			return fmt.Errorf("schema %s is at version %d, this broker needs %d: %w; run `credbroker migrate`", c.Schema, v, SchemaVersion(), ErrSchemaOlder)
 		}
+		if v > 0 && v < SchemaVersion() {
+			// A broker serving the old schema holds the single-writer lock;
+			// migrating under it would change the tables it writes.
+			var free bool
+			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, writerKey1, writerKey2(c.Schema)).Scan(&free); err != nil {
+				return unavailable(err)
+			}
+			if !free {
+				return fmt.Errorf("schema %s: a broker is serving this store: %w; stop it before migrating", c.Schema, lease.ErrStoreUnavailable)
+			}
+		}
 		for i := v; i < SchemaVersion(); i++ {
 			if _, err := tx.Exec(ctx, strings.ReplaceAll(migrations[i], "{{schema}}", schema)); err != nil {
 				return fmt.Errorf("to version %d: %w", i+1, unavailable(err))

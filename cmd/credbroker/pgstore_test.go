@@ -1,0 +1,118 @@
+package main_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/credbroker/credbroker/internal/testenv"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// newFixturePGStore is newFixture with its lease store in a new schema of
+// the test PostgreSQL (the data server too), created by `credbroker
+// init-store`; the schema is dropped when t ends, after the broker stops.
+func newFixturePGStore(t *testing.T) (*fixture, string) {
+	t.Helper()
+	dsn := testenv.PostgresDSN(t)
+	pgc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal("parse the test DSN (not shown: it holds a password)")
+	}
+	schema := "cbcrash_" + randomSuffix(t)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		admin, err := pgx.ConnectConfig(ctx, pgc)
+		if err != nil {
+			t.Errorf("drop the store's schema: %v", err)
+			return
+		}
+		defer admin.Close(ctx)
+		if _, err := admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop the store's schema: %v", err)
+		}
+	})
+	// CRASH_TEST_PG_PASSWORD is set by the fixture before init-store runs.
+	store := fmt.Sprintf(`lease_store:
+  postgres: {host: %s, port: %d, database: %s, username: %s, password_env: CRASH_TEST_PG_PASSWORD, sslmode: disable, schema: %s}`,
+		pgc.Host, pgc.Port, pgc.Database, pgc.User, schema)
+	return newFixtureStore(t, dsn, "", "", store), schema
+}
+
+func randomSuffix(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// startAfterKill is start for a broker whose predecessor was just killed:
+// the store's server frees the predecessor's lock when it sees its
+// connection closed, a moment after the kill.
+func (f *fixture) startAfterKill() {
+	f.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f.launch("")
+		err := f.waitHealthy()
+		if err == nil {
+			return
+		}
+		if !strings.Contains(f.logTail(), "another broker holds the store") || time.Now().After(deadline) {
+			f.t.Fatalf("broker exited during start: %v\n%s", err, f.logTail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A broker on a PostgreSQL lease store (made by init-store) is killed with
+// SIGKILL after an issue: restarted, it finds the lease, the user is backed,
+// and revocation works. While it runs, a second broker on the store is
+// refused; migrate of a current store changes nothing.
+func TestPostgresStoreSurvivesKill(t *testing.T) {
+	f, schema := newFixturePGStore(t)
+	config := filepath.Join(f.dir, "config.yaml")
+	var n int
+	if err := f.admin.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{schema}.Sanitize()+".schema_version").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("init-store made no versioned schema: %d rows, %v", n, err)
+	}
+	f.start("")
+	resp, err := f.issue(time.Minute)
+	if err != nil {
+		t.Fatalf("issue: %v", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, "serve", "--config", config).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another broker holds the store") || !strings.Contains(string(out), "HA mode") {
+		t.Fatalf("second serve on the store: %v\n%s", err, out)
+	}
+
+	f.kill()
+	f.startAfterKill()
+	if got := f.users(); len(got) != 1 || got[0] != resp.GetLease().GetUsername() {
+		t.Fatalf("users after kill and restart %v, want the lease's %s", got, resp.GetLease().GetUsername())
+	}
+	f.assertEveryUserBacked()
+
+	out, err = exec.CommandContext(ctx, binary, "migrate", "--config", config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "schema version 1") {
+		t.Fatalf("migrate of a current store: %v\n%s", err, out)
+	}
+	rev, err := pb.NewAdminServiceClient(f.conn("admin")).RevokeLeases(ctx, &pb.RevokeLeasesRequest{Role: "reader"})
+	if err != nil || rev.GetRevoked() != 1 {
+		t.Fatalf("revoke: %v %v", rev, err)
+	}
+	f.waitNoUsers(time.Second)
+}
