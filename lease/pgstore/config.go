@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/credbroker/credbroker/internal/pgpool"
 	"github.com/credbroker/credbroker/lease"
 )
 
@@ -94,25 +94,20 @@ func (c Config) Check() error {
 // poolConfig builds pgx's configuration field by field: the connection
 // string holds no password, which is set on the parsed result.
 func (c Config) poolConfig() (*pgxpool.Config, error) {
-	kv := []string{
-		"host=" + kvQuote(c.Host),
-		"port=" + strconv.Itoa(c.Port),
-		"user=" + kvQuote(c.Username),
-		"application_name=" + applicationName,
-	}
-	if c.Database != "" {
-		kv = append(kv, "dbname="+kvQuote(c.Database))
-	}
-	if c.SSLMode != "" {
-		kv = append(kv, "sslmode="+kvQuote(c.SSLMode))
-	}
-	pc, err := pgxpool.ParseConfig(strings.Join(kv, " "))
+	pc, err := pgpool.Config(pgpool.Settings{
+		Host:            c.Host,
+		Port:            c.Port,
+		Database:        c.Database,
+		Username:        c.Username,
+		Password:        c.Password,
+		SSLMode:         c.SSLMode,
+		ApplicationName: applicationName,
+		MaxConns:        c.MaxConns,
+		ConnectTimeout:  c.ConnectTimeout,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("pgstore: connection settings: %s", redact(err.Error(), c.Password))
+		return nil, fmt.Errorf("pgstore: %w", err)
 	}
-	pc.ConnConfig.Password = c.Password
-	pc.ConnConfig.ConnectTimeout = c.ConnectTimeout
-	pc.MaxConns = c.MaxConns
 	return pc, nil
 }
 
@@ -139,20 +134,8 @@ func connect(ctx context.Context, c Config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// kvQuote quotes a value for a libpq key/value connection string.
-func kvQuote(s string) string {
-	s = strings.ReplaceAll(s, `\`, `\\`)
-	return "'" + strings.ReplaceAll(s, "'", `\'`) + "'"
-}
-
-// redact removes secret from msg: a belt to the braces of never putting the
-// password where pgx could quote it.
-func redact(msg, secret string) string {
-	if secret == "" {
-		return msg
-	}
-	return strings.ReplaceAll(msg, secret, "[redacted]")
-}
+// redact removes secret from msg (internal/pgpool).
+func redact(msg, secret string) string { return pgpool.Redact(msg, secret) }
 
 // quoteIdent quotes an SQL identifier.
 func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
