@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -452,5 +453,42 @@ func TestTokenBucket(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOnEnd: the hook sees every ended lease once, with expired set only
+// for the one the expiry loop revoked.
+func TestOnEnd(t *testing.T) {
+	var mu sync.Mutex
+	ended := map[string]bool{}
+	states := map[string]State{}
+	env := newEnv(t, func(c *Config) {
+		c.OnEnd = func(l Lease, expired bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if _, dup := ended[l.ID]; dup {
+				t.Errorf("OnEnd called twice for %s", l.ID)
+			}
+			ended[l.ID], states[l.ID] = expired, l.State
+		}
+	})
+	short := env.issue(t, time.Minute, time.Hour)
+	long := env.issue(t, time.Hour, time.Hour)
+	if _, err := env.m.Revoke(bg, long.ID); err != nil {
+		t.Fatal(err)
+	}
+	env.clock.Advance(time.Minute)
+	if n := env.m.ProcessDue(bg); n != 1 {
+		t.Fatalf("started %d, want 1", n)
+	}
+	env.m.wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]bool{short.ID: true, long.ID: false}
+	wantState := map[string]State{short.ID: StateExpired, long.ID: StateRevoked}
+	for id, exp := range want {
+		if got, ok := ended[id]; !ok || got != exp || states[id] != wantState[id] {
+			t.Errorf("lease %s: OnEnd (called %v, expired %v, state %s), want expired %v, state %s", id, ok, got, states[id], exp, wantState[id])
+		}
 	}
 }

@@ -48,6 +48,14 @@ type Config struct {
 	// BackendTimeout bounds each Backend call, so a hung database cannot
 	// hold a revocation slot forever (default 30s).
 	BackendTimeout time.Duration
+	// OnEnd, if set, is called once a lease's user is dropped and its
+	// record deleted, with the final lease (State REVOKED or EXPIRED) and
+	// whether the revocation was started by expiry (the broker writes its
+	// expiry audit records here; the caller of Revoke knows the other
+	// endings better). It runs in the goroutine that revoked the lease,
+	// holding that lease's lock (not Manager.mu): it must not call the
+	// Manager back for the same lease, and it delays that goroutine.
+	OnEnd func(l Lease, expired bool)
 }
 
 const (

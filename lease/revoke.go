@@ -194,6 +194,9 @@ func (m *Manager) revokeLocked(ctx context.Context, e *entry, expired bool) (Lea
 		l.State, msg = StateExpired, "lease: expired"
 	}
 	m.log.LogAttrs(ctx, slog.LevelInfo, msg, leaseAttrs(l)...)
+	if m.cfg.OnEnd != nil {
+		m.cfg.OnEnd(l.clone(), l.Expired)
+	}
 	return l, nil
 }
 
