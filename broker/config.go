@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +32,7 @@ type Config struct {
 	Log        LogConfig        `yaml:"log"`
 	Registry   RegistryConfig   `yaml:"registry"`
 	Reconciler ReconcilerConfig `yaml:"reconciler"`
+	Audit      AuditConfig      `yaml:"audit"`
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
 	Roles     map[string]RoleConfig     `yaml:"roles"`
@@ -99,6 +102,80 @@ type ReconcilerConfig struct {
 	Enabled  bool     `yaml:"enabled"`
 	Interval Duration `yaml:"interval"`
 }
+
+// AuditConfig turns on the audit log (docs/audit.md): a file, stdout, or
+// both; off when neither is set.
+type AuditConfig struct {
+	// File is the log file; empty: no file.
+	File string `yaml:"file"`
+	// Stdout copies every record to standard output.
+	Stdout bool `yaml:"stdout"`
+	// MaxSize rotates File once it holds this many bytes: an integer, or a
+	// number with KiB, MiB or GiB (default 64MiB).
+	MaxSize ByteSize `yaml:"max_size"`
+	// FailClosed refuses issuance (UNAVAILABLE) when the issue record
+	// cannot be written. Default true when File is set.
+	FailClosed *bool `yaml:"fail_closed"`
+}
+
+// Enabled reports whether the audit log is on.
+func (a AuditConfig) Enabled() bool { return a.File != "" || a.Stdout }
+
+// failClosed is FailClosed with its default.
+func (a AuditConfig) failClosed() bool {
+	if a.FailClosed != nil {
+		return *a.FailClosed
+	}
+	return a.File != ""
+}
+
+// ByteSize reads a size in bytes from YAML: 1048576, "512KiB", "64MiB",
+// "1GiB". A bad value is kept and reported by Validate, which knows the
+// key's name.
+type ByteSize struct {
+	Bytes int64
+	bad   string
+}
+
+var byteUnits = []struct {
+	suffix string
+	mult   int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	b.bad = n.Value
+	if b.bad == "" {
+		b.bad = "(not a scalar)"
+	}
+	if n.Kind != yaml.ScalarNode {
+		return nil
+	}
+	v := strings.TrimSpace(n.Value)
+	for _, u := range byteUnits {
+		num, ok := strings.CutSuffix(v, u.suffix)
+		if !ok {
+			continue
+		}
+		i, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || i < 0 || i > math.MaxInt64/u.mult {
+			return nil
+		}
+		b.Bytes, b.bad = i*u.mult, ""
+		return nil
+	}
+	return nil
+}
+
+func (b ByteSize) check(key string) error {
+	if b.bad != "" {
+		return &ConfigError{Key: key, Msg: fmt.Sprintf("want a size in bytes, or with KiB, MiB or GiB such as 64MiB, got %q", b.bad)}
+	}
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (b ByteSize) MarshalYAML() (any, error) { return b.Bytes, nil }
 
 // LogConfig selects the log format and level.
 type LogConfig struct {

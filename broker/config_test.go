@@ -233,3 +233,64 @@ func TestPostgresStorePasswordUnset(t *testing.T) {
 		t.Errorf("StoreConfig = %v", err)
 	}
 }
+
+func TestParseConfigAudit(t *testing.T) {
+	cases := []struct {
+		name       string
+		section    string
+		enabled    bool
+		failClosed bool
+		maxSize    int64
+	}{
+		{"absent", "", false, false, 0},
+		{"file", "audit: {file: /var/log/cb/audit.log}", true, true, 0},
+		{"stdout only", "audit: {stdout: true}", true, false, 0},
+		{"file fail open", "audit: {file: /a.log, fail_closed: false}", true, false, 0},
+		{"stdout fail closed", "audit: {stdout: true, fail_closed: true}", true, true, 0},
+		{"bytes", "audit: {file: /a.log, max_size: 1048576}", true, true, 1 << 20},
+		{"MiB", "audit: {file: /a.log, max_size: 64MiB}", true, true, 64 << 20},
+		{"KiB", "audit: {file: /a.log, max_size: 512KiB}", true, true, 512 << 10},
+		{"GiB", "audit: {file: /a.log, max_size: 2GiB}", true, true, 2 << 30},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(goodConfig+tc.section+"\n"), builtin.Catalog())
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := c.Audit
+			if a.Enabled() != tc.enabled || a.failClosed() != tc.failClosed || a.MaxSize.Bytes != tc.maxSize {
+				t.Fatalf("audit = enabled %v, fail_closed %v, max_size %d; want %v, %v, %d",
+					a.Enabled(), a.failClosed(), a.MaxSize.Bytes, tc.enabled, tc.failClosed, tc.maxSize)
+			}
+		})
+	}
+}
+
+func TestParseConfigAuditRefusals(t *testing.T) {
+	cases := []struct{ name, section, want string }{
+		{"bad size", "audit: {file: /a.log, max_size: lots}",
+			`config: audit.max_size: want a size in bytes, or with KiB, MiB or GiB such as 64MiB, got "lots"`},
+		{"bad unit", "audit: {file: /a.log, max_size: 64MB}",
+			`config: audit.max_size: want a size in bytes, or with KiB, MiB or GiB such as 64MiB, got "64MB"`},
+		{"negative size", "audit: {file: /a.log, max_size: -1}",
+			`config: audit.max_size: want a size in bytes, or with KiB, MiB or GiB such as 64MiB, got "-1"`},
+		{"size without file", "audit: {stdout: true, max_size: 64MiB}",
+			"config: audit.max_size: only with audit.file (stdout is not rotated)"},
+		{"size too small", "audit: {file: /a.log, max_size: 100}",
+			"config: audit.max_size: must be at least 4KiB, got 100 bytes"},
+		{"fail_closed without sink", "audit: {fail_closed: true}",
+			"config: audit.fail_closed: needs audit.file or audit.stdout"},
+		{"directory", "audit: {file: /var/log/}",
+			`config: audit.file: want a file path, got the directory "/var/log/"`},
+		{"unknown key", "audit: {path: /a.log}", "field path not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(goodConfig+tc.section+"\n"), builtin.Catalog())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -99,6 +99,9 @@ func (c *Config) Validate() error {
 	if c.Reconciler.Interval.Duration < time.Second {
 		return bad("reconciler.interval", "must be at least 1s")
 	}
+	if err := c.Audit.validate(); err != nil {
+		return err
+	}
 	for i, a := range c.Admins {
 		id, err := spiffeid.FromString(a)
 		if err != nil {
@@ -275,6 +278,24 @@ func (s LeaseStoreConfig) validate() error {
 	// What pgstore itself checks before it connects.
 	if err := p.storeConfig().Check(); err != nil {
 		return bad(key, "%s", strings.TrimPrefix(err.Error(), "pgstore: "))
+	}
+	return nil
+}
+
+func (a AuditConfig) validate() error {
+	bad := func(key, msg string) error { return &ConfigError{Key: "audit." + key, Msg: msg} }
+	if err := a.MaxSize.check("audit.max_size"); err != nil {
+		return err
+	}
+	switch {
+	case a.MaxSize.Bytes != 0 && a.File == "":
+		return bad("max_size", "only with audit.file (stdout is not rotated)")
+	case a.MaxSize.Bytes != 0 && a.MaxSize.Bytes < 4096:
+		return bad("max_size", fmt.Sprintf("must be at least 4KiB, got %d bytes", a.MaxSize.Bytes))
+	case a.FailClosed != nil && !a.Enabled():
+		return bad("fail_closed", "needs audit.file or audit.stdout")
+	case a.File != "" && strings.HasSuffix(a.File, "/"):
+		return bad("file", fmt.Sprintf("want a file path, got the directory %q", a.File))
 	}
 	return nil
 }
