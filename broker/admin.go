@@ -2,11 +2,13 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/lease"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -48,6 +50,9 @@ func (s adminService) DeregisterWorkload(ctx context.Context, req *pb.Deregister
 	}
 	revoked, err := s.revoker.revokeAll(ctx, lease.Query{Owner: owner})
 	s.log.Info("audit: workload deregistered", "admin", admin.String(), "spiffe_id", owner, "revoked", len(revoked))
+	s.audit.revoked(ctx, admin.String(), audit.ByDeregistration, revoked)
+	s.audit.write(ctx, audit.Record{Event: audit.EventDeregister, Caller: admin.String(), Result: resultOf(err),
+		Reason: fmt.Sprintf("workload %s deregistered, %d leases revoked", owner, len(revoked))})
 	if err != nil {
 		return nil, err
 	}
@@ -70,6 +75,8 @@ func (s adminService) RegisterWorkload(ctx context.Context, req *pb.RegisterWork
 		}
 	}
 	s.log.Info("audit: workload registered", "admin", admin.String(), "spiffe_id", target.String(), "was_deregistered", was)
+	s.audit.write(ctx, audit.Record{Event: audit.EventRegister, Caller: admin.String(),
+		Reason: fmt.Sprintf("workload %s registered (was deregistered: %t)", target, was)})
 	return &pb.RegisterWorkloadResponse{WasDeregistered: was}, nil
 }
 
@@ -109,6 +116,9 @@ func (s adminService) RevokeLeases(ctx context.Context, req *pb.RevokeLeasesRequ
 	}
 	revoked, err := s.revoker.revokeAll(ctx, lease.Query{Role: role, Owner: owner, IDPrefix: prefix})
 	s.log.Info("audit: bulk revoke", "admin", admin.String(), "role", role, "spiffe_id", owner, "lease_id_prefix", prefix, "revoked", len(revoked))
+	s.audit.revoked(ctx, admin.String(), audit.ByAdmin, revoked)
+	s.audit.write(ctx, audit.Record{Event: audit.EventBulkRevoke, Caller: admin.String(), Role: role, By: audit.ByAdmin, Result: resultOf(err),
+		Reason: fmt.Sprintf("%d leases revoked (role %q, spiffe_id %q, lease_id_prefix %q)", len(revoked), role, owner, prefix)})
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -39,6 +40,10 @@ type App struct {
 	// reconciler finds orphans for ListOrphans and Reconcile, and drops
 	// them periodically if the config enables it.
 	reconciler *Reconciler
+	// audit writes the audit log; nil when the config has none.
+	audit *auditor
+	// loaded is the reason of the config_load record Run writes.
+	loaded string
 }
 
 // AppOptions are the parts a test (or cmd) may inject.
@@ -81,6 +86,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
+	// The audit log is opened first so that it is closed last, after every
+	// component that writes to it has stopped.
+	if err := a.openAudit(ctx, cfg, opts); err != nil {
+		return nil, err
+	}
 	if err := a.openStore(ctx, cfg, opts); err != nil {
 		return nil, err
 	}
@@ -89,7 +99,12 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 	roles := resolveRoles(cfg.Roles, a.dbs)
 
+	var onEnd func(lease.Lease, bool)
+	if a.audit != nil {
+		onEnd = a.audit.ended // expiry records
+	}
 	a.manager, err = lease.NewManager(lease.Config{
+		OnEnd:             onEnd,
 		Store:             a.store,
 		Backend:           backend{dbs: a.dbs},
 		Now:               opts.Now,
@@ -128,6 +143,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	var refresh func(context.Context) error // nil without a SPIRE watch
 	if cfg.Registry.SPIREServerAddress != "" {
 		sweep := newRegistrySweep(reg, a.manager, revoker, a.log)
+		sweep.audit = a.audit
 		watch, err := newRegistryWatch(cfg.Registry, a.source, sweep, a.health, a.log)
 		if err != nil {
 			return nil, err
@@ -142,6 +158,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		Leases:    a.manager,
 		Logger:    a.log,
 		Interval:  cfg.Reconciler.Interval.Duration,
+		audit:     a.audit,
 	})
 	if cfg.Reconciler.Enabled {
 		a.runners = append(a.runners, a.reconciler.Run)
@@ -152,6 +169,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
 	issuer := NewIssuer(admission, a.manager, opts.Now)
+	issuer.audit = a.audit
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,
@@ -159,6 +177,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		Reconciler: a.reconciler,
 		registry:   reg,
 		revoker:    revoker,
+		audit:      a.audit,
 		Admins:     identity.NewAdminSet(admins),
 		Now:        opts.Now,
 		Logger:     a.log,
@@ -179,6 +198,22 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 	return a, nil
+}
+
+// openAudit opens the audit log the config names, if any.
+func (a *App) openAudit(ctx context.Context, cfg *Config, opts AppOptions) error {
+	aud, w, err := openAuditor(ctx, cfg.Audit, opts.Now, a.log)
+	if err != nil || aud == nil {
+		return err
+	}
+	a.audit = aud
+	a.closers = append(a.closers, func() {
+		if err := w.Close(); err != nil {
+			a.log.Error("audit: close", "error", err.Error())
+		}
+	})
+	a.loaded = fmt.Sprintf("instance %s: %d roles, %d databases", cfg.InstanceID, len(cfg.Roles), len(cfg.Databases))
+	return nil
 }
 
 // openDatabases opens every configured database; one that is unreachable
@@ -247,6 +282,7 @@ func (a *App) Manager() *lease.Manager { return a.manager }
 // store and pools.
 func (a *App) Run(ctx context.Context) error {
 	defer a.close()
+	a.audit.write(ctx, audit.Record{Event: audit.EventConfigLoad, Reason: a.loaded})
 	g, gctx := errgroup.WithContext(ctx)
 	for _, run := range a.runners {
 		g.Go(func() error { return run(gctx) })

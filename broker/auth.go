@@ -5,22 +5,30 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/identity"
 )
 
 // UnaryAuth refuses any call whose peer has no verified SPIFFE ID before a
 // handler runs, and puts the ID in the context for the handlers. It is also
-// where handler errors become gRPC statuses (toStatus) and are logged, once.
+// where handler errors become gRPC statuses (toStatus) and are logged, once,
+// and where refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are
+// recorded in the audit log.
 func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	id, err := identity.CallerID(ctx)
 	if err != nil {
-		return nil, toStatus(errUnauthorized)
+		st := toStatus(errUnauthorized)
+		s.refused(ctx, "", req, info.FullMethod, st)
+		return nil, st
 	}
 	resp, err := handler(identity.WithCaller(ctx, id), req)
 	if err != nil {
 		st := toStatus(err)
 		s.log.Info("call failed", "method", info.FullMethod, "spiffe_id", id.String(), "error", err.Error())
+		s.refused(ctx, id.String(), req, info.FullMethod, st)
 		return nil, st
 	}
 	return resp, nil
@@ -29,9 +37,26 @@ func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 // StreamAuth is UnaryAuth for streams (reflection, health watch).
 func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if _, err := identity.CallerID(ss.Context()); err != nil {
-		return toStatus(errUnauthorized)
+		st := toStatus(errUnauthorized)
+		s.refused(ss.Context(), "", nil, info.FullMethod, st)
+		return st
 	}
 	return handler(srv, ss)
+}
+
+// refused writes the refused record of a call answered st, if st is
+// UNAUTHENTICATED or PERMISSION_DENIED: the method as reason, the code as
+// result, and the role the request asked for, if any.
+func (s *Server) refused(ctx context.Context, caller string, req any, method string, st error) {
+	c := status.Code(st)
+	if c != codes.Unauthenticated && c != codes.PermissionDenied {
+		return
+	}
+	r := audit.Record{Event: audit.EventRefused, Caller: caller, Result: codeName(c), Reason: method}
+	if rr, ok := req.(interface{ GetRole() string }); ok {
+		r.Role = clip(rr.GetRole())
+	}
+	s.audit.write(ctx, r)
 }
 
 // caller is the verified SPIFFE ID UnaryAuth put in ctx.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/lease"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -58,6 +59,9 @@ func (s credentialService) RenewLease(ctx context.Context, req *pb.RenewLeaseReq
 		return nil, err
 	}
 	s.log.Info("lease renewed", "lease_id", l.ID, "spiffe_id", l.Owner, "expire_time", l.ExpireTime)
+	r := leaseRecord(audit.EventRenew, l)
+	r.Caller, r.Reason = id.String(), "expires "+l.ExpireTime.UTC().Format(time.RFC3339)
+	s.audit.write(ctx, r)
 	return &pb.RenewLeaseResponse{Lease: toPB(l)}, nil
 }
 
@@ -70,10 +74,17 @@ func (s credentialService) RevokeLease(ctx context.Context, req *pb.RevokeLeaseR
 	if err != nil {
 		return nil, err
 	}
-	l, err = s.leases.Revoke(ctx, l.ID)
+	ended, err := s.leases.Revoke(ctx, l.ID)
 	if err != nil {
+		// The lease stays REVOKING and its drop is retried: recorded as
+		// asked for, with the error's code.
+		r := leaseRecord(audit.EventRevoke, l)
+		r.Caller, r.By, r.Result = id.String(), audit.ByOwner, resultOf(err)
+		s.audit.write(ctx, r)
 		return nil, err
 	}
+	l = ended
+	s.audit.revoked(ctx, id.String(), audit.ByOwner, []lease.Lease{l})
 	s.log.Info("lease revoked", "lease_id", l.ID, "spiffe_id", l.Owner, "username", l.Username, "by", id.String())
 	return &pb.RevokeLeaseResponse{Lease: toPB(l)}, nil
 }

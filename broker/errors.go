@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/identity"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
@@ -38,6 +39,8 @@ func toStatus(err error) error {
 	switch {
 	case errors.As(err, &ia):
 		return status.Error(codes.InvalidArgument, ia.msg)
+	case errors.Is(err, audit.ErrUnavailable):
+		return status.Error(codes.Unavailable, "audit log unavailable")
 	case errors.Is(err, errUnauthorized), errors.Is(err, identity.ErrNoPeerID):
 		return status.Error(codes.Unauthenticated, "a verified X.509-SVID with a SPIFFE ID is required")
 	case errors.Is(err, errNotAdmin):

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -13,9 +14,11 @@ import (
 )
 
 // leaseIssuer is the part of lease.Manager issuance needs: Issue owns the
-// crash-safe protocol around the plugin's NewUser.
+// crash-safe protocol around the plugin's NewUser; Revoke takes back a
+// lease whose issue record could not be written.
 type leaseIssuer interface {
 	Issue(ctx context.Context, l lease.Lease, create lease.CreateFunc) (lease.Lease, error)
+	Revoke(ctx context.Context, id string) (lease.Lease, error)
 }
 
 // Issuer issues credentials: it asks admission whether the caller may have
@@ -25,6 +28,9 @@ type Issuer struct {
 	admission *Admission
 	leases    leaseIssuer
 	now       func() time.Time
+	// audit records each issuance before its credential is returned; nil:
+	// no audit log (NewApp sets it).
+	audit *auditor
 }
 
 // NewIssuer builds an Issuer; now nil is time.Now.
@@ -98,6 +104,15 @@ func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		return err
 	})
 	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	if err := s.audit.issueRecorded(ctx, l); err != nil {
+		// Fail closed: a credential the audit log does not hold is never
+		// returned, and its user does not outlive the refusal.
+		if _, rerr := s.leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
+			// The lease stays REVOKING; the lease manager retries the drop.
+			return lease.Lease{}, nil, fmt.Errorf("%w; its lease is left to the retried revocation: %w", err, rerr)
+		}
 		return lease.Lease{}, nil, err
 	}
 	d := role.Database

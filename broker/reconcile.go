@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
 )
@@ -21,6 +22,8 @@ type ReconcilerSettings struct {
 	Logger    *slog.Logger
 	// Interval is the time between two passes of Run; Once ignores it.
 	Interval time.Duration
+	// audit records each orphan dropped; nil: no audit log.
+	audit *auditor
 }
 
 // Reconciler finds the users carrying the broker's marker that no lease
@@ -32,6 +35,7 @@ type Reconciler struct {
 	leases   leaseLister
 	log      *slog.Logger
 	interval time.Duration
+	audit    *auditor
 }
 
 // NewReconciler builds a Reconciler; it starts nothing.
@@ -39,7 +43,7 @@ func NewReconciler(c ReconcilerSettings) *Reconciler {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return &Reconciler{dbs: c.Databases, leases: c.Leases, log: c.Logger, interval: c.Interval}
+	return &Reconciler{dbs: c.Databases, leases: c.Leases, log: c.Logger, interval: c.Interval, audit: c.audit}
 }
 
 // orphanReport is one database's marked users that no lease backs.
@@ -111,6 +115,8 @@ func (r *Reconciler) Once(ctx context.Context) int {
 			}
 			dropped++
 			r.log.Info("audit: orphan user dropped", "database", rep.database, "username", u)
+			r.audit.write(ctx, audit.Record{Event: audit.EventOrphanDrop, Database: rep.database, Username: u,
+				Reason: "marked user no lease backs"})
 		}
 	}
 	return dropped

@@ -31,6 +31,7 @@ type Server struct {
 	orphans  *Reconciler
 	admins   identity.AdminSet
 	registry *registry // nil: no deregistration support (unit tests)
+	audit    *auditor  // nil: no audit log
 	now      func() time.Time
 	log      *slog.Logger
 }
@@ -48,9 +49,12 @@ type ServerConfig struct {
 	// revoker revokes what DeregisterWorkload and RevokeLeases select;
 	// zero: one on Leases.
 	revoker bulkRevoker
-	Admins  identity.AdminSet
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// audit receives the records of the handlers and interceptors; nil: no
+	// audit log.
+	audit  *auditor
+	Admins identity.AdminSet
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // NewServer builds the gRPC services; it starts nothing.
@@ -72,6 +76,7 @@ func NewServer(c ServerConfig) *Server {
 		orphans:  c.Reconciler,
 		admins:   c.Admins,
 		registry: c.registry,
+		audit:    c.audit,
 		now:      c.Now,
 		log:      c.Logger,
 	}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/lease"
 )
 
@@ -24,6 +25,7 @@ type registrySweep struct {
 	owners   leaseOwners
 	revoker  bulkRevoker
 	log      *slog.Logger
+	audit    *auditor // nil: no audit log
 }
 
 func newRegistrySweep(reg *registry, owners leaseOwners, revoker bulkRevoker, log *slog.Logger) *registrySweep {
@@ -44,6 +46,7 @@ func (s *registrySweep) observe(ctx context.Context, at time.Time, ids map[strin
 	}
 	for _, id := range again {
 		s.log.Info("audit: workload registered again in SPIRE", "spiffe_id", id)
+		s.audit.write(ctx, audit.Record{Event: audit.EventRegister, Reason: "workload " + id + " registered again in SPIRE"})
 	}
 	owners, err := s.owners.Owners(ctx, lease.StateActive)
 	if err != nil {
@@ -56,6 +59,7 @@ func (s *registrySweep) observe(ctx context.Context, at time.Time, ids map[strin
 		}
 		revoked, err := s.revoker.revokeAll(ctx, lease.Query{Owner: owner})
 		s.log.Info("audit: SPIRE entry gone, leases revoked", "spiffe_id", owner, "revoked", len(revoked))
+		s.audit.revoked(ctx, "", audit.BySPIRE, revoked)
 		if err != nil {
 			// The failed ones stay REVOKING and are retried by the expiry loop.
 			s.log.Warn("registry: some revocations failed and will be retried", "spiffe_id", owner, "error", err)

@@ -1,0 +1,228 @@
+package broker_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/credbroker/credbroker/audit"
+	"github.com/credbroker/credbroker/lease"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// newAuditEnv starts a broker whose audit log is a file in a temporary
+// directory, with the audit: section's other keys given in more.
+func newAuditEnv(t *testing.T, more string) (*env, string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "audit.log")
+	e := newEnvWith(t, envExtra{top: fmt.Sprintf("audit: {file: %s%s}", file, more)})
+	return e, file
+}
+
+// readAudit returns the records of file, in order.
+func readAudit(t *testing.T, file string) []audit.Record {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []audit.Record
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r audit.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("audit line %d: %v", len(out)+1, err)
+		}
+		out = append(out, r)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestAuditScenario: issue ×3, renew, revoke by the owner, an admin's bulk
+// revoke, one expiry and one refused call, each recorded in order with
+// the right event, by and result; the file verifies, and no password
+// issued appears in it.
+func TestAuditScenario(t *testing.T) {
+	e, file := newAuditEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := e.creds(ordersID)
+	var passwords []string
+	issue := func(role string, ttl time.Duration) *pb.IssueCredentialResponse {
+		t.Helper()
+		resp, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: role, Ttl: durationpb.New(ttl)})
+		if err != nil {
+			t.Fatalf("issue %s: %v", role, err)
+		}
+		passwords = append(passwords, resp.GetCredential().GetPassword())
+		return resp
+	}
+
+	l1 := issue("reader", time.Minute).GetLease()
+	l2 := issue("reader", time.Minute).GetLease()
+	if _, err := client.RenewLease(ctx, &pb.RenewLeaseRequest{LeaseId: l1.GetId(), Increment: durationpb.New(2 * time.Minute)}); err != nil {
+		t.Fatalf("renew: %v", err)
+	}
+	if _, err := client.RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: l1.GetId()}); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	bulk, err := e.adminClient(adminID).RevokeLeases(ctx, &pb.RevokeLeasesRequest{Role: "reader"})
+	if err != nil || bulk.GetRevoked() != 1 {
+		t.Fatalf("bulk revoke = %v, %v; want 1 revoked", bulk, err)
+	}
+	l3 := issue("shortlived", time.Second).GetLease()
+	waitFor(t, 15*time.Second, "the expiry record", func() bool {
+		b, _ := os.ReadFile(file)
+		return strings.Contains(string(b), `"event":"expire"`)
+	})
+	billing := spiffeid.RequireFromPath(td, "/billing/job")
+	_, err = e.creds(billing).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("issue by billing: %v, want PERMISSION_DENIED", err)
+	}
+	e.stop() // closes the writer: its head file is synced
+	e.stop = nil
+
+	type want struct {
+		event         audit.Event
+		caller, lease string
+		by            audit.By
+		result        string
+	}
+	orders, admin := ordersID.String(), adminID.String()
+	wants := []want{
+		{audit.EventConfigLoad, "", "", "", "ok"},
+		{audit.EventIssue, orders, l1.GetId(), "", "ok"},
+		{audit.EventIssue, orders, l2.GetId(), "", "ok"},
+		{audit.EventRenew, orders, l1.GetId(), "", "ok"},
+		{audit.EventRevoke, orders, l1.GetId(), audit.ByOwner, "ok"},
+		{audit.EventRevoke, admin, l2.GetId(), audit.ByAdmin, "ok"},
+		{audit.EventBulkRevoke, admin, "", audit.ByAdmin, "ok"},
+		{audit.EventIssue, orders, l3.GetId(), "", "ok"},
+		{audit.EventExpire, "", l3.GetId(), audit.ByExpiry, "ok"},
+		{audit.EventRefused, billing.String(), "", "", "PERMISSION_DENIED"},
+	}
+	recs := readAudit(t, file)
+	if len(recs) != len(wants) {
+		for _, r := range recs {
+			t.Logf("%+v", r)
+		}
+		t.Fatalf("%d records, want %d", len(recs), len(wants))
+	}
+	for i, w := range wants {
+		r := recs[i]
+		got := want{r.Event, r.Caller, r.LeaseID, r.By, r.Result}
+		if got != w {
+			t.Errorf("record %d = %+v, want %+v", i+1, got, w)
+		}
+		if r.Seq != uint64(i+1) {
+			t.Errorf("record %d has seq %d", i+1, r.Seq)
+		}
+	}
+	if r := recs[1]; r.Role != "reader" || r.Database != "main" || !strings.HasPrefix(r.Username, e.prefix+"_") {
+		t.Errorf("issue record = %+v, want role reader, database main, a username with prefix %s", r, e.prefix)
+	}
+	if r := recs[6]; r.Role != "reader" || !strings.HasPrefix(r.Reason, "1 leases revoked") {
+		t.Errorf("bulk_revoke record = %+v, want role reader and a count of 1", r)
+	}
+	if r := recs[9]; r.Role != "reader" || r.Reason != "/credbroker.v1.CredentialService/IssueCredential" {
+		t.Errorf("refused record = %+v, want role reader and the method as reason", r)
+	}
+	if !strings.Contains(recs[0].Reason, "roles") {
+		t.Errorf("config_load reason %q", recs[0].Reason)
+	}
+
+	rep, err := audit.Verify(file)
+	if err != nil {
+		t.Fatalf("audit.Verify: %v", err)
+	}
+	t.Logf("verify: %+v", rep)
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, pw := range passwords {
+		if pw == "" || strings.Contains(string(b), pw) {
+			t.Fatalf("password %d is empty or appears in the audit file", i+1)
+		}
+		e.assertNoSecret(pw)
+	}
+}
+
+// TestAuditFailClosed: once the audit log cannot be written, issuance
+// answers UNAVAILABLE and leaves no user and no lease behind.
+func TestAuditFailClosed(t *testing.T) {
+	e, file := newAuditEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := e.creds(ordersID)
+	resp, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	if err != nil {
+		t.Fatalf("issue before the failure: %v", err)
+	}
+	if _, err := client.RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: resp.GetLease().GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.app.CloseAuditLog(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		_, err = client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+		if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "audit log unavailable" {
+			t.Fatalf("issue with the audit log closed: %v, want UNAVAILABLE: audit log unavailable", err)
+		}
+	}
+	if n := e.countUsers(); n != 0 {
+		t.Fatalf("%d users with prefix %s left after refused issuance", n, e.prefix)
+	}
+	ls, err := e.app.Manager().List(ctx, lease.Query{})
+	if err != nil || len(ls) != 0 {
+		t.Fatalf("leases left: %v, %v", ls, err)
+	}
+	// Only the records written before the failure are in the file, and they
+	// verify.
+	if _, err := audit.Verify(file); err != nil {
+		t.Fatalf("audit.Verify: %v", err)
+	}
+	if recs := readAudit(t, file); len(recs) != 3 || recs[2].Event != audit.EventRevoke {
+		t.Fatalf("records %+v, want config_load, issue, revoke", recs)
+	}
+}
+
+// TestAuditFailOpen: with fail_closed off, issuance goes on when the audit
+// log cannot be written, and the failure is logged.
+func TestAuditFailOpen(t *testing.T) {
+	e, _ := newAuditEnv(t, ", fail_closed: false")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.app.CloseAuditLog(); err != nil {
+		t.Fatal(err)
+	}
+	client := e.creds(ordersID)
+	resp, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	if err != nil {
+		t.Fatalf("issue with fail_closed off: %v", err)
+	}
+	if _, err := client.RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: resp.GetLease().GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(e.log.String(), "audit: issue record not written") {
+		t.Fatal("the failed issue record is not logged")
+	}
+	e.assertNoSecret(resp.GetCredential().GetPassword())
+}
