@@ -37,8 +37,11 @@ needs), and none starts a goroutine when it is built.
 	              dropped once (App.Reconcile) or periodically (Run)
 	server.go     Server: the two services on the components above
 	credential.go CredentialService handlers
-	admin.go      AdminService handlers (admin check, audit log lines)
-	auth.go       the interceptors: a verified SPIFFE ID or UNAUTHENTICATED
+	admin.go      AdminService handlers (admin check, audit log lines and records)
+	auth.go       the interceptors: a verified SPIFFE ID or UNAUTHENTICATED;
+	              refused calls recorded in the audit log
+	audit.go      auditor: the audit records (docs/audit.md), fail-closed for
+	              issue only; expiry records through lease.Config.OnEnd
 	wire.go       wire conversions: leases to protobuf, duration arguments, page tokens
 	errors.go     toStatus: the one error → gRPC status mapping
 	app.go        App: NewApp assembles everything, Run runs it
@@ -56,8 +59,10 @@ makes admission re-list SPIRE once, at most every 250 ms, before refusing.
 The Issuer then resolves the ttl and calls lease.Manager.Issue, which
 records the lease CREATING durably while the plugin's NewUser creates the
 user (waiting for that record before the user can exist) and records it
-ACTIVE; only then does the Issuer build the credential, whose password is
-never stored or logged. Renew and revoke go to the lease.Manager, which
+ACTIVE; only then does the Issuer write the issue record to the audit log
+(if configured: a failed write with fail_closed revokes the lease and
+answers UNAVAILABLE) and build the credential, whose password is never
+stored or logged. Renew and revoke go to the lease.Manager, which
 reaches the database through backend.
 
 # Errors
@@ -70,8 +75,8 @@ recognise is a bare "internal error".
 
 # Lifecycle
 
-NewApp builds every component, in dependency order: SVID source, lease
-store, databases, roles, lease manager (its records checked, restored in
+NewApp builds every component, in dependency order: SVID source, audit
+log (closed last), lease store, databases, roles, lease manager (its records checked, restored in
 Run), registry, bulk revoker, health service, registry sweep and SPIRE
 watch (with a registry section), admission (given the watch's refresh),
 reconciler, issuer, server, gRPC server, listener. It starts no goroutine. App.Run runs the components that
