@@ -28,7 +28,11 @@
 //	                      create made a user without the record → Backend.Drop, logged
 //	Renew     → Backend.Extend, record, requeue   never past MaxExpireTime
 //	Revoke / expiry
-//	          → record REVOKING (durable), Backend.Drop, delete
+//	          → record REVOKING (durable), Backend.Drop, delete, Config.OnEnd
+//
+// Config.OnEnd (optional) sees every lease that ended, with its final state
+// and whether expiry started the revocation; the broker writes its expiry
+// audit records there, and the package knows nothing of audit logs.
 //
 // The cleanup of a failed issuance runs on a context detached from the
 // caller's (bounded by 30 s), so a client that hangs up mid-issue leaves
