@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -225,4 +226,35 @@ func TestAuditFailOpen(t *testing.T) {
 		t.Fatal("the failed issue record is not logged")
 	}
 	e.assertNoSecret(resp.GetCredential().GetPassword())
+}
+
+// TestAuditOrphanDrop: the reconciler records each orphan it drops.
+func TestAuditOrphanDrop(t *testing.T) {
+	e, file := newAuditEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	orphan := e.prefix + "_reader_aaaaaaaaaaaaaaaaaaaaaaaaaa"
+	for _, q := range []string{
+		"CREATE ROLE " + pgx.Identifier{orphan}.Sanitize(),
+		"COMMENT ON ROLE " + pgx.Identifier{orphan}.Sanitize() + " IS 'credbroker:default'",
+	} {
+		if _, err := e.admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.app.Reconcile(ctx); n != 1 {
+		t.Fatalf("reconcile dropped %d users, want 1", n)
+	}
+	e.stop()
+	e.stop = nil
+	recs := readAudit(t, file)
+	if len(recs) != 2 {
+		t.Fatalf("records %+v, want config_load, orphan_drop", recs)
+	}
+	if r := recs[1]; r.Event != audit.EventOrphanDrop || r.Database != "main" || r.Username != orphan || r.Result != audit.ResultOK {
+		t.Fatalf("orphan record = %+v", r)
+	}
+	if _, err := audit.Verify(file); err != nil {
+		t.Fatalf("audit.Verify: %v", err)
+	}
 }
