@@ -165,6 +165,8 @@ svid:
 admins: [spiffe://$TD/ops/admin]
 lease_store:
   path: $DEMO/leases.db
+audit:
+  file: $DEMO/audit.log
 log:
   format: text
 databases:
@@ -237,5 +239,13 @@ if grep -qF -- "$PASSWORD" "$DEMO/broker.log" "$SERVER_LOG" 2>/dev/null; then
 	echo "    UNEXPECTED: the password appears in a log"; exit 1
 fi
 say "checked: the password appears in neither the broker's log nor $SERVER's ($LOG_WHAT)"
+
+step "The audit log: one hash-chained JSON record per event (docs/audit.md)"
+sed 's/^/    /' "$DEMO/audit.log"
+if grep -qF -- "$PASSWORD" "$DEMO/audit.log"; then
+	echo "    UNEXPECTED: the password appears in the audit log"; exit 1
+fi
+"$BIN" audit verify "$DEMO/audit.log" | sed 's/^/    /'
+say "checked: the password is not in the audit log"
 echo
-echo "Demo finished: issued, used, refused beyond its grants, revoked, and locked out."
+echo "Demo finished: issued, used, refused beyond its grants, revoked, locked out, and audited."
