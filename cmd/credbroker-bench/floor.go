@@ -96,25 +96,10 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 	if err != nil {
 		return err
 	}
-	ident := floorIdent(name)
-	until := floorValidUntil(exp)
-	values := map[string]string{
-		plugins.PlaceholderName:       ident,
-		plugins.PlaceholderPassword:   floorLiteral(verifier),
-		plugins.PlaceholderExpiration: until,
+	stmts, err := f.statements(name, verifier, exp, template)
+	if err != nil {
+		return err
 	}
-	stmts := make([]string, 0, len(template)+2)
-	for _, s := range template {
-		r, err := plugins.Render(s, values)
-		if err != nil {
-			return err
-		}
-		stmts = append(stmts, r)
-	}
-	stmts = append(stmts,
-		"ALTER ROLE "+ident+" VALID UNTIL "+until,
-		"COMMENT ON ROLE "+ident+" IS "+floorLiteral(f.marker),
-	)
 	head, tail := stmts, []string(nil)
 	for i, s := range template {
 		if floorObjectGrantRE.MatchString(s) {
@@ -164,25 +149,10 @@ func (f *floor) createSerial(ctx context.Context, name string, exp time.Time, te
 	if err != nil {
 		return err
 	}
-	ident := floorIdent(name)
-	until := floorValidUntil(exp)
-	values := map[string]string{
-		plugins.PlaceholderName:       ident,
-		plugins.PlaceholderPassword:   floorLiteral(verifier),
-		plugins.PlaceholderExpiration: until,
+	stmts, err := f.statements(name, verifier, exp, template)
+	if err != nil {
+		return err
 	}
-	stmts := make([]string, 0, len(template)+2)
-	for _, s := range template {
-		r, err := plugins.Render(s, values)
-		if err != nil {
-			return err
-		}
-		stmts = append(stmts, r)
-	}
-	stmts = append(stmts,
-		"ALTER ROLE "+ident+" VALID UNTIL "+until,
-		"COMMENT ON ROLE "+ident+" IS "+floorLiteral(f.marker),
-	)
 	return f.inTx(ctx, func(tx pgx.Tx) error {
 		locked := false
 		for i, s := range stmts {
@@ -311,4 +281,28 @@ func (f *floor) bare(ctx context.Context, name string, exp time.Time) error {
 		return errors.New(strings.ReplaceAll(err.Error(), password, "[redacted]"))
 	}
 	return nil
+}
+
+// statements renders the template for one user and adds the plugin's own
+// expiry and marker statements, as plugins/postgres sends them.
+func (f *floor) statements(name, verifier string, exp time.Time, template []string) ([]string, error) {
+	ident := floorIdent(name)
+	until := floorValidUntil(exp)
+	values := map[string]string{
+		plugins.PlaceholderName:       ident,
+		plugins.PlaceholderPassword:   floorLiteral(verifier),
+		plugins.PlaceholderExpiration: until,
+	}
+	stmts := make([]string, 0, len(template)+2)
+	for _, s := range template {
+		r, err := plugins.Render(s, values)
+		if err != nil {
+			return nil, err
+		}
+		stmts = append(stmts, r)
+	}
+	return append(stmts,
+		"ALTER ROLE "+ident+" VALID UNTIL "+until,
+		"COMMENT ON ROLE "+ident+" IS "+floorLiteral(f.marker),
+	), nil
 }
