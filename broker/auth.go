@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -17,7 +18,9 @@ import (
 // where handler errors become gRPC statuses (toStatus) and are logged, once,
 // and where refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are
 // recorded in the audit log.
-func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (_ any, err error) {
+	start := time.Now()
+	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
 	id, err := identity.CallerID(ctx)
 	if err != nil {
 		st := toStatus(errUnauthorized)
@@ -35,7 +38,9 @@ func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 }
 
 // StreamAuth is UnaryAuth for streams (reflection, health watch).
-func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	start := time.Now()
+	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
 	if _, err := identity.CallerID(ss.Context()); err != nil {
 		st := toStatus(errUnauthorized)
 		s.refused(ss.Context(), "", nil, info.FullMethod, st)
