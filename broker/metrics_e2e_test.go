@@ -142,3 +142,57 @@ func TestMetricsOff(t *testing.T) {
 		t.Fatalf("metrics served on %s without metrics: in the config", addr)
 	}
 }
+
+// TestMetricsRevocationBacklog: a drop that keeps failing shows in the
+// failure counter, the backlog gauge and the oldest-age gauge, which clear
+// once the database lets the drop through.
+func TestMetricsRevocationBacklog(t *testing.T) {
+	e := newEnvWith(t, envExtra{top: "metrics: {listen: 127.0.0.1:0}"})
+	ctx := context.Background()
+	client := e.creds(ordersID)
+	resp, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "grantor"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// grantor's revocation statement names the table: without it every
+	// drop fails.
+	renamed := e.table + "_away"
+	if _, err := e.admin.Exec(ctx, fmt.Sprintf("ALTER TABLE %s RENAME TO %s", e.table, renamed)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: resp.GetLease().GetId()}); err == nil {
+		t.Fatal("revoke succeeded without the table")
+	}
+	var text string
+	waitFor(t, 10*time.Second, "a retried drop to fail too", func() bool {
+		text = e.scrape()
+		return sample(text, "credbroker_revocation_failures_total") >= 2 &&
+			sample(text, "credbroker_oldest_revoking_age_seconds") > 0
+	})
+	if got := sample(text, "credbroker_revoking_leases"); got != 1 {
+		t.Errorf("credbroker_revoking_leases = %v, want 1", got)
+	}
+	if got := sample(text, `credbroker_leases{state="REVOKING"}`); got != 1 {
+		t.Errorf(`credbroker_leases{state="REVOKING"} = %v, want 1`, got)
+	}
+	if got := sample(text, `credbroker_plugin_call_errors_total{database="main",operation="delete_user"}`); got < 2 {
+		t.Errorf("plugin delete_user errors = %v, want at least 2", got)
+	}
+
+	if _, err := e.admin.Exec(ctx, fmt.Sprintf("ALTER TABLE %s RENAME TO %s", renamed, e.table)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the retried drop to succeed", func() bool {
+		text = e.scrape()
+		return sample(text, "credbroker_revoking_leases") == 0
+	})
+	if got := sample(text, "credbroker_oldest_revoking_age_seconds"); got != 0 {
+		t.Errorf("credbroker_oldest_revoking_age_seconds = %v after recovery, want 0", got)
+	}
+	if got := sample(text, `credbroker_leases_by_role{role="grantor"}`); got != -1 && got != 0 {
+		t.Errorf("grantor leases = %v after recovery, want none", got)
+	}
+	if e.userExists(resp.GetCredential().GetUsername()) {
+		t.Error("user still exists after recovery")
+	}
+}
