@@ -162,6 +162,8 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 			return nil, err
 		}
 		a.closers = append(a.closers, watch.close)
+		// The watch's times are the wall clock's, not opts.Now.
+		a.metrics.watchRegistry(watch.w.Status, time.Now)
 		a.runners = append(a.runners, watch.Run)
 		refresh = watch.refresh
 	}

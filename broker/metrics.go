@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/audit"
+	"github.com/credbroker/credbroker/identity/spireregistry"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
 )
@@ -118,6 +119,15 @@ func (m *metrics) watchLeases(stats func() lease.Stats, now func() time.Time) {
 		return
 	}
 	m.reg.MustRegister(leaseCollector{stats: stats, now: now})
+}
+
+// watchRegistry registers the SPIRE registry watch's gauges, read from
+// status at scrape time.
+func (m *metrics) watchRegistry(status func() spireregistry.Status, now func() time.Time) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(registryCollector{status: status, now: now})
 }
 
 // grpcCall records one answered call.
@@ -253,6 +263,41 @@ func (c leaseCollector) Collect(ch chan<- prometheus.Metric) {
 		age = max(0, c.now().Sub(s.OldestRevoking).Seconds())
 	}
 	ch <- prometheus.MustNewConstMetric(oldestRevokingDesc, prometheus.GaugeValue, age)
+}
+
+var (
+	registryHealthyDesc = prometheus.NewDesc("credbroker_registry_healthy",
+		"1 when the last listing of the SPIRE server's entries succeeded, else 0.", nil, nil)
+	registrySyncAgeDesc = prometheus.NewDesc("credbroker_registry_sync_age_seconds",
+		"Time since the last successful listing of the SPIRE server's entries began; absent before the first.", nil, nil)
+	registryFailuresDesc = prometheus.NewDesc("credbroker_registry_consecutive_failures",
+		"Listings of the SPIRE server's entries that failed in a row (0 once one succeeds).", nil, nil)
+)
+
+// registryCollector reads the SPIRE registry watch's status at scrape
+// time.
+type registryCollector struct {
+	status func() spireregistry.Status
+	now    func() time.Time
+}
+
+func (c registryCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{registryHealthyDesc, registrySyncAgeDesc, registryFailuresDesc} {
+		ch <- d
+	}
+}
+
+func (c registryCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.status()
+	healthy := 0.0
+	if s.Healthy {
+		healthy = 1
+	}
+	ch <- prometheus.MustNewConstMetric(registryHealthyDesc, prometheus.GaugeValue, healthy)
+	if !s.LastSuccess.IsZero() {
+		ch <- prometheus.MustNewConstMetric(registrySyncAgeDesc, prometheus.GaugeValue, max(0, c.now().Sub(s.LastSuccess).Seconds()))
+	}
+	ch <- prometheus.MustNewConstMetric(registryFailuresDesc, prometheus.GaugeValue, float64(s.Failures))
 }
 
 // metricsServer serves /metrics, and nothing else, on its own listener.

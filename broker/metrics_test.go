@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/credbroker/credbroker/identity/spireregistry"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins"
 )
@@ -130,4 +131,52 @@ func histogramCount(t *testing.T, m *metrics, name, op string) uint64 {
 		}
 	}
 	return 0
+}
+
+func TestRegistryCollector(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name   string
+		status spireregistry.Status
+		want   string
+	}{
+		{"never listed", spireregistry.Status{}, `
+# HELP credbroker_registry_consecutive_failures Listings of the SPIRE server's entries that failed in a row (0 once one succeeds).
+# TYPE credbroker_registry_consecutive_failures gauge
+credbroker_registry_consecutive_failures 0
+# HELP credbroker_registry_healthy 1 when the last listing of the SPIRE server's entries succeeded, else 0.
+# TYPE credbroker_registry_healthy gauge
+credbroker_registry_healthy 0
+`},
+		{"failing since a success", spireregistry.Status{LastSuccess: now.Add(-30 * time.Second), Failures: 3}, `
+# HELP credbroker_registry_consecutive_failures Listings of the SPIRE server's entries that failed in a row (0 once one succeeds).
+# TYPE credbroker_registry_consecutive_failures gauge
+credbroker_registry_consecutive_failures 3
+# HELP credbroker_registry_healthy 1 when the last listing of the SPIRE server's entries succeeded, else 0.
+# TYPE credbroker_registry_healthy gauge
+credbroker_registry_healthy 0
+# HELP credbroker_registry_sync_age_seconds Time since the last successful listing of the SPIRE server's entries began; absent before the first.
+# TYPE credbroker_registry_sync_age_seconds gauge
+credbroker_registry_sync_age_seconds 30
+`},
+		{"healthy", spireregistry.Status{Healthy: true, LastSuccess: now.Add(-2 * time.Second)}, `
+# HELP credbroker_registry_consecutive_failures Listings of the SPIRE server's entries that failed in a row (0 once one succeeds).
+# TYPE credbroker_registry_consecutive_failures gauge
+credbroker_registry_consecutive_failures 0
+# HELP credbroker_registry_healthy 1 when the last listing of the SPIRE server's entries succeeded, else 0.
+# TYPE credbroker_registry_healthy gauge
+credbroker_registry_healthy 1
+# HELP credbroker_registry_sync_age_seconds Time since the last successful listing of the SPIRE server's entries began; absent before the first.
+# TYPE credbroker_registry_sync_age_seconds gauge
+credbroker_registry_sync_age_seconds 2
+`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := registryCollector{status: func() spireregistry.Status { return tc.status }, now: func() time.Time { return now }}
+			if err := testutil.CollectAndCompare(c, strings.NewReader(tc.want)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 }
