@@ -38,6 +38,9 @@ type metrics struct {
 	expiryLag      prometheus.Histogram
 	pluginDuration *prometheus.HistogramVec
 	pluginErrors   *prometheus.CounterVec
+	commitDuration prometheus.Histogram
+	commitWrites   prometheus.Histogram
+	commitErrors   prometheus.Counter
 }
 
 // Version is the broker's version in credbroker_build_info; cmd may set it
@@ -88,6 +91,20 @@ func newMetrics() *metrics {
 			Help: "Database plugin calls that failed, by database and operation.",
 		}, []string{"database", "operation"}),
 	}
+	m.commitDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "credbroker_store_commit_duration_seconds",
+		Help:    "Time of each group commit of the bbolt lease store (transaction and fsync).",
+		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
+	})
+	m.commitWrites = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "credbroker_store_commit_batch_size",
+		Help:    "Writes carried by each group commit of the bbolt lease store.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+	})
+	m.commitErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credbroker_store_commit_errors_total",
+		Help: "Group commits of the bbolt lease store that failed (their writes are then retried one by one).",
+	})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "credbroker_build_info",
 		Help: "Always 1; the labels say which broker build runs.",
@@ -96,6 +113,7 @@ func newMetrics() *metrics {
 	reg.MustRegister(
 		m.grpcRequests, m.grpcDuration, m.issued, m.renewed, m.revoked, m.revokeFailures,
 		m.expiryLag, m.pluginDuration, m.pluginErrors, buildInfo,
+		m.commitDuration, m.commitWrites, m.commitErrors,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -182,6 +200,15 @@ func (m *metrics) onEnd(now func() time.Time) func(lease.Lease, bool) {
 		}
 		m.revoked.WithLabelValues(l.Role, string(audit.ByExpiry)).Inc()
 		m.expiryLag.Observe(max(0, now().Sub(l.ExpireTime).Seconds()))
+	}
+}
+
+// storeCommit is the bbolt store's boltstore.CommitObserver.
+func (m *metrics) storeCommit(writes int, took time.Duration, err error) {
+	m.commitDuration.Observe(took.Seconds())
+	m.commitWrites.Observe(float64(writes))
+	if err != nil {
+		m.commitErrors.Inc()
 	}
 }
 

@@ -109,6 +109,14 @@ func TestMetricsScenario(t *testing.T) {
 		`credbroker_plugin_call_duration_seconds_count{database="main",operation="new_user"}`:       3,
 		`credbroker_plugin_call_duration_seconds_count{database="main",operation="delete_user"}`:    3,
 	}
+	// Every lease record write: CREATING and ACTIVE per issuance, REVOKING
+	// per revocation (the deletes are writes too).
+	if got := sample(text, "credbroker_store_commit_batch_size_sum"); got < 3*2+3*2 {
+		t.Errorf("credbroker_store_commit_batch_size_sum = %v, want at least 12 writes", got)
+	}
+	if got := sample(text, "credbroker_store_commit_errors_total"); got != 0 {
+		t.Errorf("credbroker_store_commit_errors_total = %v, want 0", got)
+	}
 	for series, v := range want {
 		if got := sample(text, series); got != v {
 			t.Errorf("%s = %v, want %v", series, got, v)
