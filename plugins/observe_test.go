@@ -49,6 +49,11 @@ func TestObserved(t *testing.T) {
 			}
 			db.Capabilities()
 			db.Close()
+			if u, ok := db.(interface{ Unwrap() plugins.Database }); !ok {
+				t.Error("observed plugin has no Unwrap (NewPassword finds a PasswordGenerator through it)")
+			} else if _, ok := u.Unwrap().(fakeDB); !ok {
+				t.Errorf("Unwrap = %T, want the wrapped plugin", u.Unwrap())
+			}
 			want := []plugins.Operation{plugins.OpNewUser, plugins.OpUpdateUser, plugins.OpDeleteUser, plugins.OpListUsers, plugins.OpPing}
 			if len(got) != len(want) {
 				t.Fatalf("observed %d calls, want %d: %v", len(got), len(want), got)
