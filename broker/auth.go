@@ -17,7 +17,8 @@ import (
 // handler runs, and puts the ID in the context for the handlers. It is also
 // where handler errors become gRPC statuses (toStatus) and are logged, once,
 // and where refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are
-// recorded in the audit log.
+// recorded in the audit log. Every call, refused or handled, is counted and
+// timed in the metrics (if on).
 func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (_ any, err error) {
 	start := time.Now()
 	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
