@@ -51,6 +51,7 @@ func (s adminService) DeregisterWorkload(ctx context.Context, req *pb.Deregister
 	revoked, err := s.revoker.revokeAll(ctx, lease.Query{Owner: owner})
 	s.log.Info("audit: workload deregistered", "admin", admin.String(), "spiffe_id", owner, "revoked", len(revoked))
 	s.audit.revoked(ctx, admin.String(), audit.ByDeregistration, revoked)
+	s.metrics.ended(audit.ByDeregistration, revoked)
 	s.audit.write(ctx, audit.Record{Event: audit.EventDeregister, Caller: admin.String(), Result: resultOf(err),
 		Reason: fmt.Sprintf("workload %s deregistered, %d leases revoked", owner, len(revoked))})
 	if err != nil {
@@ -117,6 +118,7 @@ func (s adminService) RevokeLeases(ctx context.Context, req *pb.RevokeLeasesRequ
 	revoked, err := s.revoker.revokeAll(ctx, lease.Query{Role: role, Owner: owner, IDPrefix: prefix})
 	s.log.Info("audit: bulk revoke", "admin", admin.String(), "role", role, "spiffe_id", owner, "lease_id_prefix", prefix, "revoked", len(revoked))
 	s.audit.revoked(ctx, admin.String(), audit.ByAdmin, revoked)
+	s.metrics.ended(audit.ByAdmin, revoked)
 	s.audit.write(ctx, audit.Record{Event: audit.EventBulkRevoke, Caller: admin.String(), Role: role, By: audit.ByAdmin, Result: resultOf(err),
 		Reason: fmt.Sprintf("%d leases revoked (role %q, spiffe_id %q, lease_id_prefix %q)", len(revoked), role, owner, prefix)})
 	if err != nil {

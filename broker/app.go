@@ -44,6 +44,10 @@ type App struct {
 	audit *auditor
 	// loaded is the reason of the config_load record Run writes.
 	loaded string
+	// metrics are the Prometheus metrics; nil when the config has none.
+	metrics *metrics
+	// metricsServer serves them; nil when metrics are off.
+	metricsServer *metricsServer
 }
 
 // AppOptions are the parts a test (or cmd) may inject.
@@ -86,6 +90,9 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 
+	if err := a.openMetrics(ctx, cfg); err != nil {
+		return nil, err
+	}
 	// The audit log is opened first so that it is closed last, after every
 	// component that writes to it has stopped.
 	if err := a.openAudit(ctx, cfg, opts); err != nil {
@@ -99,14 +106,18 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 	roles := resolveRoles(cfg.Roles, a.dbs)
 
-	var onEnd func(lease.Lease, bool)
+	var auditEnd func(lease.Lease, bool)
 	if a.audit != nil {
-		onEnd = a.audit.ended // expiry records
+		auditEnd = a.audit.ended // expiry records
+	}
+	var metricsEnd func(lease.Lease, bool)
+	if a.metrics != nil {
+		metricsEnd = a.metrics.onEnd(clock(opts.Now)) // expiry counts and lag
 	}
 	a.manager, err = lease.NewManager(lease.Config{
-		OnEnd:             onEnd,
+		OnEnd:             chainOnEnd(auditEnd, metricsEnd),
 		Store:             a.store,
-		Backend:           backend{dbs: a.dbs},
+		Backend:           backend{dbs: a.dbs, metrics: a.metrics},
 		Now:               opts.Now,
 		Logger:            a.log,
 		RevokeConcurrency: cfg.Revocation.Concurrency,
@@ -127,6 +138,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		return nil, fmt.Errorf("restore leases: %w", err)
 	}
 	a.runners = append(a.runners, a.manager.Run)
+	a.metrics.watchLeases(a.manager.Stats, clock(opts.Now))
 
 	// Deregistrations are kept in the lease store; brokers before it kept
 	// them in a JSON file next to the bbolt file, imported once here.
@@ -144,11 +156,14 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if cfg.Registry.SPIREServerAddress != "" {
 		sweep := newRegistrySweep(reg, a.manager, revoker, a.log)
 		sweep.audit = a.audit
+		sweep.metrics = a.metrics
 		watch, err := newRegistryWatch(cfg.Registry, a.source, sweep, a.health, a.log)
 		if err != nil {
 			return nil, err
 		}
 		a.closers = append(a.closers, watch.close)
+		// The watch's times are the wall clock's, not opts.Now.
+		a.metrics.watchRegistry(watch.w.Status, time.Now)
 		a.runners = append(a.runners, watch.Run)
 		refresh = watch.refresh
 	}
@@ -178,6 +193,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		registry:   reg,
 		revoker:    revoker,
 		audit:      a.audit,
+		metrics:    a.metrics,
 		Admins:     identity.NewAdminSet(admins),
 		Now:        opts.Now,
 		Logger:     a.log,
@@ -198,6 +214,31 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}
 	return a, nil
+}
+
+// openMetrics builds the metrics and opens their listener, if the config
+// has them.
+func (a *App) openMetrics(ctx context.Context, cfg *Config) error {
+	if cfg.Metrics.Listen == "" {
+		return nil
+	}
+	lis, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Metrics.Listen)
+	if err != nil {
+		return fmt.Errorf("metrics: listen: %w", err)
+	}
+	a.closers = append(a.closers, func() { _ = lis.Close() }) // if Run never serves it
+	a.metrics = newMetrics()
+	a.metricsServer = newMetricsServer(lis, a.metrics.reg, a.log)
+	a.runners = append(a.runners, a.metricsServer.Run)
+	return nil
+}
+
+// clock is now, or time.Now if nil.
+func clock(now func() time.Time) func() time.Time {
+	if now == nil {
+		return time.Now
+	}
+	return now
 }
 
 // openAudit opens the audit log the config names, if any.
@@ -224,6 +265,7 @@ func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
 		if err != nil {
 			return err
 		}
+		d.DB = a.metrics.observePlugin(name, d.DB)
 		a.dbs[name] = d
 		a.closers = append(a.closers, d.DB.Close)
 		if !d.DB.Capabilities().ServerExpiry {
@@ -267,6 +309,14 @@ func (a *App) openSource(ctx context.Context, cfg *Config) (identity.Source, err
 
 // Addr is where the gRPC server listens.
 func (a *App) Addr() net.Addr { return a.listener.Addr() }
+
+// MetricsAddr is where /metrics is served; nil when metrics are off.
+func (a *App) MetricsAddr() net.Addr {
+	if a.metricsServer == nil {
+		return nil
+	}
+	return a.metricsServer.lis.Addr()
+}
 
 // Reconcile drops orphan users once (what the periodic reconciler does) and
 // returns how many it dropped.

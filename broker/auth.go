@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -16,8 +17,11 @@ import (
 // handler runs, and puts the ID in the context for the handlers. It is also
 // where handler errors become gRPC statuses (toStatus) and are logged, once,
 // and where refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are
-// recorded in the audit log.
-func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// recorded in the audit log. Every call, refused or handled, is counted and
+// timed in the metrics (if on).
+func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (_ any, err error) {
+	start := time.Now()
+	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
 	id, err := identity.CallerID(ctx)
 	if err != nil {
 		st := toStatus(errUnauthorized)
@@ -35,7 +39,9 @@ func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 }
 
 // StreamAuth is UnaryAuth for streams (reflection, health watch).
-func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	start := time.Now()
+	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
 	if _, err := identity.CallerID(ss.Context()); err != nil {
 		st := toStatus(errUnauthorized)
 		s.refused(ss.Context(), "", nil, info.FullMethod, st)

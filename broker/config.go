@@ -33,6 +33,7 @@ type Config struct {
 	Registry   RegistryConfig   `yaml:"registry"`
 	Reconciler ReconcilerConfig `yaml:"reconciler"`
 	Audit      AuditConfig      `yaml:"audit"`
+	Metrics    MetricsConfig    `yaml:"metrics"`
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
 	Roles     map[string]RoleConfig     `yaml:"roles"`
@@ -116,6 +117,13 @@ type AuditConfig struct {
 	// FailClosed refuses issuance (UNAVAILABLE) when the issue record
 	// cannot be written. Default true when File is set.
 	FailClosed *bool `yaml:"fail_closed"`
+}
+
+// MetricsConfig turns on the Prometheus metrics (docs/metrics.md): a
+// listener of their own serving /metrics only; off when Listen is empty.
+type MetricsConfig struct {
+	// Listen is host:port; empty: no metrics (the default).
+	Listen string `yaml:"listen"`
 }
 
 // Enabled reports whether the audit log is on.

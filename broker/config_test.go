@@ -294,3 +294,44 @@ func TestParseConfigAuditRefusals(t *testing.T) {
 		})
 	}
 }
+
+func TestParseConfigMetrics(t *testing.T) {
+	cases := []struct{ name, section, listen string }{
+		{"absent: off", "", ""},
+		{"empty: off", "metrics: {}", ""},
+		{"loopback", "metrics: {listen: 127.0.0.1:9090}", "127.0.0.1:9090"},
+		{"all interfaces", `metrics: {listen: ":9090"}`, ":9090"},
+		{"ipv6", `metrics: {listen: "[::1]:9090"}`, "[::1]:9090"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(goodConfig+tc.section+"\n"), builtin.Catalog())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Metrics.Listen != tc.listen {
+				t.Fatalf("metrics.listen = %q, want %q", c.Metrics.Listen, tc.listen)
+			}
+		})
+	}
+}
+
+func TestParseConfigMetricsRefusals(t *testing.T) {
+	cases := []struct{ name, section, want string }{
+		{"no port", "metrics: {listen: 127.0.0.1}",
+			`config: metrics.listen: want host:port such as 127.0.0.1:9090, got "127.0.0.1"`},
+		{"empty port", `metrics: {listen: "127.0.0.1:"}`,
+			`config: metrics.listen: want host:port such as 127.0.0.1:9090, got "127.0.0.1:"`},
+		{"same as grpc", "metrics: {listen: 127.0.0.1:8443}",
+			`config: metrics.listen: must differ from listen ("127.0.0.1:8443")`},
+		{"unknown key", "metrics: {address: 127.0.0.1:9090}", "field address not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(goodConfig+tc.section+"\n"), builtin.Catalog())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

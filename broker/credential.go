@@ -21,7 +21,8 @@ type credentialService struct {
 	*Server
 }
 
-func (s credentialService) IssueCredential(ctx context.Context, req *pb.IssueCredentialRequest) (*pb.IssueCredentialResponse, error) {
+func (s credentialService) IssueCredential(ctx context.Context, req *pb.IssueCredentialRequest) (_ *pb.IssueCredentialResponse, err error) {
+	defer func() { s.metrics.issue(s.roles, req.GetRole(), err) }()
 	id, err := caller(ctx)
 	if err != nil {
 		return nil, err
@@ -54,7 +55,9 @@ func (s credentialService) RenewLease(ctx context.Context, req *pb.RenewLeaseReq
 	if inc, err = s.renewIncrement(l, inc); err != nil {
 		return nil, err
 	}
+	role := l.Role
 	l, err = s.leases.Renew(ctx, l.ID, inc)
+	s.metrics.renew(role, err)
 	if err != nil {
 		return nil, err
 	}
@@ -85,6 +88,7 @@ func (s credentialService) RevokeLease(ctx context.Context, req *pb.RevokeLeaseR
 	}
 	l = ended
 	s.audit.revoked(ctx, id.String(), audit.ByOwner, []lease.Lease{l})
+	s.metrics.ended(audit.ByOwner, []lease.Lease{l})
 	s.log.Info("lease revoked", "lease_id", l.ID, "spiffe_id", l.Owner, "username", l.Username, "by", id.String())
 	return &pb.RevokeLeaseResponse{Lease: toPB(l)}, nil
 }

@@ -81,7 +81,8 @@ func openDatabase(ctx context.Context, catalog *plugins.Catalog, name string, dc
 // lease's database. It implements lease.Backend, declared in lease/ so that
 // lease/ never imports plugins/.
 type backend struct {
-	dbs map[string]*Database
+	dbs     map[string]*Database
+	metrics *metrics // counts failed drops; nil: metrics off
 }
 
 var _ lease.Backend = backend{}
@@ -99,7 +100,11 @@ func (b backend) Drop(ctx context.Context, l lease.Lease) error {
 	if err != nil {
 		return err
 	}
-	return db.DeleteUser(ctx, plugins.DeleteUserRequest{Username: l.Username, Statements: l.RevocationStatements})
+	err = db.DeleteUser(ctx, plugins.DeleteUserRequest{Username: l.Username, Statements: l.RevocationStatements})
+	if err != nil {
+		b.metrics.dropFailed()
+	}
+	return err
 }
 
 func (b backend) Extend(ctx context.Context, l lease.Lease) error {

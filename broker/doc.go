@@ -42,6 +42,10 @@ needs), and none starts a goroutine when it is built.
 	              refused calls recorded in the audit log
 	audit.go      auditor: the audit records (docs/audit.md), fail-closed for
 	              issue only; expiry records through lease.Config.OnEnd
+	metrics.go    metrics: the Prometheus metrics (docs/metrics.md) on a registry
+	              of their own, served on their own listener (metricsServer);
+	              lease gauges read from lease.Manager.Stats at scrape time,
+	              plugin calls through plugins.Observed, expiry through OnEnd
 	wire.go       wire conversions: leases to protobuf, duration arguments, page tokens
 	errors.go     toStatus: the one error → gRPC status mapping
 	app.go        App: NewApp assembles everything, Run runs it
@@ -75,13 +79,14 @@ recognise is a bare "internal error".
 
 # Lifecycle
 
-NewApp builds every component, in dependency order: SVID source, audit
+NewApp builds every component, in dependency order: SVID source, metrics
+and their listener (with a metrics section), audit
 log (closed last), lease store, databases, roles, lease manager (its records checked, restored in
 Run), registry, bulk revoker, health service, registry sweep and SPIRE
 watch (with a registry section), admission (given the watch's refresh),
 reconciler, issuer, server, gRPC server, listener. It starts no goroutine. App.Run runs the components that
-have a Run (SVID file reloader, lease manager, SPIRE watch, reconciler if
-enabled) and the gRPC server under one errgroup; when its context ends it
+have a Run (SVID file reloader, metrics server, lease manager, SPIRE watch,
+reconciler if enabled) and the gRPC server under one errgroup; when its context ends it
 stops serving, waits for all of them and closes the store and the pools.
 */
 package broker

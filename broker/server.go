@@ -32,6 +32,7 @@ type Server struct {
 	admins   identity.AdminSet
 	registry *registry // nil: no deregistration support (unit tests)
 	audit    *auditor  // nil: no audit log
+	metrics  *metrics  // nil: metrics off
 	now      func() time.Time
 	log      *slog.Logger
 }
@@ -51,10 +52,12 @@ type ServerConfig struct {
 	revoker bulkRevoker
 	// audit receives the records of the handlers and interceptors; nil: no
 	// audit log.
-	audit  *auditor
-	Admins identity.AdminSet
-	Now    func() time.Time
-	Logger *slog.Logger
+	audit *auditor
+	// metrics count the calls and lease events; nil: metrics off.
+	metrics *metrics
+	Admins  identity.AdminSet
+	Now     func() time.Time
+	Logger  *slog.Logger
 }
 
 // NewServer builds the gRPC services; it starts nothing.
@@ -77,6 +80,7 @@ func NewServer(c ServerConfig) *Server {
 		admins:   c.Admins,
 		registry: c.registry,
 		audit:    c.audit,
+		metrics:  c.metrics,
 		now:      c.Now,
 		log:      c.Logger,
 	}

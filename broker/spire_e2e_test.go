@@ -49,6 +49,7 @@ func TestSPIREDeregistrationRevokes(t *testing.T) {
 	t.Cleanup(func() { brokerSrc.Close() })
 
 	e := newEnvWith(t, envExtra{top: fmt.Sprintf(`
+metrics: {listen: 127.0.0.1:0}
 registry:
   spire_server_address: %s
   spire_server_id: %s
@@ -74,6 +75,11 @@ registry:
 	sp.DeleteEntry(t, clientEntry)
 	took := waitFor(t, 3*poll+5*time.Second, "the deregistered workload's user to be dropped", func() bool { return !e.userExists(username) })
 	t.Logf("entry deleted → user dropped in %s (poll interval %s)", took.Round(time.Millisecond), poll)
+	waitFor(t, 5*time.Second, "the SPIRE revocation in the metrics", func() bool {
+		text := e.scrape()
+		return sample(text, `credbroker_leases_revoked_total{reason="spire",role="reader"}`) == 1 &&
+			sample(text, "credbroker_registry_healthy") == 1 && sample(text, "credbroker_registry_sync_age_seconds") >= 0
+	})
 	if session.Ping(ctx) == nil {
 		t.Fatal("the workload's open session survived its deregistration")
 	}

@@ -32,6 +32,9 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 		if !opts.CreateStore {
 			storeOpts = append(storeOpts, boltstore.WithMustExist())
 		}
+		if a.metrics != nil {
+			storeOpts = append(storeOpts, boltstore.WithCommitObserver(a.metrics.storeCommit))
+		}
 		store, err = boltstore.Open(cfg.LeaseStore.Path, storeOpts...)
 	}
 	if errors.Is(err, lease.ErrStoreMissing) {

@@ -26,6 +26,7 @@ type registrySweep struct {
 	revoker  bulkRevoker
 	log      *slog.Logger
 	audit    *auditor // nil: no audit log
+	metrics  *metrics // nil: metrics off
 }
 
 func newRegistrySweep(reg *registry, owners leaseOwners, revoker bulkRevoker, log *slog.Logger) *registrySweep {
@@ -60,6 +61,7 @@ func (s *registrySweep) observe(ctx context.Context, at time.Time, ids map[strin
 		revoked, err := s.revoker.revokeAll(ctx, lease.Query{Owner: owner})
 		s.log.Info("audit: SPIRE entry gone, leases revoked", "spiffe_id", owner, "revoked", len(revoked))
 		s.audit.revoked(ctx, "", audit.BySPIRE, revoked)
+		s.metrics.ended(audit.BySPIRE, revoked)
 		if err != nil {
 			// The failed ones stay REVOKING and are retried by the expiry loop.
 			s.log.Warn("registry: some revocations failed and will be retried", "spiffe_id", owner, "error", err)

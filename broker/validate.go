@@ -102,6 +102,15 @@ func (c *Config) Validate() error {
 	if err := c.Audit.validate(); err != nil {
 		return err
 	}
+	if l := c.Metrics.Listen; l != "" {
+		_, port, err := net.SplitHostPort(l)
+		if err != nil || port == "" {
+			return bad("metrics.listen", "want host:port such as 127.0.0.1:9090, got %q", l)
+		}
+		if l == c.Listen && port != "0" {
+			return bad("metrics.listen", "must differ from listen (%q)", c.Listen)
+		}
+	}
 	for i, a := range c.Admins {
 		id, err := spiffeid.FromString(a)
 		if err != nil {

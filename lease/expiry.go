@@ -75,6 +75,7 @@ func (m *Manager) load(ctx context.Context) error {
 		case StateRevoking:
 			e.due = nanos(now)
 			due = append(due, e)
+			ix.revoking.push(e, now, counts[StateRevoking])
 		case StateCreating:
 			e.tryLock() // new entry: cannot fail; held until dropped below
 			creating = append(creating, e)
@@ -150,6 +151,9 @@ func (m *Manager) load(ctx context.Context) error {
 	for id, e := range m.leases {
 		loaded[id] = e
 		ix.add(e)
+		if e.state() == StateRevoking {
+			ix.revoking.push(e, now, ix.states[StateRevoking])
+		}
 	}
 	m.leases, m.index = loaded, ix
 	m.queue.pushAll(due)

@@ -3,6 +3,7 @@ package lease
 import (
 	"slices"
 	"strings"
+	"time"
 	"unique"
 )
 
@@ -30,6 +31,12 @@ type index struct {
 	byOwner map[string][]*group
 	byRole  map[string][]*group
 	ids     idList
+	// states counts the indexed entries by state, so metrics read them in
+	// O(states).
+	states [StateExpired + 1]int
+	// revoking is the REVOKING entries in the order they became REVOKING,
+	// for the age of the oldest one (metrics).
+	revoking revokingQueue
 
 	// touched counts the entries queries looked at, for tests that prove
 	// a query's cost.
@@ -69,6 +76,7 @@ func (x *index) addGroup(e *entry) {
 	}
 	e.gpos = int32(len(g.members))
 	g.members = append(g.members, e)
+	x.states[e.st]++
 }
 
 // remove forgets e, which must be indexed.
@@ -80,6 +88,7 @@ func (x *index) remove(e *entry) {
 	g.members[len(g.members)-1] = nil
 	g.members = g.members[:len(g.members)-1]
 	e.gpos = -1
+	x.states[e.st]--
 	switch n := len(g.members); {
 	case n == 0:
 		delete(x.groups, g.key)
@@ -91,6 +100,19 @@ func (x *index) remove(e *entry) {
 		g.members = slices.Clone(g.members)
 	}
 	x.ids.remove(e)
+}
+
+// set replaces the lease of e, which must be indexed, with l (same
+// origin), keeping the state counts; a lease that becomes REVOKING is
+// noted with now.
+func (x *index) set(e *entry, l Lease, now time.Time) {
+	old := e.state()
+	x.states[old]--
+	e.set(l)
+	x.states[e.st]++
+	if old != StateRevoking && e.state() == StateRevoking {
+		x.revoking.push(e, now, x.states[StateRevoking])
+	}
 }
 
 // dropGroup removes g from m[k], deleting the key when it was the last.

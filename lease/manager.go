@@ -196,7 +196,7 @@ func (m *Manager) lockEntry(ctx context.Context, id string) (*entry, error) {
 // setLease replaces e's lease. e's lock must be held.
 func (m *Manager) setLease(e *entry, l Lease) {
 	m.mu.Lock()
-	e.set(l)
+	m.index.set(e, l, m.now())
 	m.mu.Unlock()
 }
 
@@ -267,7 +267,7 @@ func (m *Manager) activate(ctx context.Context, id string) (Lease, error) {
 		return Lease{}, storeErr("activate", id, err)
 	}
 	m.mu.Lock()
-	e.set(l)
+	m.index.set(e, l, m.now())
 	m.scheduleLocked(e, l.ExpireTime)
 	m.mu.Unlock()
 	m.log.LogAttrs(ctx, slog.LevelInfo, "lease: activated", append(leaseAttrs(l),
@@ -324,7 +324,7 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 		return Lease{}, storeErr("renew", id, err)
 	}
 	m.mu.Lock()
-	e.set(l)
+	m.index.set(e, l, now)
 	m.queue.Push(e, exp) // heap.Fix: the lease is queued
 	m.mu.Unlock()
 	return l.clone(), nil

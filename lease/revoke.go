@@ -213,7 +213,7 @@ func (m *Manager) retryLater(ctx context.Context, e *entry, l Lease, lastError s
 	}
 	at := m.now().Add(backoff(l.Attempts, m.cfg.BackoffBase, m.cfg.BackoffMax))
 	m.mu.Lock()
-	e.set(l)
+	m.index.set(e, l, m.now())
 	m.scheduleLocked(e, at)
 	m.mu.Unlock()
 	return l.clone(), err

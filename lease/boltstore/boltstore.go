@@ -65,6 +65,7 @@ type boltConfig struct {
 	lockTimeout time.Duration
 	batchDelay  time.Duration
 	mustExist   bool
+	observe     CommitObserver
 }
 
 // WithMustExist makes Open fail with lease.ErrStoreMissing instead of
@@ -87,6 +88,18 @@ func WithLockTimeout(d time.Duration) Option {
 // share the next one anyway). More latency for one Put, bigger commits.
 func WithBatchDelay(d time.Duration) Option {
 	return func(c *boltConfig) { c.batchDelay = d }
+}
+
+// CommitObserver is told of every group commit: how many writes it
+// carried, how long it took (the transaction and its fsync, and the retries
+// one by one if it failed) and the shared transaction's error. It runs in
+// the committing goroutine: it must be quick.
+type CommitObserver func(writes int, took time.Duration, err error)
+
+// WithCommitObserver has observe told of every commit (the broker's store
+// metrics).
+func WithCommitObserver(observe CommitObserver) Option {
+	return func(c *boltConfig) { c.observe = observe }
 }
 
 // Open opens the store at path, creating it if the file does not exist.
@@ -116,7 +129,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, writes: newGroupCommit(db, cfg.batchDelay), opened: n, invalid: invalid}, nil
+	return &Store{db: db, writes: newGroupCommit(db, cfg.batchDelay, cfg.observe), opened: n, invalid: invalid}, nil
 }
 
 // SizeHint is how many leases the store held when it was opened, so Load

@@ -21,15 +21,16 @@ import (
 // which the broker paid twice per credential (profiled in
 // docs/performance.md).
 type groupCommit struct {
-	db *bolt.DB
-	q  *batch.Queue[func(*bolt.Tx) error, error]
+	db      *bolt.DB
+	q       *batch.Queue[func(*bolt.Tx) error, error]
+	observe CommitObserver // nil: none
 }
 
 // newGroupCommit returns the group commit of db. delay, if set, is how long
 // a committing writer waits for others to join before it commits
-// (WithBatchDelay).
-func newGroupCommit(db *bolt.DB, delay time.Duration) *groupCommit {
-	g := &groupCommit{db: db}
+// (WithBatchDelay); observe, if set, is told of every commit.
+func newGroupCommit(db *bolt.DB, delay time.Duration, observe CommitObserver) *groupCommit {
+	g := &groupCommit{db: db, observe: observe}
 	g.q = batch.New(g.commit, batch.Options{Delay: delay})
 	return g
 }
@@ -51,7 +52,11 @@ func (g *groupCommit) write(ctx context.Context, fn func(*bolt.Tx) error) error 
 // commit is one batch of the queue.
 func (g *groupCommit) commit(_ context.Context, writes []func(*bolt.Tx) error) []error {
 	out := make([]error, len(writes))
+	start := time.Now()
 	err := g.update(writes...)
+	if g.observe != nil {
+		defer func() { g.observe(len(writes), time.Since(start), err) }()
+	}
 	if err != nil && len(writes) > 1 {
 		for i, w := range writes {
 			out[i] = g.update(w)
