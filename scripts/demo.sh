@@ -155,8 +155,11 @@ step "Minting a dev trust bundle and X.509-SVIDs (trust domain $TD)"
 say "bundle.pem, server.pem (SPIFFE ID + DNS localhost + IP 127.0.0.1), client.pem, admin.pem"
 
 PORT=$(free_port)
+MPORT=$(free_port)
 cat >"$DEMO/credbroker.yaml" <<YAML
 listen: 127.0.0.1:$PORT
+metrics:
+  listen: 127.0.0.1:$MPORT
 trust_domain: $TD
 svid:
   cert_file: $DEMO/certs/server.pem
@@ -229,6 +232,14 @@ say "login refused: ${why:-$(head -1 <<<"$out")}"
 left=$(user_count "$USERNAME")
 say "users named $USERNAME left in $SERVER: $left"
 [[ "$left" == 0 ]] || { echo "    UNEXPECTED: the user still exists"; exit 1; }
+
+step "Prometheus metrics (plain HTTP on 127.0.0.1:$MPORT/metrics; docs/metrics.md)"
+METRICS=$(curl -fsS "http://127.0.0.1:$MPORT/metrics")
+grep -E '^credbroker_(leases_issued_total|leases_revoked_total|grpc_requests_total\{.*CredentialService/|plugin_call_duration_seconds_count)' <<<"$METRICS" | sed 's/^/    /'
+if grep -qF -- "$PASSWORD" <<<"$METRICS" || grep -qF -- "$USERNAME" <<<"$METRICS"; then
+	echo "    UNEXPECTED: a password or username appears in the metrics"; exit 1
+fi
+say "checked: neither the password nor the username is in the metrics"
 
 step "Cleaning up (broker stopped, $SERVER stopped, .cache/demo removed)"
 kill -TERM "$BROKER_PID"; wait "$BROKER_PID" || true; BROKER_PID=""
