@@ -134,8 +134,5 @@ func connect(ctx context.Context, c Config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// redact removes secret from msg (internal/pgpool).
-func redact(msg, secret string) string { return pgpool.Redact(msg, secret) }
-
 // quoteIdent quotes an SQL identifier.
 func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/credbroker/credbroker/internal/pgpool"
 	"github.com/credbroker/credbroker/lease"
 )
 
@@ -64,7 +65,7 @@ func redactErr(err error, secret string) error {
 	if err == nil || secret == "" || !strings.Contains(err.Error(), secret) {
 		return err
 	}
-	e := &scrubbed{msg: redact(err.Error(), secret)}
+	e := &scrubbed{msg: pgpool.Redact(err.Error(), secret)}
 	for _, s := range sentinels {
 		if errors.Is(err, s) {
 			e.is = append(e.is, s)
