@@ -154,9 +154,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	a.health = health.NewServer()
 	var refresh func(context.Context) error // nil without a SPIRE watch
 	if cfg.Registry.SPIREServerAddress != "" {
-		sweep := newRegistrySweep(reg, a.manager, revoker, a.log)
-		sweep.audit = a.audit
-		sweep.metrics = a.metrics
+		sweep := newRegistrySweep(reg, a.manager, revoker, a.audit, a.metrics, a.log)
 		watch, err := newRegistryWatch(cfg.Registry, a.source, sweep, a.health, a.log)
 		if err != nil {
 			return nil, err
@@ -183,8 +181,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
-	issuer := NewIssuer(admission, a.manager, opts.Now)
-	issuer.audit = a.audit
+	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now)
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,

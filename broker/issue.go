@@ -29,16 +29,17 @@ type Issuer struct {
 	leases    leaseIssuer
 	now       func() time.Time
 	// audit records each issuance before its credential is returned; nil:
-	// no audit log (NewApp sets it).
+	// no audit log.
 	audit *auditor
 }
 
-// NewIssuer builds an Issuer; now nil is time.Now.
-func NewIssuer(admission *Admission, leases leaseIssuer, now func() time.Time) *Issuer {
+// NewIssuer builds an Issuer; aud nil is no audit log, now nil is
+// time.Now.
+func NewIssuer(admission *Admission, leases leaseIssuer, aud *auditor, now func() time.Time) *Issuer {
 	if now == nil {
 		now = time.Now
 	}
-	return &Issuer{admission: admission, leases: leases, now: now}
+	return &Issuer{admission: admission, leases: leases, audit: aud, now: now}
 }
 
 // issue checks the request (role, policy, registration, ttl), has the lease

@@ -54,7 +54,7 @@ func listServer(t *testing.T) (*Server, *registrySweep, *lease.Manager, *dropBac
 	revoker := bulkRevoker{leases: m}
 	s := NewServer(ServerConfig{Leases: m, registry: reg, revoker: revoker, Now: func() time.Time { return now },
 		Logger: log})
-	return s, newRegistrySweep(reg, m, revoker, log), m, b, &now
+	return s, newRegistrySweep(reg, m, revoker, nil, nil, log), m, b, &now
 }
 
 func issueFor(t *testing.T, m *lease.Manager, owner string, issued time.Time) lease.Lease {

@@ -29,8 +29,9 @@ type registrySweep struct {
 	metrics  *metrics // nil: metrics off
 }
 
-func newRegistrySweep(reg *registry, owners leaseOwners, revoker bulkRevoker, log *slog.Logger) *registrySweep {
-	return &registrySweep{registry: reg, owners: owners, revoker: revoker, log: log}
+// aud and met may be nil (no audit log, metrics off).
+func newRegistrySweep(reg *registry, owners leaseOwners, revoker bulkRevoker, aud *auditor, met *metrics, log *slog.Logger) *registrySweep {
+	return &registrySweep{registry: reg, owners: owners, revoker: revoker, audit: aud, metrics: met, log: log}
 }
 
 // observe applies a complete SPIRE listing begun at at: deregistrations
