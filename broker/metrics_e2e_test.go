@@ -82,9 +82,14 @@ func TestMetricsScenario(t *testing.T) {
 		t.Fatalf("evil issue: %v, want PERMISSION_DENIED", err)
 	}
 	var text string
+	// One scrape is not a snapshot: Prometheus gathers the collectors
+	// concurrently, so the gauges read from the lease manager may lag the
+	// expiry counter by the moment the lease leaves the manager. Wait until
+	// both show the expiry.
 	waitFor(t, 15*time.Second, "the shortlived lease to expire", func() bool {
 		text = e.scrape()
-		return sample(text, `credbroker_leases_revoked_total{reason="expiry",role="shortlived"}`) == 1
+		return sample(text, `credbroker_leases_revoked_total{reason="expiry",role="shortlived"}`) == 1 &&
+			sample(text, `credbroker_revoking_leases`) == 0
 	})
 
 	issueM := pb.CredentialService_IssueCredential_FullMethodName
