@@ -26,6 +26,7 @@ const (
 	CredentialService_RenewLease_FullMethodName      = "/credbroker.v1.CredentialService/RenewLease"
 	CredentialService_RevokeLease_FullMethodName     = "/credbroker.v1.CredentialService/RevokeLease"
 	CredentialService_ListLeases_FullMethodName      = "/credbroker.v1.CredentialService/ListLeases"
+	CredentialService_WatchCredential_FullMethodName = "/credbroker.v1.CredentialService/WatchCredential"
 )
 
 // CredentialServiceClient is the client API for CredentialService service.
@@ -43,6 +44,11 @@ type CredentialServiceClient interface {
 	RevokeLease(ctx context.Context, in *RevokeLeaseRequest, opts ...grpc.CallOption) (*RevokeLeaseResponse, error)
 	// ListLeases lists the caller's own live leases.
 	ListLeases(ctx context.Context, in *ListLeasesRequest, opts ...grpc.CallOption) (*ListLeasesResponse, error)
+	// WatchCredential keeps a fresh credential flowing to a long-lived caller:
+	// the first message carries a credential; the lease is renewed while the
+	// stream is open; before it reaches its max expiry the next credential is
+	// sent with an overlap window. A revocation ends the stream with a status.
+	WatchCredential(ctx context.Context, in *WatchCredentialRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCredentialResponse], error)
 }
 
 type credentialServiceClient struct {
@@ -93,6 +99,25 @@ func (c *credentialServiceClient) ListLeases(ctx context.Context, in *ListLeases
 	return out, nil
 }
 
+func (c *credentialServiceClient) WatchCredential(ctx context.Context, in *WatchCredentialRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCredentialResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CredentialService_ServiceDesc.Streams[0], CredentialService_WatchCredential_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchCredentialRequest, WatchCredentialResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CredentialService_WatchCredentialClient = grpc.ServerStreamingClient[WatchCredentialResponse]
+
 // CredentialServiceServer is the server API for CredentialService service.
 // All implementations must embed UnimplementedCredentialServiceServer
 // for forward compatibility.
@@ -108,6 +133,11 @@ type CredentialServiceServer interface {
 	RevokeLease(context.Context, *RevokeLeaseRequest) (*RevokeLeaseResponse, error)
 	// ListLeases lists the caller's own live leases.
 	ListLeases(context.Context, *ListLeasesRequest) (*ListLeasesResponse, error)
+	// WatchCredential keeps a fresh credential flowing to a long-lived caller:
+	// the first message carries a credential; the lease is renewed while the
+	// stream is open; before it reaches its max expiry the next credential is
+	// sent with an overlap window. A revocation ends the stream with a status.
+	WatchCredential(*WatchCredentialRequest, grpc.ServerStreamingServer[WatchCredentialResponse]) error
 	mustEmbedUnimplementedCredentialServiceServer()
 }
 
@@ -129,6 +159,9 @@ func (UnimplementedCredentialServiceServer) RevokeLease(context.Context, *Revoke
 }
 func (UnimplementedCredentialServiceServer) ListLeases(context.Context, *ListLeasesRequest) (*ListLeasesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListLeases not implemented")
+}
+func (UnimplementedCredentialServiceServer) WatchCredential(*WatchCredentialRequest, grpc.ServerStreamingServer[WatchCredentialResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method WatchCredential not implemented")
 }
 func (UnimplementedCredentialServiceServer) mustEmbedUnimplementedCredentialServiceServer() {}
 func (UnimplementedCredentialServiceServer) testEmbeddedByValue()                           {}
@@ -223,6 +256,17 @@ func _CredentialService_ListLeases_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CredentialService_WatchCredential_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchCredentialRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CredentialServiceServer).WatchCredential(m, &grpc.GenericServerStream[WatchCredentialRequest, WatchCredentialResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CredentialService_WatchCredentialServer = grpc.ServerStreamingServer[WatchCredentialResponse]
+
 // CredentialService_ServiceDesc is the grpc.ServiceDesc for CredentialService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -247,17 +291,24 @@ var CredentialService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _CredentialService_ListLeases_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchCredential",
+			Handler:       _CredentialService_WatchCredential_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "credbroker/v1/credbroker.proto",
 }
 
 const (
-	AdminService_DeregisterWorkload_FullMethodName = "/credbroker.v1.AdminService/DeregisterWorkload"
-	AdminService_RevokeLeases_FullMethodName       = "/credbroker.v1.AdminService/RevokeLeases"
-	AdminService_ListLeases_FullMethodName         = "/credbroker.v1.AdminService/ListLeases"
-	AdminService_ListRoles_FullMethodName          = "/credbroker.v1.AdminService/ListRoles"
-	AdminService_RegisterWorkload_FullMethodName   = "/credbroker.v1.AdminService/RegisterWorkload"
-	AdminService_ListOrphans_FullMethodName        = "/credbroker.v1.AdminService/ListOrphans"
+	AdminService_DeregisterWorkload_FullMethodName    = "/credbroker.v1.AdminService/DeregisterWorkload"
+	AdminService_RevokeLeases_FullMethodName          = "/credbroker.v1.AdminService/RevokeLeases"
+	AdminService_ListLeases_FullMethodName            = "/credbroker.v1.AdminService/ListLeases"
+	AdminService_ListRoles_FullMethodName             = "/credbroker.v1.AdminService/ListRoles"
+	AdminService_RegisterWorkload_FullMethodName      = "/credbroker.v1.AdminService/RegisterWorkload"
+	AdminService_ListOrphans_FullMethodName           = "/credbroker.v1.AdminService/ListOrphans"
+	AdminService_RotateAdminCredential_FullMethodName = "/credbroker.v1.AdminService/RotateAdminCredential"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -280,6 +331,10 @@ type AdminServiceClient interface {
 	// ListOrphans is the reconciler's dry run: users on each database that
 	// carry this broker's marker but have no lease. Nothing is dropped.
 	ListOrphans(ctx context.Context, in *ListOrphansRequest, opts ...grpc.CallOption) (*ListOrphansResponse, error)
+	// RotateAdminCredential sets a new random password for the broker's own
+	// admin user on one database and writes it to its password_file; nobody
+	// knows the password afterwards.
+	RotateAdminCredential(ctx context.Context, in *RotateAdminCredentialRequest, opts ...grpc.CallOption) (*RotateAdminCredentialResponse, error)
 }
 
 type adminServiceClient struct {
@@ -350,6 +405,16 @@ func (c *adminServiceClient) ListOrphans(ctx context.Context, in *ListOrphansReq
 	return out, nil
 }
 
+func (c *adminServiceClient) RotateAdminCredential(ctx context.Context, in *RotateAdminCredentialRequest, opts ...grpc.CallOption) (*RotateAdminCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateAdminCredentialResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateAdminCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -370,6 +435,10 @@ type AdminServiceServer interface {
 	// ListOrphans is the reconciler's dry run: users on each database that
 	// carry this broker's marker but have no lease. Nothing is dropped.
 	ListOrphans(context.Context, *ListOrphansRequest) (*ListOrphansResponse, error)
+	// RotateAdminCredential sets a new random password for the broker's own
+	// admin user on one database and writes it to its password_file; nobody
+	// knows the password afterwards.
+	RotateAdminCredential(context.Context, *RotateAdminCredentialRequest) (*RotateAdminCredentialResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -397,6 +466,9 @@ func (UnimplementedAdminServiceServer) RegisterWorkload(context.Context, *Regist
 }
 func (UnimplementedAdminServiceServer) ListOrphans(context.Context, *ListOrphansRequest) (*ListOrphansResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListOrphans not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateAdminCredential(context.Context, *RotateAdminCredentialRequest) (*RotateAdminCredentialResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateAdminCredential not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -527,6 +599,24 @@ func _AdminService_ListOrphans_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RotateAdminCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateAdminCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateAdminCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateAdminCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateAdminCredential(ctx, req.(*RotateAdminCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -557,6 +647,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOrphans",
 			Handler:    _AdminService_ListOrphans_Handler,
+		},
+		{
+			MethodName: "RotateAdminCredential",
+			Handler:    _AdminService_RotateAdminCredential_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
