@@ -93,17 +93,17 @@ func newMetrics() *metrics {
 	}
 	m.commitDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "credbroker_store_commit_duration_seconds",
-		Help:    "Time of each group commit of the bbolt lease store (transaction and fsync).",
+		Help:    "Time of each commit of the lease store (bbolt: a group commit and its fsync; PostgreSQL: a write transaction).",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
 	})
 	m.commitWrites = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "credbroker_store_commit_batch_size",
-		Help:    "Writes carried by each group commit of the bbolt lease store.",
+		Help:    "Lease writes carried by each commit of the lease store.",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
 	m.commitErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "credbroker_store_commit_errors_total",
-		Help: "Group commits of the bbolt lease store that failed (their writes are then retried one by one).",
+		Help: "Commits of the lease store that failed.",
 	})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "credbroker_build_info",
@@ -203,7 +203,7 @@ func (m *metrics) onEnd(now func() time.Time) func(lease.Lease, bool) {
 	}
 }
 
-// storeCommit is the bbolt store's boltstore.CommitObserver.
+// storeCommit is the lease store's lease.CommitObserver.
 func (m *metrics) storeCommit(writes int, took time.Duration, err error) {
 	m.commitDuration.Observe(took.Seconds())
 	m.commitWrites.Observe(float64(writes))
