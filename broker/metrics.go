@@ -27,7 +27,8 @@ import (
 // configured role or database, an operation, a reason; never a lease id,
 // username or SPIFFE ID. A nil *metrics records nothing (metrics off).
 type metrics struct {
-	reg *prometheus.Registry
+	reg        *prometheus.Registry
+	collectors []prometheus.Collector // every one registered in reg
 
 	grpcRequests   *prometheus.CounterVec
 	grpcDuration   *prometheus.HistogramVec
@@ -38,6 +39,7 @@ type metrics struct {
 	expiryLag      prometheus.Histogram
 	pluginDuration *prometheus.HistogramVec
 	pluginErrors   *prometheus.CounterVec
+
 	commitDuration prometheus.Histogram
 	commitWrites   prometheus.Histogram
 	commitErrors   prometheus.Counter
@@ -110,7 +112,7 @@ func newMetrics() *metrics {
 		Help: "Always 1; the labels say which broker build runs.",
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version(), runtime.Version()).Set(1)
-	reg.MustRegister(
+	m.register(
 		m.grpcRequests, m.grpcDuration, m.issued, m.renewed, m.revoked, m.revokeFailures,
 		m.expiryLag, m.pluginDuration, m.pluginErrors, buildInfo,
 		m.commitDuration, m.commitWrites, m.commitErrors,
@@ -118,6 +120,14 @@ func newMetrics() *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// register adds cs to the registry and keeps them, so that every metric
+// the broker can export is known before it has a sample (the check of the
+// monitoring rules against the metric names).
+func (m *metrics) register(cs ...prometheus.Collector) {
+	m.reg.MustRegister(cs...)
+	m.collectors = append(m.collectors, cs...)
 }
 
 func version() string {
@@ -136,7 +146,7 @@ func (m *metrics) watchLeases(stats func() lease.Stats, now func() time.Time) {
 	if m == nil {
 		return
 	}
-	m.reg.MustRegister(leaseCollector{stats: stats, now: now})
+	m.register(leaseCollector{stats: stats, now: now})
 }
 
 // watchRegistry registers the SPIRE registry watch's gauges, read from
@@ -145,7 +155,7 @@ func (m *metrics) watchRegistry(status func() spireregistry.Status, now func() t
 	if m == nil {
 		return
 	}
-	m.reg.MustRegister(registryCollector{status: status, now: now})
+	m.register(registryCollector{status: status, now: now})
 }
 
 // grpcCall records one answered call.

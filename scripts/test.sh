@@ -17,6 +17,10 @@ fi
 echo "== go vet"
 go vet ./...
 
+echo "== promtool: deploy/monitoring's alert rules (syntax, then their unit tests)"
+PROMTOOL=$(scripts/promtool.sh)
+(cd deploy/monitoring && "$PROMTOOL" check rules credbroker-alerts.yaml && "$PROMTOOL" test rules credbroker-alerts.test.yaml)
+
 PGDIR="$PWD/.cache/pg-test-$$"
 MYDIR="$PWD/.cache/mariadb-test-$$"
 cleanup() {
