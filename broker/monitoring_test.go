@@ -177,11 +177,11 @@ func TestAlertRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"CredbrokerRevocationFailing",     // a revocation failing for 10 minutes
+		"CredbrokerRevocationFailing",      // a revocation failing for 10 minutes
 		"CredbrokerRevokingBacklogGrowing", // a growing REVOKING backlog
-		"CredbrokerExpiryLagHigh",         // expiry-lag p99 over a threshold
-		"CredbrokerRegistryOutOfSync",     // the registry out of sync
-		"CredbrokerIssuanceErrors",        // the issuance error ratio
+		"CredbrokerExpiryLagHigh",          // expiry-lag p99 over a threshold
+		"CredbrokerRegistryOutOfSync",      // the registry out of sync
+		"CredbrokerIssuanceErrors",         // the issuance error ratio
 	} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("%s: no alert %s", alertRulesFile, want)
