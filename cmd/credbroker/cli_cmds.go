@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -49,7 +50,7 @@ func leasesList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newCLIFlagSet("leases list", "leases list [-role R] [-spiffe-id ID] [-state S] [flags]", stderr, &c)
 	role := fs.String("role", "", "only the leases of this role")
 	owner := fs.String("spiffe-id", "", "only the leases owned by this SPIFFE ID")
-	state := fs.String("state", "", "only the leases in this state: active, revoking, revoked, expired or creating")
+	state := fs.String("state", "", "only the leases in this state: active, revoking or creating")
 	pageSize := fs.Int("page-size", maxPageSize, "leases asked for per call (all pages are fetched)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -69,13 +70,15 @@ func leasesList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *pageSize < 1 || *pageSize > maxPageSize {
 		return fmt.Errorf("leases list: -page-size must be 1 to %d", maxPageSize)
 	}
+	// An ended lease (REVOKED, EXPIRED) is not kept, so never listed: only
+	// the states a listed lease can be in are accepted.
 	var want pb.Lease_State
 	if *state != "" {
-		v, ok := pb.Lease_State_value[strings.ToUpper(*state)]
-		if !ok || v == int32(pb.Lease_STATE_UNSPECIFIED) {
-			return fmt.Errorf("leases list: -state must be active, revoking, revoked, expired or creating, not %q", *state)
+		v := pb.Lease_State(pb.Lease_State_value[strings.ToUpper(*state)])
+		if !slices.Contains([]pb.Lease_State{pb.Lease_ACTIVE, pb.Lease_REVOKING, pb.Lease_CREATING}, v) {
+			return fmt.Errorf("leases list: -state must be active, revoking or creating, not %q (ended leases are not kept)", *state)
 		}
-		want = pb.Lease_State(v)
+		want = v
 	}
 	return c.adminCall(ctx, "leases list", func(ctx context.Context, client pb.AdminServiceClient) error {
 		all := &pb.AdminListLeasesResponse{}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/credbroker/credbroker/internal/testenv"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -186,7 +187,7 @@ func TestCLILeasesList(t *testing.T) {
 		{"owner", []string{"-spiffe-id", "spiffe://example.org/orders/api"}, ids},
 		{"other owner", []string{"-spiffe-id", "spiffe://example.org/ops/admin"}, nil},
 		{"state active", []string{"-state", "active"}, ids},
-		{"state EXPIRED", []string{"-state", "EXPIRED"}, nil},
+		{"state CREATING", []string{"-state", "CREATING"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := f.cli("admin", append([]string{"leases", "list", "-o", "json"}, tc.args...)...).ok(t)
@@ -207,6 +208,7 @@ func TestCLILeasesList(t *testing.T) {
 		t.Fatalf("revoking leases: %q, want none", rows)
 	}
 	f.cli("admin", "leases", "list", "-state", "gone").fails(t, 2, "-state must be")
+	f.cli("admin", "leases", "list", "-state", "revoked").fails(t, 2, "ended leases are not kept")
 	f.cli("admin", "leases", "list", "-spiffe-id", "orders").fails(t, 2, "-spiffe-id")
 	f.cli("admin", "leases", "list", "-page-size", "0").fails(t, 2, "-page-size")
 }
@@ -509,4 +511,44 @@ func TestCLIWorkloadAPI(t *testing.T) {
 	}
 	runCLI(t, []string{"SPIFFE_ENDPOINT_SOCKET=" + clientSock}, "orphans", "-addr", f.addr).fails(t, 1, "PERMISSION_DENIED")
 	runCLI(t, nil, "roles", "-addr", f.addr, "-timeout", "2s", "-workload-api", "unix:///nonexistent/agent.sock").fails(t, 1, "workload api")
+}
+
+// A lease whose revocation keeps failing stays REVOKING: the revoke command
+// fails with the broker's code, and the list shows the lease with its last
+// error.
+func TestCLIFailingRevocation(t *testing.T) {
+	f := newFixtureExtra(t, testenv.PostgresDSN(t), "", `
+  broken:
+    database: main
+    default_ttl: 1m
+    max_ttl: 10m
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};
+    revocation_statements:
+      - SELECT 1/0;
+`)
+	f.start("")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := f.issueRole(ctx, "broken", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetLease().GetId()
+	r := f.cli("admin", "leases", "revoke", "-lease-id", id)
+	if r.code != 1 || !strings.Contains(r.stderr, "credbroker: leases revoke: ") || r.stdout != "" {
+		t.Fatalf("revoke of a lease whose drop fails: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	out := f.cli("admin", "leases", "list", "-state", "revoking").ok(t)
+	header, rows := tableRows(t, out)
+	if len(rows) != 1 || rows[0][column(t, header, "LEASE ID")] != id || rows[0][column(t, header, "STATE")] != "REVOKING" ||
+		rows[0][column(t, header, "LAST ERROR")] == "-" {
+		t.Fatalf("revoking leases:\n%s", out)
+	}
+	if strings.Contains(out+r.stderr, resp.GetCredential().GetPassword()) {
+		t.Fatal("the password appears in the output")
+	}
+	t.Logf("revoke: %s", strings.TrimSpace(r.stderr))
+	t.Logf("list:\n%s", out)
 }
