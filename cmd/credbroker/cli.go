@@ -43,7 +43,7 @@ func failed(cmd string, err error) error {
 	return &callError{fmt.Errorf("%s: %w", cmd, err)}
 }
 
-// DefaultAddr is the broker address the operator commands dial when -addr
+// defaultAddr is the broker address the operator commands dial when -addr
 // is not given: the listen address of deploy/credbroker.yaml.
 const defaultAddr = "127.0.0.1:8443"
 
@@ -110,7 +110,7 @@ func (c *clientFlags) dial(ctx context.Context) (pb.AdminServiceClient, func(), 
 		closeSrc()
 		return nil, nil, fmt.Errorf("get svid: %w", err)
 	}
-	var tlsCfg = identity.ClientTLSConfigMemberOf(src, svid.ID.TrustDomain())
+	tlsCfg := identity.ClientTLSConfigMemberOf(src, svid.ID.TrustDomain())
 	if c.serverID != "" {
 		tlsCfg = identity.ClientTLSConfig(src, spiffeid.RequireFromString(c.serverID))
 	}
