@@ -62,4 +62,7 @@ fi
 echo "== go test -race -tags failpoints (crash tests that kill a child process at each failpoint)"
 go test -race -count=1 -timeout 10m -tags failpoints ./lease/... ./internal/failpoint/...
 
+echo "== deploy/kubernetes: the manifests, decoded strictly with the Kubernetes API types (a module of its own)"
+(cd deploy/kubernetes && go vet ./... && go test -count=1 ./...)
+
 echo "== all tests passed in $(( $(date +%s) - start ))s"
