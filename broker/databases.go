@@ -104,7 +104,7 @@ func (b backend) Drop(ctx context.Context, l lease.Lease) error {
 	if err != nil {
 		b.metrics.dropFailed()
 	}
-	return err
+	return inDatabase(l.Database, err)
 }
 
 func (b backend) Extend(ctx context.Context, l lease.Lease) error {
@@ -112,5 +112,5 @@ func (b backend) Extend(ctx context.Context, l lease.Lease) error {
 	if err != nil {
 		return err
 	}
-	return db.UpdateUser(ctx, plugins.UpdateUserRequest{Username: l.Username, Expiration: l.ExpireTime})
+	return inDatabase(l.Database, db.UpdateUser(ctx, plugins.UpdateUserRequest{Username: l.Username, Expiration: l.ExpireTime}))
 }

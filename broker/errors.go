@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,6 +26,47 @@ type invalidArgError struct{ msg string }
 func (e *invalidArgError) Error() string { return e.msg }
 
 func invalidArg(msg string) error { return &invalidArgError{msg: msg} }
+
+// databaseError names the logical database a plugin error came from, so the
+// status can tell an operator which database needs attention.
+type databaseError struct {
+	name string
+	err  error
+}
+
+func (e *databaseError) Error() string { return "database " + e.name + ": " + e.err.Error() }
+func (e *databaseError) Unwrap() error { return e.err }
+
+// inDatabase names the database of err (nil stays nil).
+func inDatabase(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &databaseError{name: name, err: err}
+}
+
+// databaseStatus is the status of a plugin error: what kind of failure, in
+// which database, and never the server's own text (which names objects and
+// the admin user; the broker's log has it). ok is false for errors of no
+// plugin kind.
+func databaseStatus(err error) (_ error, ok bool) {
+	where := "database"
+	if de, found := errors.AsType[*databaseError](err); found {
+		where = fmt.Sprintf("database %q", de.name)
+	}
+	k := plugins.KindOf(err)
+	switch {
+	case k.AdminLogin():
+		return status.Error(codes.Unavailable, where+": the server refused the broker's admin login (check the admin user and its password)"), true
+	case k.AdminPrivilege():
+		return status.Error(codes.FailedPrecondition, where+": the broker's admin user lacks a privilege the operation needs (see the broker's log; docs/config.md lists the admin privileges)"), true
+	case k.Unavailable():
+		return status.Error(codes.Unavailable, where+" unavailable"), true
+	case k.InvalidStatement():
+		return status.Error(codes.InvalidArgument, where+": the role's statements were rejected by the database"), true
+	}
+	return nil, false
+}
 
 // toStatus is the one place that turns an error into a gRPC status. Every
 // error that reaches it is already free of secrets (plugins are wrapped by
@@ -61,10 +103,9 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, "lease is not active")
 	case errors.Is(err, lease.ErrStoreUnavailable):
 		return status.Error(codes.Unavailable, "lease store unavailable")
-	case errors.Is(err, plugins.ErrUnavailable):
-		return status.Error(codes.Unavailable, "database unavailable")
-	case errors.Is(err, plugins.ErrInvalidStatement):
-		return status.Error(codes.InvalidArgument, "the role's statements were rejected by the database")
+	case plugins.KindOf(err)&(plugins.KindAdminLogin|plugins.KindAdminPrivilege|plugins.KindUnavailable|plugins.KindInvalidStatement) != 0:
+		st, _ := databaseStatus(err)
+		return st
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, context.Canceled):

@@ -24,6 +24,9 @@ func TestErrorKinds(t *testing.T) {
 		{"rejected", plugins.Rejected("creation statement 1 rejected: syntax", cause), plugins.KindInvalidStatement, "creation statement 1 rejected: syntax"},
 		{"plain sentinel", fmt.Errorf("x: %w", plugins.ErrInvalidUsername), plugins.KindInvalidUsername, "x: invalid username"},
 		{"wrapped twice", fmt.Errorf("lease: %w", plugins.NotCreated(cause)), plugins.KindNotCreated, "lease: connection refused"},
+		{"admin login", plugins.Classify(plugins.Wrap(context.Background(), "pg: op", cause, true), plugins.KindAdminLogin), plugins.KindUnavailable | plugins.KindAdminLogin, "pg: op: database unavailable: connection refused"},
+		{"admin privilege", plugins.Classify(plugins.Rejected("creation statement 1 rejected: permission denied", cause), plugins.KindAdminPrivilege), plugins.KindInvalidStatement | plugins.KindAdminPrivilege, "creation statement 1 rejected: permission denied"},
+		{"classify zero", plugins.Classify(plugins.NotCreated(cause), 0), plugins.KindNotCreated, "connection refused"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,6 +45,8 @@ func TestErrorKinds(t *testing.T) {
 				{k.InvalidStatement(), plugins.ErrInvalidStatement},
 				{k.InvalidUsername(), plugins.ErrInvalidUsername},
 				{k.NotCreated(), plugins.ErrNotCreated},
+				{k.AdminLogin(), plugins.ErrAdminLogin},
+				{k.AdminPrivilege(), plugins.ErrAdminPrivilege},
 			} {
 				if errors.Is(tc.err, c.sentinel) != c.is {
 					t.Errorf("errors.Is(%v) = %v, kind says %v", c.sentinel, !c.is, c.is)

@@ -140,7 +140,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 // Ping checks that the server answers and the admin credentials work.
 func (db *DB) Ping(ctx context.Context) error {
 	if err := db.pool.Ping(ctx); err != nil {
-		return &plugins.Error{Kind: plugins.KindUnavailable, Err: fmt.Errorf("postgres: connect to %s: %w: %s", db.where, plugins.ErrUnavailable, plugins.Redact(err.Error(), db.secret))}
+		return &plugins.Error{Kind: plugins.KindUnavailable | adminKind(err), Err: fmt.Errorf("postgres: connect to %s: %w: %s", db.where, plugins.ErrUnavailable, plugins.Redact(err.Error(), db.secret))}
 	}
 	return nil
 }
@@ -246,8 +246,28 @@ func unavailable(err error) bool {
 	return pgErr.Code == "3D000" // the configured database vanished
 }
 
+// codeInsufficientPrivilege is what the server answers a statement the
+// admin has no right to run (CREATE ROLE without CREATEROLE, a GRANT
+// without the grant option).
+const codeInsufficientPrivilege = "42501"
+
+// adminKind tells a refused admin login (class 28, invalid authorization)
+// and a privilege the admin lacks from other errors, so that the broker can
+// tell an operator what to fix.
+func adminKind(err error) plugins.Kind {
+	code := pgErrCode(err)
+	switch {
+	case strings.HasPrefix(code, "28"):
+		return plugins.KindAdminLogin
+	case code == codeInsufficientPrivilege:
+		return plugins.KindAdminPrivilege
+	}
+	return 0
+}
+
 // wrap adds the operation and, for connection problems (unavailable),
-// plugins.KindUnavailable.
+// plugins.KindUnavailable; for a refused login or a missing privilege, the
+// admin kinds (adminKind).
 func wrap(ctx context.Context, op string, err error) error {
-	return plugins.Wrap(ctx, "postgres: "+op, err, unavailable(err))
+	return plugins.Classify(plugins.Wrap(ctx, "postgres: "+op, err, unavailable(err)), adminKind(err))
 }
