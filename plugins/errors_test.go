@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/credbroker/credbroker/plugins"
 )
@@ -105,3 +106,31 @@ func TestRenderRevocation(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRunFindsTheAbility: plugins.DryRun reaches a DryRunner through the
+// Sanitized and Observed wrappers, and reports a plugin without the ability.
+func TestDryRunFindsTheAbility(t *testing.T) {
+	ctx := context.Background()
+	plain := plugins.Observed(plugins.Sanitized(noDryRun{}), func(plugins.Operation, time.Duration, error) {})
+	if err := plugins.DryRun(ctx, plain, plugins.DryRunRequest{Role: "r"}); !errors.Is(err, plugins.ErrDryRunUnsupported) {
+		t.Errorf("plain plugin: %v, want ErrDryRunUnsupported", err)
+	}
+	fail := errors.New("creation statement 1 rejected: SCRAM-SHA-256$4096:abc$def:ghi")
+	d := plugins.Observed(plugins.Sanitized(dryRunner{err: plugins.Classify(fail, plugins.KindAdminPrivilege)}), func(plugins.Operation, time.Duration, error) {})
+	err := plugins.DryRun(ctx, d, plugins.DryRunRequest{Role: "r"})
+	if !plugins.KindOf(err).AdminPrivilege() {
+		t.Errorf("kind lost: %v", err)
+	}
+	if strings.Contains(err.Error(), "abc$def") {
+		t.Errorf("verifier not scrubbed: %q", err)
+	}
+}
+
+type noDryRun struct{ plugins.Database }
+
+type dryRunner struct {
+	plugins.Database
+	err error
+}
+
+func (d dryRunner) DryRun(context.Context, plugins.DryRunRequest) error { return d.err }
