@@ -183,6 +183,14 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
+	rotations := map[string]*adminRotation{}
+	for name, d := range a.dbs {
+		r := newAdminRotation(d, cfg.Databases[name], a.audit, a.log, opts.Now)
+		rotations[name] = r
+		if r.every > 0 {
+			a.runners = append(a.runners, r.Run)
+		}
+	}
 	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now)
 	issuer.health = a.dbHealth
 	srv := NewServer(ServerConfig{
@@ -194,6 +202,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		revoker:    revoker,
 		audit:      a.audit,
 		metrics:    a.metrics,
+		rotations:  rotations,
 		Admins:     identity.NewAdminSet(admins),
 		Now:        opts.Now,
 		Logger:     a.log,
@@ -267,6 +276,9 @@ func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
 	}
 	a.runners = append(a.runners, func(ctx context.Context) error { return a.dbHealth.Run(ctx, intervals, timeouts) })
 	for _, name := range sortedKeys(cfg.Databases) {
+		if err := recoverAdminPassword(ctx, cfg, name, cfg.Databases[name], a.log); err != nil {
+			return err
+		}
 		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
 		if err != nil {
 			return err

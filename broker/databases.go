@@ -47,6 +47,12 @@ func openDatabase(ctx context.Context, catalog *plugins.Catalog, name string, dc
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s: %w", name, err)
 	}
+	return openDatabaseWith(ctx, catalog, name, dc, marker, pw)
+}
+
+// openDatabaseWith is openDatabase with the admin password given (a
+// rotation's recovery tries one that is not in password_file yet).
+func openDatabaseWith(ctx context.Context, catalog *plugins.Catalog, name string, dc DatabaseConfig, marker, pw string) (*Database, error) {
 	factory, err := catalog.Lookup(dc.Plugin)
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s: %w", name, err)

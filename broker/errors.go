@@ -45,15 +45,31 @@ func inDatabase(name string, err error) error {
 	return &databaseError{name: name, err: err}
 }
 
+// databaseName is `database "<name>"` for an error naming its database,
+// else "database".
+func databaseName(err error) string {
+	if de, ok := errors.AsType[*databaseError](err); ok {
+		return fmt.Sprintf("database %q", de.name)
+	}
+	return "database"
+}
+
+// rotateRefusal is the message of a rotation refused before it started.
+func rotateRefusal(err error) string {
+	for _, e := range []error{errRotateNeedsFile, errRotationPending, plugins.ErrRotateUnsupported} {
+		if errors.Is(err, e) {
+			return e.Error()
+		}
+	}
+	return "cannot rotate"
+}
+
 // databaseStatus is the status of a plugin error: what kind of failure, in
 // which database, and never the server's own text (which names objects and
 // the admin user; the broker's log has it). ok is false for errors of no
 // plugin kind.
 func databaseStatus(err error) (_ error, ok bool) {
-	where := "database"
-	if de, found := errors.AsType[*databaseError](err); found {
-		where = fmt.Sprintf("database %q", de.name)
-	}
+	where := databaseName(err)
 	k := plugins.KindOf(err)
 	switch {
 	case k.AdminLogin():
@@ -103,6 +119,12 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, "lease is not active")
 	case errors.Is(err, lease.ErrStoreUnavailable):
 		return status.Error(codes.Unavailable, "lease store unavailable")
+	case errors.Is(err, errNoDatabase):
+		return status.Error(codes.NotFound, "no such database")
+	case errors.Is(err, errRotateNeedsFile), errors.Is(err, errRotationPending), errors.Is(err, plugins.ErrRotateUnsupported):
+		return status.Error(codes.FailedPrecondition, databaseName(err)+": "+rotateRefusal(err))
+	case errors.Is(err, errRotateUnfinished):
+		return status.Error(codes.Internal, databaseName(err)+": "+errRotateUnfinished.Error()+"; it is resolved at the next start")
 	case plugins.KindOf(err)&(plugins.KindAdminLogin|plugins.KindAdminPrivilege|plugins.KindUnavailable|plugins.KindInvalidStatement) != 0:
 		st, _ := databaseStatus(err)
 		return st

@@ -215,7 +215,7 @@ func statementFailure(what string, err error, secrets ...string) error {
 		plugins.Redacted(err, secrets...)), adminKind(err))
 }
 
-func (db *DB) scrubbed(err error) error { return plugins.Redacted(err, db.secret) }
+func (db *DB) scrubbed(err error) error { return plugins.Redacted(err, db.admin.Secrets()...) }
 
 // outcomeKnown reports whether the server answered the statement, so that
 // it is known to have failed as a whole. A connection lost in flight or a

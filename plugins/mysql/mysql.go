@@ -68,9 +68,11 @@ type DB struct {
 	pool   *sql.DB
 	users  *plugins.Usernames
 	marker string
-	host   string // UserHost, checked
-	where  string // host:port, for errors
-	secret string // admin password, only to scrub it from errors
+	host   string                 // UserHost, checked
+	where  string                 // host:port, for errors
+	admin  *plugins.AdminPassword // the pool's login (rotate.go); also scrubbed from errors
+	// maxConns is the pool's size, restored after a rotation emptied it.
+	maxConns int
 
 	// server is nil until the server has been reached once; learnMu
 	// keeps concurrent first calls from all asking.
@@ -162,6 +164,15 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	// Every error that matters is returned; the driver's own stderr lines
 	// would bypass the broker's structured log.
 	mc.Logger = &mysql.NopLogger{}
+	// Every new connection logs in with the current admin password, which
+	// SetAdminPassword replaces.
+	admin := plugins.NewAdminPassword(c.Password)
+	if err := mc.Apply(mysql.BeforeConnect(func(_ context.Context, cc *mysql.Config) error {
+		cc.Passwd = admin.Get()
+		return nil
+	})); err != nil {
+		return nil, fmt.Errorf("mysql: connection settings: %s", plugins.Redact(err.Error(), c.Password))
+	}
 	connector, err := mysql.NewConnector(mc)
 	if err != nil {
 		return nil, fmt.Errorf("mysql: connection settings: %s", plugins.Redact(err.Error(), c.Password))
@@ -174,12 +185,13 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	pool.SetConnMaxIdleTime(5 * time.Minute)
 
 	db := &DB{
-		pool:   pool,
-		users:  users,
-		marker: c.Marker,
-		host:   c.UserHost,
-		where:  mc.Addr,
-		secret: c.Password,
+		pool:     pool,
+		users:    users,
+		marker:   c.Marker,
+		host:     c.UserHost,
+		where:    mc.Addr,
+		admin:    admin,
+		maxConns: c.MaxConns,
 	}
 	if !c.Lazy {
 		if err := db.Ping(ctx); err != nil {
@@ -201,7 +213,7 @@ func (db *DB) Ping(ctx context.Context) error {
 }
 
 func (db *DB) connectError(ctx context.Context, err error) error {
-	return plugins.Classify(wrap(ctx, "connect to "+db.where, errors.New(plugins.Redact(err.Error(), db.secret)), unavailable(err)), adminKind(err))
+	return plugins.Classify(wrap(ctx, "connect to "+db.where, errors.New(plugins.Redact(err.Error(), db.admin.Secrets()...)), unavailable(err)), adminKind(err))
 }
 
 // serverInfo returns what the server told the plugin on first contact,
