@@ -35,6 +35,11 @@ needs), and none starts a goroutine when it is built.
 	              reports itself in the health service (credbroker.registry)
 	dbhealth.go   dbHealth: one health service per database
 	              (credbroker.database.<name>), from a periodic Ping and issuance
+	rotate.go     adminRotation: the broker's own admin password rotated
+	              (RotateAdminCredential, rotate_admin_every) through a side file,
+	              recovered at start
+	dryrun.go     DryRun: every role's statements tried on its database
+	              (check-config --dry-run, plugins.DryRunner)
 	reconcile.go  Reconciler: marked database users no lease backs (ListOrphans),
 	              dropped once (App.Reconcile) or periodically (Run)
 	server.go     Server: the two services on the components above
@@ -93,7 +98,8 @@ Run), registry, bulk revoker, health service, registry sweep and SPIRE
 watch (with a registry section), admission (given the watch's refresh),
 reconciler, issuer, server, gRPC server, listener. It starts no goroutine. App.Run runs the components that
 have a Run (SVID file reloader, metrics server, database health pings, lease
-manager, SPIRE watch, reconciler if enabled) and the gRPC server under one errgroup; when its context ends it
+manager, SPIRE watch, scheduled admin password rotations, reconciler if
+enabled) and the gRPC server under one errgroup; when its context ends it
 stops serving, waits for all of them and closes the store and the pools.
 */
 package broker
