@@ -66,22 +66,22 @@ func rotateRefusal(err error) string {
 
 // databaseStatus is the status of a plugin error: what kind of failure, in
 // which database, and never the server's own text (which names objects and
-// the admin user; the broker's log has it). ok is false for errors of no
-// plugin kind.
-func databaseStatus(err error) (_ error, ok bool) {
+// the admin user; the broker's log has it). It is nil for an error of no
+// such kind.
+func databaseStatus(err error) error {
 	where := databaseName(err)
 	k := plugins.KindOf(err)
 	switch {
 	case k.AdminLogin():
-		return status.Error(codes.Unavailable, where+": the server refused the broker's admin login (check the admin user and its password)"), true
+		return status.Error(codes.Unavailable, where+": the server refused the broker's admin login (check the admin user and its password)")
 	case k.AdminPrivilege():
-		return status.Error(codes.FailedPrecondition, where+": the broker's admin user lacks a privilege the operation needs (see the broker's log; docs/config.md lists the admin privileges)"), true
+		return status.Error(codes.FailedPrecondition, where+": the broker's admin user lacks a privilege the operation needs (see the broker's log; docs/config.md lists the admin privileges)")
 	case k.Unavailable():
-		return status.Error(codes.Unavailable, where+" unavailable"), true
+		return status.Error(codes.Unavailable, where+" unavailable")
 	case k.InvalidStatement():
-		return status.Error(codes.InvalidArgument, where+": the role's statements were rejected by the database"), true
+		return status.Error(codes.InvalidArgument, where+": the role's statements were rejected by the database")
 	}
-	return nil, false
+	return nil
 }
 
 // toStatus is the one place that turns an error into a gRPC status. Every
@@ -125,9 +125,8 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, databaseName(err)+": "+rotateRefusal(err))
 	case errors.Is(err, errRotateUnfinished):
 		return status.Error(codes.Internal, databaseName(err)+": "+errRotateUnfinished.Error()+"; it is resolved at the next start")
-	case plugins.KindOf(err)&(plugins.KindAdminLogin|plugins.KindAdminPrivilege|plugins.KindUnavailable|plugins.KindInvalidStatement) != 0:
-		st, _ := databaseStatus(err)
-		return st
+	case databaseStatus(err) != nil:
+		return databaseStatus(err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, context.Canceled):
