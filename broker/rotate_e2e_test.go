@@ -161,6 +161,12 @@ func TestRotateAdminPostgres(t *testing.T) {
 		wantStatus(t, status.Convert(err), codes.FailedPrecondition, `database "main"`, "password_env")
 		wantStatus(t, status.Convert(e.rotate("nosuch")), codes.NotFound, "no such database")
 		wantStatus(t, status.Convert(e.rotate("")), codes.InvalidArgument, "database is required")
+		// A side file of an unfinished rotation: no new one starts.
+		side := writePasswordFile(t, dir, "rot.password.next", randHex(t, 20))
+		wantStatus(t, status.Convert(e.rotate("rot")), codes.FailedPrecondition, `database "rot"`, "outcome is unknown")
+		if err := os.Remove(side); err != nil {
+			t.Fatal(err)
+		}
 		if got := readPasswordFile(t, file); got != pw0 {
 			t.Error("a refused rotation changed password_file")
 		}
