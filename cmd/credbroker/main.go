@@ -4,6 +4,7 @@
 //	credbroker init-store --config FILE   create the lease store of a new installation
 //	credbroker migrate --config FILE      bring a PostgreSQL lease store to this version
 //	credbroker check-config --config FILE validate a config and exit
+//	                 [--dry-run]           ... and run every role's statements for a probe user
 //	credbroker dev-certs --out DIR ...    mint a dev trust bundle and X.509-SVIDs
 //	credbroker audit verify FILE...       check an audit log's hash chain
 //	credbroker leases list|revoke ...     operator: list or revoke leases
@@ -50,7 +51,9 @@ commands:
                 file, or the PostgreSQL schema (--config FILE)
   migrate       apply pending schema migrations to a PostgreSQL lease store;
                 serve never migrates by itself (--config FILE)
-  check-config  validate a config file and exit (--config FILE)
+  check-config  validate a config file and exit (--config FILE); with
+                --dry-run, also run every role's statements against its
+                database for a probe user, leaving nothing behind
   dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
   audit verify  check an audit log's hash chain (FILE... oldest first)
 
@@ -78,7 +81,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "migrate":
 		return migrate(ctx, args[1:], stdout, stderr)
 	case "check-config":
-		return checkConfig(args[1:], stdout, stderr)
+		return checkConfig(ctx, args[1:], stdout, stderr)
 	case "dev-certs":
 		return devCerts(args[1:], stdout, stderr)
 	case "audit":

@@ -138,7 +138,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	case unavailable(err):
 		return wrap(ctx, op, err)
 	}
-	return fmt.Errorf("postgres: %s: %w", op, err)
+	return plugins.Classify(fmt.Errorf("postgres: %s: %w", op, err), adminKind(err))
 }
 
 // intentError is the broker's refusal to let the user exist
@@ -161,5 +161,5 @@ func statementFailure(kind string, i, n int, err error, verifier string) error {
 		what = "setting expiry and marker"
 	}
 	msg := plugins.Redact(pgErr.Message, verifier)
-	return plugins.Rejected(fmt.Sprintf("%s rejected: %s (SQLSTATE %s)", what, msg, pgErr.Code), pgErr)
+	return plugins.Classify(plugins.Rejected(fmt.Sprintf("%s rejected: %s (SQLSTATE %s)", what, msg, pgErr.Code), pgErr), adminKind(pgErr))
 }
