@@ -114,8 +114,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if a.metrics != nil {
 		metricsEnd = a.metrics.onEnd(clock(opts.Now)) // expiry counts and lag
 	}
+	// Streams of WatchCredential learn from the same end path that their
+	// lease ended.
+	ends := newLeaseEnds()
 	a.manager, err = lease.NewManager(lease.Config{
-		OnEnd:             chainOnEnd(auditEnd, metricsEnd),
+		OnEnd:             chainOnEnd(auditEnd, metricsEnd, ends.ended),
 		Store:             a.store,
 		Backend:           backend{dbs: a.dbs, metrics: a.metrics},
 		Now:               opts.Now,
@@ -182,6 +185,18 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
 	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now)
+	watch := newWatcher(watchDeps{
+		issuer:  issuer,
+		leases:  a.manager,
+		ends:    ends,
+		roles:   roles,
+		set:     cfg.Watch.Settings(),
+		audit:   a.audit,
+		metrics: a.metrics,
+		log:     a.log,
+		now:     opts.Now,
+	})
+	a.runners = append(a.runners, watch.Run)
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,
@@ -191,6 +206,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		revoker:    revoker,
 		audit:      a.audit,
 		metrics:    a.metrics,
+		watch:      watch,
 		Admins:     identity.NewAdminSet(admins),
 		Now:        opts.Now,
 		Logger:     a.log,

@@ -33,6 +33,7 @@ type Server struct {
 	registry *registry // nil: no deregistration support (unit tests)
 	audit    *auditor  // nil: no audit log
 	metrics  *metrics  // nil: metrics off
+	watch    *watcher  // nil: WatchCredential answers UNIMPLEMENTED
 	now      func() time.Time
 	log      *slog.Logger
 }
@@ -55,9 +56,11 @@ type ServerConfig struct {
 	audit *auditor
 	// metrics count the calls and lease events; nil: metrics off.
 	metrics *metrics
-	Admins  identity.AdminSet
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// watch serves WatchCredential; nil: UNIMPLEMENTED.
+	watch  *watcher
+	Admins identity.AdminSet
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // NewServer builds the gRPC services; it starts nothing.
@@ -81,6 +84,7 @@ func NewServer(c ServerConfig) *Server {
 		registry: c.registry,
 		audit:    c.audit,
 		metrics:  c.metrics,
+		watch:    c.watch,
 		now:      c.Now,
 		log:      c.Logger,
 	}
