@@ -234,11 +234,16 @@ func (w *watcher) renew(ctx context.Context, id spiffeid.ID, p *watchPlan, ttl t
 	}
 	p.cur = l
 	p.renew = renewAt(now, l.ExpireTime, w.jitter())
+	w.renewed(ctx, id, l, "watch: expires ")
+	return &pb.WatchCredentialResponse{Event: pb.WatchCredentialResponse_RENEWED, Lease: toPB(l)}, nil
+}
+
+// renewed records a renewal the stream made in the audit log and the log.
+func (w *watcher) renewed(ctx context.Context, id spiffeid.ID, l lease.Lease, reason string) {
 	r := leaseRecord(audit.EventRenew, l)
-	r.Caller, r.Reason = id.String(), "watch: expires "+l.ExpireTime.UTC().Format(time.RFC3339)
+	r.Caller, r.Reason = id.String(), reason+l.ExpireTime.UTC().Format(time.RFC3339)
 	w.audit.write(ctx, r)
 	w.log.Info("lease renewed", "lease_id", l.ID, "spiffe_id", l.Owner, "expire_time", l.ExpireTime, "stream", true)
-	return &pb.WatchCredentialResponse{Event: pb.WatchCredentialResponse_RENEWED, Lease: toPB(l)}, nil
 }
 
 // rotate issues the credential that replaces the current one, extends the
@@ -265,9 +270,16 @@ func (w *watcher) rotate(ctx context.Context, id spiffeid.ID, role string, p *wa
 	w.ends.unsubscribe(old.ID)
 	*end = w.ends.subscribe(next.ID)
 	o := effectiveOverlap(old, w.set.Overlap)
-	if ext, err := w.leases.Renew(ctx, old.ID, o); err == nil {
+	// The lease outlives the overlap by a quarter of it, so that the
+	// stream's revocation, not the expiry loop, ends it (rotateAt leaves
+	// room below the max expiry).
+	ext, err := w.leases.Renew(ctx, old.ID, o+o/4)
+	w.metrics.renew(old.Role, err)
+	switch {
+	case err == nil:
 		old = ext
-	} else if !errors.Is(err, lease.ErrMaxTTLReached) {
+		w.renewed(ctx, id, old, "watch: extended for the overlap, expires ")
+	case !errors.Is(err, lease.ErrMaxTTLReached):
 		w.log.Warn("watch: previous lease not extended for the overlap", "lease_id", old.ID, "error", err.Error())
 	}
 	prevEnd := now.Add(o)
@@ -301,6 +313,8 @@ func permanent(err error) bool {
 func (w *watcher) revoke(ctx context.Context, id spiffeid.ID, l lease.Lease, why string) {
 	ended, err := w.leases.Revoke(context.WithoutCancel(ctx), l.ID)
 	switch {
+	case err == nil && ended.State == lease.StateExpired:
+		// The expiry loop got there first and recorded it.
 	case err == nil:
 		w.audit.revoked(ctx, id.String(), audit.ByOwner, []lease.Lease{ended})
 		w.metrics.ended(audit.ByOwner, []lease.Lease{ended})
