@@ -141,6 +141,10 @@ func New(ctx context.Context, addr string, opts ...Option) (_ *Client, err error
 	return c, nil
 }
 
+// Conn is the client's gRPC connection, for the other services of the
+// broker (AdminService, health) over the same mTLS.
+func (c *Client) Conn() *grpc.ClientConn { return c.cc }
+
 // Close closes the connection and the SVID source New made. Close the
 // watchers first: they revoke their leases through this connection.
 func (c *Client) Close() error {
