@@ -118,6 +118,7 @@ func TestPgxQueryLoopAcrossRotations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = w.Close() })
 	cfg, err := w.PgxPoolConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +168,7 @@ func TestMySQLConnectorAcrossRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = w.Close() })
 	db := sql.OpenDB(w.MySQLConnector(nil))
 	db.SetMaxOpenConns(4)
 	l := runLoop(func(ctx context.Context) (string, error) {
@@ -220,6 +222,7 @@ func TestWatcherEndsOnRevocation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { _ = w.Close() })
 			cur, err := w.Current()
 			if err != nil {
 				t.Fatal(err)
@@ -261,6 +264,7 @@ func TestWatcherReconnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = w.Close() })
 	first, _ := w.Current()
 	e.stop()
 	e.start()
