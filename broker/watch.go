@@ -146,7 +146,7 @@ func (w *watcher) serve(st watchStream, id spiffeid.ID, role string, ttl time.Du
 	// The stream's ttl: what the Issuer resolved (role default, capped).
 	ttl = cur.ExpireTime.Sub(cur.IssueTime)
 	end := w.ends.subscribe(cur.ID)
-	p := watchPlan{cur: cur, renew: renewAt(w.now(), cur.ExpireTime, w.jitter())}
+	p := watchPlan{cur: cur, renew: nextRenew(w.now(), cur, w.jitter())}
 	defer func() { w.ends.unsubscribe(p.cur.ID) }()
 	// A revocation between Issue and subscribe would go unseen.
 	if _, err := w.leases.Get(ctx, cur.ID); errors.Is(err, lease.ErrNotFound) {
@@ -216,8 +216,10 @@ func (w *watcher) issue(ctx context.Context, id spiffeid.ID, role string, ttl ti
 // longer active ends the stream (its revocation is under way).
 func (w *watcher) renew(ctx context.Context, id spiffeid.ID, p *watchPlan, ttl time.Duration) (*pb.WatchCredentialResponse, error) {
 	l, err := w.leases.Renew(ctx, p.cur.ID, ttl)
-	w.metrics.renew(p.cur.Role, err)
 	now := w.now()
+	if !errors.Is(err, lease.ErrMaxTTLReached) {
+		w.metrics.renew(p.cur.Role, err)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, lease.ErrMaxTTLReached):
@@ -233,7 +235,7 @@ func (w *watcher) renew(ctx context.Context, id spiffeid.ID, p *watchPlan, ttl t
 		return nil, nil
 	}
 	p.cur = l
-	p.renew = renewAt(now, l.ExpireTime, w.jitter())
+	p.renew = nextRenew(now, l, w.jitter())
 	w.renewed(ctx, id, l, "watch: expires ")
 	return &pb.WatchCredentialResponse{Event: pb.WatchCredentialResponse_RENEWED, Lease: toPB(l)}, nil
 }
@@ -273,14 +275,16 @@ func (w *watcher) rotate(ctx context.Context, id spiffeid.ID, role string, p *wa
 	// The lease outlives the overlap by a quarter of it, so that the
 	// stream's revocation, not the expiry loop, ends it (rotateAt leaves
 	// room below the max expiry).
-	ext, err := w.leases.Renew(ctx, old.ID, o+o/4)
-	w.metrics.renew(old.Role, err)
-	switch {
-	case err == nil:
-		old = ext
-		w.renewed(ctx, id, old, "watch: extended for the overlap, expires ")
-	case !errors.Is(err, lease.ErrMaxTTLReached):
-		w.log.Warn("watch: previous lease not extended for the overlap", "lease_id", old.ID, "error", err.Error())
+	if old.ExpireTime.Before(old.MaxExpireTime) {
+		ext, err := w.leases.Renew(ctx, old.ID, o+o/4)
+		w.metrics.renew(old.Role, err)
+		switch {
+		case err != nil:
+			w.log.Warn("watch: previous lease not extended for the overlap", "lease_id", old.ID, "error", err.Error())
+		case ext.ExpireTime.After(old.ExpireTime):
+			old = ext
+			w.renewed(ctx, id, old, "watch: extended for the overlap, expires ")
+		}
 	}
 	prevEnd := now.Add(o)
 	if old.ExpireTime.Before(prevEnd) {
@@ -288,7 +292,7 @@ func (w *watcher) rotate(ctx context.Context, id spiffeid.ID, role string, p *wa
 	}
 	p.prev, p.prevEnd = old, prevEnd
 	p.cur, p.rotateNotBefore = next, time.Time{}
-	p.renew = renewAt(now, next.ExpireTime, w.jitter())
+	p.renew = nextRenew(now, next, w.jitter())
 	shown := old
 	shown.ExpireTime = prevEnd // when the broker revokes it
 	return &pb.WatchCredentialResponse{
@@ -365,9 +369,10 @@ func (w *watcher) gone(ctx context.Context, p watchPlan, cause error) error {
 		return cause
 	}
 	w.log.Info("watch: client gone; revoking its leases after the grace period", "lease_id", p.cur.ID, "grace", grace)
+	timer := w.after(grace)
 	w.pending.Go(func() {
 		select {
-		case <-w.after(grace):
+		case <-timer:
 		case <-w.stopping:
 			return
 		}

@@ -67,6 +67,16 @@ func renewAt(now, expire time.Time, j float64) time.Time {
 	return now.Add(time.Duration(float64(remaining) * f))
 }
 
+// nextRenew is when l, issued or renewed at now, is renewed next: renewAt,
+// or never (its max expiry: the rotation comes first) if it cannot be
+// extended any further.
+func nextRenew(now time.Time, l lease.Lease, j float64) time.Time {
+	if !l.ExpireTime.Before(l.MaxExpireTime) {
+		return l.MaxExpireTime
+	}
+	return renewAt(now, l.ExpireTime, j)
+}
+
 // retryAfter is how long a stream waits to retry a failed renewal or
 // issuance while its lease expires at expire: a quarter of what is left,
 // between 100ms and 5s.
