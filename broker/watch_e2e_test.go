@@ -179,15 +179,18 @@ func TestWatchCredentialRenewsRotatesAndRevokesAfterGrace(t *testing.T) {
 			t.Errorf("revoke record by %q caller %q, want by owner %s", r.By, r.Caller, ordersID)
 		}
 	}
-	// The stream may renew once more after the last message read.
-	if count[audit.EventIssue] != 3 || count[audit.EventRenew] < renewed || count[audit.EventRevoke] != 3 || len(count) != 3 {
-		t.Errorf("audit records: %v; want 3 issue, at least %d renew, 3 revoke and nothing else", count, renewed)
+	// The stream may renew once more after the last message read. The
+	// last lease is revoked after the grace period or, if its 2s ttl runs
+	// out first (no more renewals once the client is gone), expires.
+	ended := count[audit.EventRevoke] + count[audit.EventExpire]
+	if count[audit.EventIssue] != 3 || count[audit.EventRenew] < renewed || count[audit.EventRevoke] < 2 || ended != 3 || len(count) > 4 {
+		t.Errorf("audit records: %v; want 3 issue, at least %d renew, 3 revoke or expire (2 revoke at least) and nothing else", count, renewed)
 	}
 	metrics := e.scrape()
 	for series, want := range map[string]float64{
 		`credbroker_leases_issued_total{database="main",outcome="ok",role="watched"}`: 3,
 		`credbroker_leases_renewed_total{outcome="ok",role="watched"}`:                float64(count[audit.EventRenew]),
-		`credbroker_leases_revoked_total{reason="owner",role="watched"}`:              3,
+		`credbroker_leases_revoked_total{reason="owner",role="watched"}`:              float64(count[audit.EventRevoke]),
 	} {
 		if got := sample(metrics, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
@@ -198,6 +201,34 @@ func TestWatchCredentialRenewsRotatesAndRevokesAfterGrace(t *testing.T) {
 			t.Fatal("a password is in the audit log or the metrics")
 		}
 		e.assertNoSecret(pw)
+	}
+}
+
+// TestWatchCredentialDisconnectGrace: a client that goes away has its
+// stream's user dropped after the grace period (1s), long before its lease
+// (1m) would expire.
+func TestWatchCredentialDisconnectGrace(t *testing.T) {
+	e := newWatchEnv(t, "1s", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := e.creds(ordersID).WatchCredential(ctx, &pb.WatchCredentialRequest{Role: "reader"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := recv(t, s, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := m.GetCredential().GetUsername()
+	cancel()
+	gone := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	if !e.userExists(user) {
+		t.Fatal("user dropped before the grace period")
+	}
+	waitFor(t, 15*time.Second, "the user dropped after the grace period", func() bool { return !e.userExists(user) })
+	if d := time.Since(gone); d < 900*time.Millisecond || d > 20*time.Second {
+		t.Fatalf("user dropped %s after the client went away, want about 1s", d)
 	}
 }
 
