@@ -211,8 +211,8 @@ func (w *watcher) issue(ctx context.Context, id spiffeid.ID, role string, ttl ti
 	return l, cred, nil
 }
 
-// renew extends the current lease by ttl. A lease at its max expiry is
-// rotated at once; a transient failure is retried; a lease that is no
+// renew extends the current lease by ttl. A lease at its max expiry waits
+// for its rotation; a transient failure is retried; a lease that is no
 // longer active ends the stream (its revocation is under way).
 func (w *watcher) renew(ctx context.Context, id spiffeid.ID, p *watchPlan, ttl time.Duration) (*pb.WatchCredentialResponse, error) {
 	l, err := w.leases.Renew(ctx, p.cur.ID, ttl)
