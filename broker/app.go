@@ -186,7 +186,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now)
 	watch := newWatcher(watchDeps{
-		issuer:  issuer,
+		issuer: issuer,
+		admit: func(ctx context.Context, caller spiffeid.ID, role string) error {
+			_, err := admission.Admit(ctx, caller, role)
+			return err
+		},
 		leases:  a.manager,
 		ends:    ends,
 		roles:   roles,

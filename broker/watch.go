@@ -72,9 +72,19 @@ type WatchSettings struct {
 	DisconnectGrace time.Duration
 }
 
+// streamIssuer issues a stream's credentials: the Issuer.
+type streamIssuer interface {
+	issue(ctx context.Context, caller spiffeid.ID, role string, ttl time.Duration) (lease.Lease, *pb.Credential, error)
+}
+
+var _ streamIssuer = (*Issuer)(nil)
+
 // watchDeps build a watcher.
 type watchDeps struct {
-	issuer  *Issuer
+	issuer streamIssuer
+	// admit says whether caller may have role now (Admission.Admit): why
+	// a stream whose lease ended is ended.
+	admit   func(ctx context.Context, caller spiffeid.ID, role string) error
 	leases  watchLeases
 	ends    *leaseEnds
 	roles   map[string]*Role
@@ -337,7 +347,7 @@ func (w *watcher) revoke(ctx context.Context, id spiffeid.ID, l lease.Lease, why
 // role (deregistered, gone from SPIRE, policy), else the lease was revoked
 // (ABORTED) or expired (UNAVAILABLE).
 func (w *watcher) endedErr(ctx context.Context, id spiffeid.ID, role string, l lease.Lease) error {
-	if _, err := w.issuer.admission.Admit(ctx, id, role); err != nil && permanent(err) {
+	if err := w.admit(ctx, id, role); err != nil && permanent(err) {
 		return err
 	}
 	if l.State == lease.StateExpired {
