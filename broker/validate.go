@@ -37,6 +37,10 @@ func (c *Config) Validate() error {
 		"revocation.backoff_max":  c.Revocation.BackoffMax,
 		"registry.poll_interval":  c.Registry.PollInterval,
 		"reconciler.interval":     c.Reconciler.Interval,
+		"watch.overlap":           c.Watch.Overlap,
+	}
+	if c.Watch.DisconnectGrace != nil {
+		durations["watch.disconnect_grace"] = *c.Watch.DisconnectGrace
 	}
 	for name, d := range c.Databases {
 		durations["databases."+name+".connect_timeout"] = d.ConnectTimeout
