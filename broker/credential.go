@@ -56,9 +56,9 @@ func (s credentialService) RenewLease(ctx context.Context, req *pb.RenewLeaseReq
 	if inc, err = s.renewIncrement(l, inc); err != nil {
 		return nil, err
 	}
-	role := l.Role
+	before := l
 	l, err = s.leases.Renew(ctx, l.ID, inc)
-	s.metrics.renew(role, err)
+	s.metrics.renew(before, err)
 	if err != nil {
 		return nil, err
 	}

@@ -69,11 +69,11 @@ func newMetrics() *metrics {
 		renewed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_leases_renewed_total",
 			Help: "RenewLease calls by role and outcome (ok or the gRPC code name).",
-		}, []string{"role", "outcome"}),
+		}, []string{"role", "database", "outcome"}),
 		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_leases_revoked_total",
 			Help: "Leases ended (user dropped, record deleted) by role and reason: owner, admin, expiry, deregistration, spire.",
-		}, []string{"role", "reason"}),
+		}, []string{"role", "database", "reason"}),
 		revokeFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "credbroker_revocation_failures_total",
 			Help: "Failed attempts to drop a lease's database user (each is retried with backoff).",
@@ -183,12 +183,12 @@ func (m *metrics) issue(roles map[string]*Role, role string, err error) {
 	m.issued.WithLabelValues(role, database, resultOf(err)).Inc()
 }
 
-// renew records one RenewLease outcome; role is "" when no lease was found.
-func (m *metrics) renew(role string, err error) {
+// renew records one renewal outcome of lease l (as it was before).
+func (m *metrics) renew(l lease.Lease, err error) {
 	if m == nil {
 		return
 	}
-	m.renewed.WithLabelValues(role, resultOf(err)).Inc()
+	m.renewed.WithLabelValues(l.Role, l.Database, resultOf(err)).Inc()
 }
 
 // ended records leases ended for reason.
@@ -197,7 +197,7 @@ func (m *metrics) ended(by audit.By, ls []lease.Lease) {
 		return
 	}
 	for _, l := range ls {
-		m.revoked.WithLabelValues(l.Role, string(by)).Inc()
+		m.revoked.WithLabelValues(l.Role, l.Database, string(by)).Inc()
 	}
 }
 
@@ -208,7 +208,7 @@ func (m *metrics) onEnd(now func() time.Time) func(lease.Lease, bool) {
 		if m == nil || !expired {
 			return
 		}
-		m.revoked.WithLabelValues(l.Role, string(audit.ByExpiry)).Inc()
+		m.revoked.WithLabelValues(l.Role, l.Database, string(audit.ByExpiry)).Inc()
 		m.expiryLag.Observe(max(0, now().Sub(l.ExpireTime).Seconds()))
 	}
 }

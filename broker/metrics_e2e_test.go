@@ -88,7 +88,7 @@ func TestMetricsScenario(t *testing.T) {
 	// both show the expiry.
 	waitFor(t, 15*time.Second, "the shortlived lease to expire", func() bool {
 		text = e.scrape()
-		return sample(text, `credbroker_leases_revoked_total{reason="expiry",role="shortlived"}`) == 1 &&
+		return sample(text, `credbroker_leases_revoked_total{database="main",reason="expiry",role="shortlived"}`) == 1 &&
 			sample(text, `credbroker_revoking_leases`) == 0
 	})
 
@@ -102,8 +102,8 @@ func TestMetricsScenario(t *testing.T) {
 		`credbroker_leases_issued_total{database="main",outcome="ok",role="reader"}`:                2,
 		`credbroker_leases_issued_total{database="main",outcome="ok",role="shortlived"}`:            1,
 		`credbroker_leases_issued_total{database="main",outcome="PERMISSION_DENIED",role="reader"}`: 1,
-		`credbroker_leases_revoked_total{reason="owner",role="reader"}`:                             2,
-		`credbroker_leases_revoked_total{reason="expiry",role="shortlived"}`:                        1,
+		`credbroker_leases_revoked_total{database="main",reason="owner",role="reader"}`:             2,
+		`credbroker_leases_revoked_total{database="main",reason="expiry",role="shortlived"}`:        1,
 		`credbroker_expiry_lag_seconds_count`:                                                       1,
 		`credbroker_leases{state="ACTIVE"}`:                                                         0,
 		`credbroker_leases{state="CREATING"}`:                                                       0,

@@ -77,7 +77,7 @@ registry:
 	t.Logf("entry deleted → user dropped in %s (poll interval %s)", took.Round(time.Millisecond), poll)
 	waitFor(t, 5*time.Second, "the SPIRE revocation in the metrics", func() bool {
 		text := e.scrape()
-		return sample(text, `credbroker_leases_revoked_total{reason="spire",role="reader"}`) == 1 &&
+		return sample(text, `credbroker_leases_revoked_total{database="main",reason="spire",role="reader"}`) == 1 &&
 			sample(text, "credbroker_registry_healthy") == 1 && sample(text, "credbroker_registry_sync_age_seconds") >= 0
 	})
 	if session.Ping(ctx) == nil {

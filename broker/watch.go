@@ -228,7 +228,7 @@ func (w *watcher) renew(ctx context.Context, id spiffeid.ID, p *watchPlan, ttl t
 	l, err := w.leases.Renew(ctx, p.cur.ID, ttl)
 	now := w.now()
 	if !errors.Is(err, lease.ErrMaxTTLReached) {
-		w.metrics.renew(p.cur.Role, err)
+		w.metrics.renew(p.cur, err)
 	}
 	switch {
 	case err == nil:
@@ -287,7 +287,7 @@ func (w *watcher) rotate(ctx context.Context, id spiffeid.ID, role string, p *wa
 	// room below the max expiry).
 	if old.ExpireTime.Before(old.MaxExpireTime) {
 		ext, err := w.leases.Renew(ctx, old.ID, o+o/4)
-		w.metrics.renew(old.Role, err)
+		w.metrics.renew(old, err)
 		switch {
 		case err != nil:
 			w.log.Warn("watch: previous lease not extended for the overlap", "lease_id", old.ID, "error", err.Error())

@@ -188,9 +188,9 @@ func TestWatchCredentialRenewsRotatesAndRevokesAfterGrace(t *testing.T) {
 	}
 	metrics := e.scrape()
 	for series, want := range map[string]float64{
-		`credbroker_leases_issued_total{database="main",outcome="ok",role="watched"}`: 3,
-		`credbroker_leases_renewed_total{outcome="ok",role="watched"}`:                float64(count[audit.EventRenew]),
-		`credbroker_leases_revoked_total{reason="owner",role="watched"}`:              float64(count[audit.EventRevoke]),
+		`credbroker_leases_issued_total{database="main",outcome="ok",role="watched"}`:    3,
+		`credbroker_leases_renewed_total{database="main",outcome="ok",role="watched"}`:   float64(count[audit.EventRenew]),
+		`credbroker_leases_revoked_total{database="main",reason="owner",role="watched"}`: float64(count[audit.EventRevoke]),
 	} {
 		if got := sample(metrics, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
