@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -13,8 +14,12 @@ import (
 	"github.com/credbroker/credbroker/identity"
 )
 
-// UnaryAuth refuses any call whose peer has no verified SPIFFE ID before a
-// handler runs, and puts the ID in the context for the handlers. It is also
+// UnaryAuth refuses any call whose peer has no verified SPIFFE ID, or
+// whose SVID is no longer (or not yet) valid on the server's clock, before
+// a handler runs, and puts the ID in the context for the handlers. A TLS
+// connection is verified only at its handshake and may outlive the SVID it
+// was opened with, so the validity period is checked again on every call
+// (and connections are recycled: server.max_connection_age). It is also
 // where handler errors become gRPC statuses (toStatus) and are logged, once,
 // and where refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are
 // recorded in the audit log. Every call, refused or handled, is counted and
@@ -22,11 +27,9 @@ import (
 func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (_ any, err error) {
 	start := time.Now()
 	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
-	id, err := identity.CallerID(ctx)
+	id, err := s.authenticate(ctx, req, info.FullMethod)
 	if err != nil {
-		st := toStatus(errUnauthorized)
-		s.refused(ctx, "", req, info.FullMethod, st)
-		return nil, st
+		return nil, err
 	}
 	resp, err := handler(identity.WithCaller(ctx, id), req)
 	if err != nil {
@@ -38,27 +41,47 @@ func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 	return resp, nil
 }
 
-// StreamAuth is UnaryAuth for streams (reflection, health watch).
+// StreamAuth is UnaryAuth for streams (reflection, health watch). The SVID
+// is checked when the stream starts; a stream that outlives it ends with its
+// connection (server.max_connection_age plus max_connection_age_grace).
 func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
 	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
-	if _, err := identity.CallerID(ss.Context()); err != nil {
-		st := toStatus(errUnauthorized)
-		s.refused(ss.Context(), "", nil, info.FullMethod, st)
-		return st
+	if _, err := s.authenticate(ss.Context(), nil, info.FullMethod); err != nil {
+		return err
 	}
 	return handler(srv, ss)
 }
 
+// authenticate returns the caller of a call, or the status refusing it
+// (UNAUTHENTICATED), already recorded in the audit log: no verified SPIFFE
+// ID, or an SVID whose validity period does not hold s.now().
+func (s *Server) authenticate(ctx context.Context, req any, method string) (spiffeid.ID, error) {
+	p, err := identity.PeerSVIDFromContext(ctx)
+	if err != nil {
+		st := toStatus(errUnauthorized)
+		s.refused(ctx, "", req, method, st)
+		return spiffeid.ID{}, st
+	}
+	if err := p.CheckValidAt(s.now()); err != nil {
+		st := toStatus(err)
+		s.log.Info("call refused", "method", method, "spiffe_id", p.ID.String(), "error", err.Error())
+		s.refused(ctx, p.ID.String(), req, method+": "+strings.TrimPrefix(err.Error(), "identity: "), st)
+		return spiffeid.ID{}, st
+	}
+	return p.ID, nil
+}
+
 // refused writes the refused record of a call answered st, if st is
-// UNAUTHENTICATED or PERMISSION_DENIED: the method as reason, the code as
-// result, and the role the request asked for, if any.
-func (s *Server) refused(ctx context.Context, caller string, req any, method string, st error) {
+// UNAUTHENTICATED or PERMISSION_DENIED: the method as reason (followed by
+// why, for an SVID that is no longer valid), the code as result, and the
+// role the request asked for, if any.
+func (s *Server) refused(ctx context.Context, caller string, req any, reason string, st error) {
 	c := status.Code(st)
 	if c != codes.Unauthenticated && c != codes.PermissionDenied {
 		return
 	}
-	r := audit.Record{Event: audit.EventRefused, Caller: caller, Result: codeName(c), Reason: method}
+	r := audit.Record{Event: audit.EventRefused, Caller: caller, Result: codeName(c), Reason: reason}
 	if rr, ok := req.(interface{ GetRole() string }); ok {
 		r.Role = clip(rr.GetRole())
 	}

@@ -34,6 +34,7 @@ type Config struct {
 	Reconciler ReconcilerConfig `yaml:"reconciler"`
 	Audit      AuditConfig      `yaml:"audit"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
+	Server     ListenerConfig   `yaml:"server"`
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
 	Roles     map[string]RoleConfig     `yaml:"roles"`
@@ -125,6 +126,25 @@ type MetricsConfig struct {
 	// Listen is host:port; empty: no metrics (the default).
 	Listen string `yaml:"listen"`
 }
+
+// ListenerConfig tunes the gRPC listener's connections (key server:).
+// A TLS connection is verified once, at its handshake; recycling it every
+// MaxConnectionAge makes every client present its current SVID again
+// (grpc keepalive.ServerParameters).
+type ListenerConfig struct {
+	// MaxConnectionAge is how long a connection may live before the server
+	// sends GOAWAY (±10% jitter); default 30m.
+	MaxConnectionAge Duration `yaml:"max_connection_age"`
+	// MaxConnectionAgeGrace is how long calls running at GOAWAY may still
+	// take before the connection is closed; default 1m.
+	MaxConnectionAgeGrace Duration `yaml:"max_connection_age_grace"`
+}
+
+// Default connection ages of the server: section.
+const (
+	DefaultMaxConnectionAge      = 30 * time.Minute
+	DefaultMaxConnectionAgeGrace = time.Minute
+)
 
 // Enabled reports whether the audit log is on.
 func (a AuditConfig) Enabled() bool { return a.File != "" || a.Stdout }
@@ -314,6 +334,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.SVID.ReloadInterval.Duration == 0 {
 		c.SVID.ReloadInterval.Duration = 5 * time.Second
+	}
+	if c.Server.MaxConnectionAge.Duration == 0 {
+		c.Server.MaxConnectionAge.Duration = DefaultMaxConnectionAge
+	}
+	if c.Server.MaxConnectionAgeGrace.Duration == 0 {
+		c.Server.MaxConnectionAgeGrace.Duration = DefaultMaxConnectionAgeGrace
 	}
 	if c.Revocation.Concurrency == 0 {
 		c.Revocation.Concurrency = 4

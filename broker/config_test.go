@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 const goodConfig = `
@@ -331,6 +332,39 @@ func TestParseConfigMetricsRefusals(t *testing.T) {
 			_, err := ParseConfig([]byte(goodConfig+tc.section+"\n"), builtin.Catalog())
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseConfigServer(t *testing.T) {
+	cases := []struct {
+		name, section string
+		age, grace    time.Duration
+		want          string // error, if any
+	}{
+		{"absent: defaults", "", 30 * time.Minute, time.Minute, ""},
+		{"set", "server: {max_connection_age: 10m, max_connection_age_grace: 30s}", 10 * time.Minute, 30 * time.Second, ""},
+		{"only age", "server: {max_connection_age: 2h}", 2 * time.Hour, time.Minute, ""},
+		{"too short", "server: {max_connection_age: 10ms}", 0, 0, "config: server.max_connection_age: must be at least 100ms"},
+		{"negative grace", "server: {max_connection_age_grace: -1s}", 0, 0, "config: server.max_connection_age_grace: must not be negative"},
+		{"bad duration", "server: {max_connection_age: soon}", 0, 0, "config: server.max_connection_age: want a duration"},
+		{"unknown key", "server: {max_age: 1m}", 0, 0, "field max_age not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(goodConfig+tc.section+"\n"), builtin.Catalog())
+			if tc.want != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Server.MaxConnectionAge.Duration != tc.age || c.Server.MaxConnectionAgeGrace.Duration != tc.grace {
+				t.Fatalf("server = %+v, want age %s grace %s", c.Server, tc.age, tc.grace)
 			}
 		})
 	}

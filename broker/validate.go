@@ -32,11 +32,13 @@ func (c *Config) Validate() error {
 		return &ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)}
 	}
 	durations := map[string]Duration{
-		"svid.reload_interval":    c.SVID.ReloadInterval,
-		"revocation.backoff_base": c.Revocation.BackoffBase,
-		"revocation.backoff_max":  c.Revocation.BackoffMax,
-		"registry.poll_interval":  c.Registry.PollInterval,
-		"reconciler.interval":     c.Reconciler.Interval,
+		"svid.reload_interval":            c.SVID.ReloadInterval,
+		"revocation.backoff_base":         c.Revocation.BackoffBase,
+		"revocation.backoff_max":          c.Revocation.BackoffMax,
+		"registry.poll_interval":          c.Registry.PollInterval,
+		"reconciler.interval":             c.Reconciler.Interval,
+		"server.max_connection_age":       c.Server.MaxConnectionAge,
+		"server.max_connection_age_grace": c.Server.MaxConnectionAgeGrace,
 	}
 	for name, d := range c.Databases {
 		durations["databases."+name+".connect_timeout"] = d.ConnectTimeout
@@ -95,6 +97,9 @@ func (c *Config) Validate() error {
 		}
 	} else if r.SPIREServerID != "" {
 		return bad("registry.spire_server_address", "required with spire_server_id")
+	}
+	if c.Server.MaxConnectionAge.Duration < 100*time.Millisecond {
+		return bad("server.max_connection_age", "must be at least 100ms")
 	}
 	if c.Reconciler.Interval.Duration < time.Second {
 		return bad("reconciler.interval", "must be at least 1s")
