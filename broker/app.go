@@ -83,6 +83,9 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}()
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	for _, w := range cfg.Warnings() {
+		a.log.Warn("config: " + w)
+	}
 
 	a.source = opts.Source
 	if a.source == nil {

@@ -42,7 +42,15 @@ type Config struct {
 	// catalog knows the engines the databases name; NewApp opens them
 	// through it.
 	catalog *plugins.Catalog
+	// warnings are what Validate accepted but an operator should hear
+	// about (Warnings).
+	warnings []string
 }
+
+// Warnings are what the config allows explicitly but an operator should
+// know at every load: the privileged clauses of roles that set
+// allow_privileged. check-config prints them, NewApp logs them.
+func (c *Config) Warnings() []string { return c.warnings }
 
 // SVIDConfig says where the broker's own X.509-SVID comes from: the SPIFFE
 // Workload API, or files that are re-read when they change.
@@ -245,6 +253,10 @@ type RoleConfig struct {
 	AllowedSPIFFEIDs     []string `yaml:"allowed_spiffe_ids"`
 	CreationStatements   []string `yaml:"creation_statements"`
 	RevocationStatements []string `yaml:"revocation_statements"`
+	// AllowPrivileged lets the creation statements grant server-wide
+	// power (SUPERUSER, ON *.*, …: the engine's PrivilegedClauses), which
+	// is refused otherwise; each such clause is a warning at load.
+	AllowPrivileged bool `yaml:"allow_privileged"`
 }
 
 // Duration reads "90s", "1h30m" from YAML. A bad value is kept and reported

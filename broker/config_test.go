@@ -369,3 +369,60 @@ func TestParseConfigServer(t *testing.T) {
 		})
 	}
 }
+
+// TestParseConfigPrivilegedTemplates: a role whose creation statements
+// grant server-wide power is refused at load (both engines), with the
+// role, the statement and the clause; allow_privileged accepts it and
+// turns each clause into a warning.
+func TestParseConfigPrivilegedTemplates(t *testing.T) {
+	pgRole := "IN ROLE orders_reader;"
+	myRole := "      - GRANT SELECT ON shop.orders TO {{name}}"
+	cases := []struct {
+		name, config, old, new, want string
+	}{
+		{"postgres superuser", goodConfig, pgRole, "SUPERUSER;",
+			`config: roles.orders-readonly.creation_statements: role "orders-readonly": creation statement 1 grants SUPERUSER; set allow_privileged: true on the role if you mean it`},
+		{"postgres second statement", goodConfig, pgRole, pgRole + "\n      - GRANT pg_execute_server_program TO {{name}}",
+			`role "orders-readonly": creation statement 2 grants membership of pg_execute_server_program; set allow_privileged: true`},
+		{"postgres alter system", goodConfig, pgRole, pgRole + "\n      - ALTER SYSTEM SET fsync = off",
+			`role "orders-readonly": creation statement 2 runs ALTER SYSTEM; set allow_privileged: true`},
+		{"mysql all on *.*", mysqlConfig, myRole, "      - GRANT ALL PRIVILEGES ON *.* TO {{name}}",
+			`config: roles.shop-readonly.creation_statements: role "shop-readonly": creation statement 2 grants ALL PRIVILEGES ON *.* (every database); set allow_privileged: true on the role if you mean it`},
+		{"mysql super", mysqlConfig, myRole, "      - GRANT SUPER ON *.* TO {{name}}",
+			`role "shop-readonly": creation statement 2 grants SUPER; set allow_privileged: true`},
+		{"mysql with grant option", mysqlConfig, myRole, myRole + " WITH GRANT OPTION",
+			`role "shop-readonly": creation statement 2 grants WITH GRANT OPTION`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(tc.config, tc.old) {
+				t.Fatalf("test case does not apply: %q not in config", tc.old)
+			}
+			bad := strings.Replace(tc.config, tc.old, tc.new, 1)
+			_, err := ParseConfig([]byte(bad), builtin.Catalog())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+			}
+			// The opt-out: accepted, and said.
+			allowed := strings.Replace(bad, "    creation_statements:", "    allow_privileged: true\n    creation_statements:", 1)
+			c, err := ParseConfig([]byte(allowed), builtin.Catalog())
+			if err != nil {
+				t.Fatalf("with allow_privileged: %v", err)
+			}
+			clause := strings.SplitN(strings.SplitN(tc.want, "creation statement ", 2)[1], ";", 2)[0]
+			if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], "creation statement "+clause) || !strings.Contains(w[0], "allow_privileged") {
+				t.Fatalf("warnings = %q, want one naming %q", w, clause)
+			}
+		})
+	}
+	// A clean config has no warnings, and allow_privileged alone changes nothing.
+	for _, cfg := range []string{goodConfig, strings.Replace(goodConfig, "    creation_statements:", "    allow_privileged: true\n    creation_statements:", 1)} {
+		c, err := ParseConfig([]byte(cfg), builtin.Catalog())
+		if err != nil {
+			t.Fatalf("clean config: %v", err)
+		}
+		if w := c.Warnings(); len(w) != 0 {
+			t.Fatalf("clean config: warnings %q", w)
+		}
+	}
+}

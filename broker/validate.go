@@ -28,6 +28,7 @@ var (
 
 // Validate checks every key and reports the first problem, naming the key.
 func (c *Config) Validate() error {
+	c.warnings = nil
 	bad := func(key, format string, args ...any) error {
 		return &ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -237,6 +238,12 @@ func (c *Config) Validate() error {
 		}
 		if err := factory.CheckStatements(r.CreationStatements); err != nil {
 			return bad(key+".creation_statements", "%v", err)
+		}
+		for _, p := range factory.PrivilegedClauses(r.CreationStatements) {
+			if !r.AllowPrivileged {
+				return bad(key+".creation_statements", "role %q: %s; set allow_privileged: true on the role if you mean it", name, p)
+			}
+			c.warnings = append(c.warnings, fmt.Sprintf("%s: role %q: %s (allowed by allow_privileged)", key, name, p))
 		}
 		if err := plugins.ValidateStatements(r.RevocationStatements, false); err != nil {
 			return bad(key+".revocation_statements", "%v", err)

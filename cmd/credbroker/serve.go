@@ -42,8 +42,12 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	if *path == "" {
 		return fmt.Errorf("check-config: --config is required")
 	}
-	if _, err := broker.LoadConfig(*path, builtin.Catalog()); err != nil {
+	cfg, err := broker.LoadConfig(*path, builtin.Catalog())
+	if err != nil {
 		return err
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "warning: config: %s\n", w)
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
 	return nil
