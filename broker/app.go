@@ -185,7 +185,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
-	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now)
+	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now).withQuotas(a.manager)
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,

@@ -257,6 +257,8 @@ type RoleConfig struct {
 	// power (SUPERUSER, ON *.*, …: the engine's PrivilegedClauses), which
 	// is refused otherwise; each such clause is a warning at load.
 	AllowPrivileged bool `yaml:"allow_privileged"`
+	// Quota limits the role's live leases and issuance rate (quota.go).
+	Quota Quota `yaml:"quota"`
 }
 
 // Duration reads "90s", "1h30m" from YAML. A bad value is kept and reported

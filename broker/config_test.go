@@ -426,3 +426,26 @@ func TestParseConfigPrivilegedTemplates(t *testing.T) {
 		}
 	}
 }
+
+func TestParseConfigQuota(t *testing.T) {
+	const at = "    creation_statements:"
+	c, err := ParseConfig([]byte(strings.Replace(goodConfig, at, "    quota: {max_leases_per_role: 100, max_leases_per_caller: 5, issue_rate_per_caller: 0.5, issue_burst: 3}\n"+at, 1)), builtin.Catalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := c.Roles["orders-readonly"].Quota; q != (Quota{MaxLeasesPerRole: 100, MaxLeasesPerCaller: 5, IssueRatePerCaller: 0.5, IssueBurst: 3}) {
+		t.Fatalf("quota = %+v", q)
+	}
+	for _, tc := range []struct{ quota, want string }{
+		{"{max_leases_per_role: -1}", "config: roles.orders-readonly.quota.max_leases_per_role: want 0 (no limit) or a positive count"},
+		{"{max_leases_per_caller: -2}", "config: roles.orders-readonly.quota.max_leases_per_caller:"},
+		{"{issue_rate_per_caller: -1}", "config: roles.orders-readonly.quota.issue_rate_per_caller:"},
+		{"{issue_burst: 5}", "config: roles.orders-readonly.quota.issue_burst: only with issue_rate_per_caller"},
+		{"{max_leases: 5}", "field max_leases not found"},
+	} {
+		_, err := ParseConfig([]byte(strings.Replace(goodConfig, at, "    quota: "+tc.quota+"\n"+at, 1)), builtin.Catalog())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("quota %s: %v, want %q", tc.quota, err, tc.want)
+		}
+	}
+}

@@ -36,9 +36,12 @@ func toStatus(err error) error {
 		return nil
 	}
 	var ia *invalidArgError
+	var qe *quotaError
 	switch {
 	case errors.As(err, &ia):
 		return status.Error(codes.InvalidArgument, ia.msg)
+	case errors.As(err, &qe):
+		return status.Error(codes.ResourceExhausted, qe.msg)
 	case errors.Is(err, audit.ErrUnavailable):
 		return status.Error(codes.Unavailable, "audit log unavailable")
 	case errors.Is(err, errUnauthorized), errors.Is(err, identity.ErrNoPeerID):

@@ -248,6 +248,9 @@ func (c *Config) Validate() error {
 		if err := plugins.ValidateStatements(r.RevocationStatements, false); err != nil {
 			return bad(key+".revocation_statements", "%v", err)
 		}
+		if err := r.Quota.validate(key + ".quota"); err != nil {
+			return err
+		}
 		for i, s := range r.RevocationStatements {
 			if strings.Contains(s, "{{password}}") || strings.Contains(s, "{{expiration}}") {
 				return bad(fmt.Sprintf("%s.revocation_statements[%d]", key, i), "only {{name}} is available in revocation statements")
