@@ -249,7 +249,10 @@ func privilegedGrant(rest []token) string {
 		if len(level) > 0 && (isWord(level[0], "TABLE") || isWord(level[0], "FUNCTION") || isWord(level[0], "PROCEDURE") || isWord(level[0], "PACKAGE")) {
 			level = level[1:]
 		}
-		if len(level) >= 3 && level[0].text == "*" && level[1].text == "." && level[2].text == "*" {
+		// USAGE is no privilege: GRANT USAGE ON *.* … REQUIRE SSL or WITH
+		// MAX_… sets account options, as MariaDB templates often do.
+		usage := len(privs) == 1 && privs[0] == "USAGE"
+		if !usage && len(level) >= 3 && level[0].text == "*" && level[1].text == "." && level[2].text == "*" {
 			return "grants " + strings.Join(privs, ", ") + " ON *.* (every database)"
 		}
 		if len(level) >= 2 && level[1].text == "." {

@@ -29,6 +29,7 @@ func TestPrivilegedClausesRefused(t *testing.T) {
 		{"grant option privilege", "GRANT GRANT OPTION ON shop.* TO {{name}}", "grants GRANT OPTION"},
 		{"with grant option", "GRANT SELECT ON shop.* TO {{name}} WITH GRANT OPTION", "grants WITH GRANT OPTION"},
 		{"role with admin option", "GRANT orders_reader TO {{name}} WITH ADMIN OPTION", "grants WITH ADMIN OPTION"},
+		{"usage on *.* with grant option", "GRANT USAGE ON *.* TO {{name}} WITH GRANT OPTION", "grants WITH GRANT OPTION"},
 		{"proxy", "GRANT PROXY ON ''@'' TO {{name}}", "grants PROXY"},
 		{"replication slave", "GRANT REPLICATION SLAVE ON *.* TO {{name}}", "grants REPLICATION SLAVE"},
 		{"binlog admin", "GRANT BINLOG ADMIN ON *.* TO {{name}}", "grants BINLOG ADMIN"},
@@ -75,6 +76,7 @@ func TestPrivilegedClausesAllowed(t *testing.T) {
 		"block comment":           "GRANT SELECT ON shop.* TO {{name}} /* SUPER ON *.* */",
 		"session setting":         "SET SESSION sql_mode = 'ANSI'",
 		"with resource options":   lintCreate + " WITH MAX_USER_CONNECTIONS 10",
+		"usage on *.* (options)":  "GRANT USAGE ON *.* TO {{name}} REQUIRE SSL WITH MAX_QUERIES_PER_HOUR 100",
 	} {
 		t.Run(name, func(t *testing.T) {
 			if got := (mysql.Factory{}).PrivilegedClauses([]string{stmt}); len(got) != 0 {
