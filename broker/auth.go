@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -27,10 +29,11 @@ import (
 func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (_ any, err error) {
 	start := time.Now()
 	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
-	id, err := s.authenticate(ctx, req, info.FullMethod)
+	p, err := s.authenticate(ctx, req, info.FullMethod)
 	if err != nil {
 		return nil, err
 	}
+	id := p.ID
 	resp, err := handler(identity.WithCaller(ctx, id), req)
 	if err != nil {
 		st := toStatus(err)
@@ -42,34 +45,57 @@ func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 }
 
 // StreamAuth is UnaryAuth for streams (reflection, health watch). The SVID
-// is checked when the stream starts; a stream that outlives it ends with its
-// connection (server.max_connection_age plus max_connection_age_grace).
+// is checked when the stream starts, and the stream's context ends when the
+// SVID expires: a handler that follows its context (as every long-lived
+// stream must) then ends, and the stream is answered UNAUTHENTICATED and
+// recorded as refused, rather than serving an expired caller until its
+// connection is recycled.
 func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
 	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
-	if _, err := s.authenticate(ss.Context(), nil, info.FullMethod); err != nil {
+	p, err := s.authenticate(ss.Context(), nil, info.FullMethod)
+	if err != nil {
 		return err
 	}
-	return handler(srv, ss)
+	expired := fmt.Errorf("%w: x509-svid of %s expired at %s during the stream", identity.ErrSVIDNotValid, p.ID, p.NotAfter.UTC().Format(time.RFC3339))
+	ctx, cancel := context.WithTimeoutCause(ss.Context(), p.NotAfter.Sub(s.now()), expired)
+	defer cancel()
+	err = handler(srv, &authStream{ServerStream: ss, ctx: ctx})
+	if err != nil && errors.Is(context.Cause(ctx), identity.ErrSVIDNotValid) {
+		st := toStatus(expired)
+		s.log.Info("stream ended", "method", info.FullMethod, "spiffe_id", p.ID.String(), "error", expired.Error())
+		s.refused(ss.Context(), p.ID.String(), nil, info.FullMethod+": "+strings.TrimPrefix(expired.Error(), "identity: "), st)
+		return st
+	}
+	return err
 }
 
-// authenticate returns the caller of a call, or the status refusing it
+// authStream is a server stream whose context ends when its caller's SVID
+// expires.
+type authStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (a *authStream) Context() context.Context { return a.ctx }
+
+// authenticate returns the caller's SVID, or the status refusing the call
 // (UNAUTHENTICATED), already recorded in the audit log: no verified SPIFFE
 // ID, or an SVID whose validity period does not hold s.now().
-func (s *Server) authenticate(ctx context.Context, req any, method string) (spiffeid.ID, error) {
+func (s *Server) authenticate(ctx context.Context, req any, method string) (identity.PeerSVID, error) {
 	p, err := identity.PeerSVIDFromContext(ctx)
 	if err != nil {
 		st := toStatus(errUnauthorized)
 		s.refused(ctx, "", req, method, st)
-		return spiffeid.ID{}, st
+		return identity.PeerSVID{}, st
 	}
 	if err := p.CheckValidAt(s.now()); err != nil {
 		st := toStatus(err)
 		s.log.Info("call refused", "method", method, "spiffe_id", p.ID.String(), "error", err.Error())
 		s.refused(ctx, p.ID.String(), req, method+": "+strings.TrimPrefix(err.Error(), "identity: "), st)
-		return spiffeid.ID{}, st
+		return identity.PeerSVID{}, st
 	}
-	return p.ID, nil
+	return p, nil
 }
 
 // refused writes the refused record of a call answered st, if st is

@@ -179,3 +179,35 @@ func TestMaxConnectionAge(t *testing.T) {
 	}
 	t.Logf("%d handshakes", handshakes.Load())
 }
+
+// TestSVIDExpiresDuringStream: a stream opened with a valid SVID ends
+// UNAUTHENTICATED when the SVID expires (the stream's context ends then),
+// not when its connection is recycled, and is recorded as refused.
+func TestSVIDExpiresDuringStream(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "audit.log")
+	e := newEnvWith(t, envExtra{top: fmt.Sprintf("audit: {file: %s}", file)})
+	ctx := context.Background()
+	cc, svid, _ := e.countedConn(ordersID, 2*time.Second)
+	w, err := healthpb.NewHealthClient(cc).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := w.Recv(); err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first watch answer: %v %v", h, err)
+	}
+	notAfter := svid.Certificates[0].NotAfter
+	_, err = w.Recv()
+	wantCode(t, err, codes.Unauthenticated)
+	if late := time.Since(notAfter); late < 0 || late > 2*time.Second {
+		t.Fatalf("stream ended %s after the SVID's expiry", late)
+	}
+	var found bool
+	for _, r := range readAudit(t, file) {
+		if r.Event == audit.EventRefused && r.Caller == ordersID.String() && strings.Contains(r.Reason, "/grpc.health.v1.Health/Watch: ") && strings.Contains(r.Reason, "during the stream") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("no refused record for the stream")
+	}
+}
