@@ -449,3 +449,18 @@ func TestParseConfigQuota(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployExampleConfig: the example config in deploy/ loads, and none of
+// its templates needs allow_privileged.
+func TestDeployExampleConfig(t *testing.T) {
+	c, err := LoadConfig("../deploy/credbroker.yaml", builtin.Catalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Fatalf("warnings: %q", w)
+	}
+	if c.Server.MaxConnectionAge.Duration != DefaultMaxConnectionAge {
+		t.Errorf("server.max_connection_age = %s", c.Server.MaxConnectionAge)
+	}
+}
