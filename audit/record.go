@@ -15,22 +15,24 @@ type Event string
 
 // The events of the broker (issue 12).
 const (
-	EventIssue      Event = "issue"
-	EventRenew      Event = "renew"
-	EventRevoke     Event = "revoke"
-	EventExpire     Event = "expire"
-	EventRegister   Event = "register"
-	EventDeregister Event = "deregister"
-	EventBulkRevoke Event = "bulk_revoke"
-	EventOrphanDrop Event = "orphan_drop"
-	EventRefused    Event = "refused"
-	EventConfigLoad Event = "config_load"
+	EventIssue       Event = "issue"
+	EventRenew       Event = "renew"
+	EventRevoke      Event = "revoke"
+	EventExpire      Event = "expire"
+	EventRegister    Event = "register"
+	EventDeregister  Event = "deregister"
+	EventBulkRevoke  Event = "bulk_revoke"
+	EventOrphanDrop  Event = "orphan_drop"
+	EventRefused     Event = "refused"
+	EventConfigLoad  Event = "config_load"
+	EventRotateAdmin Event = "rotate_admin"
 )
 
 var events = map[Event]bool{
 	EventIssue: true, EventRenew: true, EventRevoke: true, EventExpire: true,
 	EventRegister: true, EventDeregister: true, EventBulkRevoke: true,
 	EventOrphanDrop: true, EventRefused: true, EventConfigLoad: true,
+	EventRotateAdmin: true,
 }
 
 // By says on whose initiative a lease ended or changed. Empty when it does

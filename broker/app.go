@@ -49,6 +49,8 @@ type App struct {
 	metrics *metrics
 	// metricsServer serves them; nil when metrics are off.
 	metricsServer *metricsServer
+	// dbHealth reports each database in the health service.
+	dbHealth *dbHealth
 }
 
 // AppOptions are the parts a test (or cmd) may inject.
@@ -105,6 +107,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if err := a.openStore(ctx, cfg, opts); err != nil {
 		return nil, err
 	}
+	a.health = health.NewServer()
 	if err := a.openDatabases(ctx, cfg); err != nil {
 		return nil, err
 	}
@@ -155,7 +158,6 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		return nil, err
 	}
 	revoker := bulkRevoker{leases: a.manager}
-	a.health = health.NewServer()
 	var refresh func(context.Context) error // nil without a SPIRE watch
 	if cfg.Registry.SPIREServerAddress != "" {
 		sweep := newRegistrySweep(reg, a.manager, revoker, a.audit, a.metrics, a.log)
@@ -185,7 +187,16 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
+	rotations := map[string]*adminRotation{}
+	for name, d := range a.dbs {
+		r := newAdminRotation(d, cfg.Databases[name], a.audit, a.log, opts.Now)
+		rotations[name] = r
+		if r.every > 0 {
+			a.runners = append(a.runners, r.Run)
+		}
+	}
 	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now).withQuotas(a.manager)
+	issuer.health = a.dbHealth
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,
@@ -195,6 +206,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		revoker:    revoker,
 		audit:      a.audit,
 		metrics:    a.metrics,
+		rotations:  rotations,
 		Admins:     identity.NewAdminSet(admins),
 		Now:        opts.Now,
 		Logger:     a.log,
@@ -268,7 +280,16 @@ func (a *App) openAudit(ctx context.Context, cfg *Config, opts AppOptions) error
 // openDatabases opens every configured database; one that is unreachable
 // does not stop the start.
 func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
+	a.dbHealth = newDBHealth(a.health, a.dbs, a.log)
+	intervals, timeouts := map[string]time.Duration{}, map[string]time.Duration{}
+	for name, dc := range cfg.Databases {
+		intervals[name], timeouts[name] = dc.PingInterval.Duration, dc.ConnectTimeout.Duration
+	}
+	a.runners = append(a.runners, func(ctx context.Context) error { return a.dbHealth.Run(ctx, intervals, timeouts) })
 	for _, name := range sortedKeys(cfg.Databases) {
+		if err := recoverAdminPassword(ctx, cfg, name, cfg.Databases[name], a.log); err != nil {
+			return err
+		}
 		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
 		if err != nil {
 			return err
@@ -282,11 +303,13 @@ func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
 			a.log.Warn("database has no server-side expiry: users outlive their lease while the broker is down, until it is back and revokes them",
 				"database", name, "plugin", d.Plugin)
 		}
-		if err := d.DB.Ping(ctx); err != nil {
+		err = d.DB.Ping(ctx)
+		if err != nil {
 			// Not fatal: leases on other databases must keep being served
 			// and revoked; issuance here answers UNAVAILABLE until it is back.
 			a.log.Warn("database unreachable at startup", "database", name, "error", err)
 		}
+		a.dbHealth.pinged(name, err)
 	}
 	return nil
 }

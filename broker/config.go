@@ -235,6 +235,13 @@ type DatabaseConfig struct {
 	// UsernamePrefix starts every user the broker creates here (default
 	// "cb"); with the marker comment it is how the broker recognises its own.
 	UsernamePrefix string `yaml:"username_prefix"`
+	// PingInterval is how often the broker pings the server to report it
+	// in the health service (credbroker.database.<name>). Default 10s.
+	PingInterval Duration `yaml:"ping_interval"`
+	// RotateAdminEvery, if set, rotates the broker's own admin password on
+	// this schedule (as AdminService/RotateAdminCredential does); it needs
+	// password_file. Default off.
+	RotateAdminEvery Duration `yaml:"rotate_admin_every"`
 	// Options are the keys only the plugin knows (mysql: user_host;
 	// postgres: scram_iterations), checked by its plugins.Factory. Any key
 	// not above lands here, so the catalog refuses unknown ones by name.
@@ -397,9 +404,16 @@ func (c *Config) applyDefaults() {
 		if d.ConnectTimeout.Duration == 0 {
 			d.ConnectTimeout.Duration = 5 * time.Second
 		}
+		if d.PingInterval.Duration == 0 {
+			d.PingInterval.Duration = DefaultPingInterval
+		}
 		c.Databases[name] = d
 	}
 }
+
+// DefaultPingInterval is how often a database is pinged for the health
+// service when its ping_interval is not set.
+const DefaultPingInterval = 10 * time.Second
 
 // AdminPassword resolves a database's admin password from its reference.
 func (d DatabaseConfig) AdminPassword() (string, error) {

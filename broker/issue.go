@@ -33,6 +33,9 @@ type Issuer struct {
 	audit *auditor
 	// quotas enforce the roles' quotas; nil: none (unit tests).
 	quotas *quotas
+	// health learns from each issuance whether its database serves; nil:
+	// not reported.
+	health *dbHealth
 }
 
 // NewIssuer builds an Issuer; aud nil is no audit log, now nil is
@@ -119,8 +122,9 @@ func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		}
 		return err
 	})
+	s.health.issued(role.Database.Name, err)
 	if err != nil {
-		return lease.Lease{}, nil, err
+		return lease.Lease{}, nil, inDatabase(role.Database.Name, err)
 	}
 	if err := s.audit.issueRecorded(ctx, l); err != nil {
 		// Fail closed: a credential the audit log does not hold is never
