@@ -344,8 +344,8 @@ func TestCLIOrphansAndRoles(t *testing.T) {
 	}
 
 	header, rows = tableRows(t, f.cli("admin", "roles").ok(t))
-	want := []string{"reader", "main", "1m0s", "10m0s", "spiffe://example.org/orders/*"}
-	if len(rows) != 1 || !slices.Equal(rows[0], want) || !slices.Equal(header, []string{"NAME", "DATABASE", "DEFAULT TTL", "MAX TTL", "ALLOWED SPIFFE IDS"}) {
+	want := []string{"reader", "main", "1m0s", "10m0s", "spiffe://example.org/orders/*", "-"}
+	if len(rows) != 1 || !slices.Equal(rows[0], want) || !slices.Equal(header, []string{"NAME", "DATABASE", "DEFAULT TTL", "MAX TTL", "ALLOWED SPIFFE IDS", "QUOTA"}) {
 		t.Fatalf("roles table %q %q, want %q", header, rows, want)
 	}
 	out = f.cli("admin", "roles", "-o", "json").ok(t)
