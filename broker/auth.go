@@ -61,7 +61,8 @@ func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	ctx, cancel := context.WithTimeoutCause(ss.Context(), p.NotAfter.Sub(s.now()), expired)
 	defer cancel()
 	err = handler(srv, &authStream{ServerStream: ss, ctx: ctx})
-	if err != nil && errors.Is(context.Cause(ctx), identity.ErrSVIDNotValid) {
+	// Also when the handler returned nil on its context's end: the expiry cut it.
+	if errors.Is(context.Cause(ctx), identity.ErrSVIDNotValid) {
 		st := toStatus(expired)
 		s.log.Info("stream ended", "method", info.FullMethod, "spiffe_id", p.ID.String(), "error", expired.Error())
 		s.refused(ss.Context(), p.ID.String(), nil, info.FullMethod+": "+strings.TrimPrefix(expired.Error(), "identity: "), st)
