@@ -46,9 +46,13 @@ const (
 	ByExpiry         By = "expiry"
 	ByDeregistration By = "deregistration"
 	BySPIRE          By = "spire"
+	// ByIssuance: the broker undid an issuance that failed after its user
+	// was created and its issue record written (the lease could not be
+	// made ACTIVE).
+	ByIssuance By = "issuance"
 )
 
-var bys = map[By]bool{"": true, ByOwner: true, ByAdmin: true, ByExpiry: true, ByDeregistration: true, BySPIRE: true}
+var bys = map[By]bool{"": true, ByOwner: true, ByAdmin: true, ByExpiry: true, ByDeregistration: true, BySPIRE: true, ByIssuance: true}
 
 // ResultOK is the Result of an event that succeeded; any other Result is
 // the name of an error code (a gRPC code name such as PERMISSION_DENIED).

@@ -121,8 +121,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if a.metrics != nil {
 		metricsEnd = a.metrics.onEnd(clock(opts.Now)) // expiry counts and lag
 	}
+	// Streams of WatchCredential learn from the same end path that their
+	// lease ended.
+	ends := newLeaseEnds()
 	a.manager, err = lease.NewManager(lease.Config{
-		OnEnd:             chainOnEnd(auditEnd, metricsEnd),
+		OnEnd:             chainOnEnd(auditEnd, metricsEnd, ends.ended),
 		Store:             a.store,
 		Backend:           backend{dbs: a.dbs, metrics: a.metrics},
 		Now:               opts.Now,
@@ -197,6 +200,22 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	}
 	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now).withQuotas(a.manager)
 	issuer.health = a.dbHealth
+	watch := newWatcher(watchDeps{
+		issuer: issuer,
+		admit: func(ctx context.Context, caller spiffeid.ID, role string) error {
+			_, err := admission.Admit(ctx, caller, role)
+			return err
+		},
+		leases:  a.manager,
+		ends:    ends,
+		roles:   roles,
+		set:     cfg.Watch.Settings(),
+		audit:   a.audit,
+		metrics: a.metrics,
+		log:     a.log,
+		now:     opts.Now,
+	})
+	a.runners = append(a.runners, watch.Run)
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,
@@ -207,6 +226,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		audit:      a.audit,
 		metrics:    a.metrics,
 		rotations:  rotations,
+		watch:      watch,
 		Admins:     identity.NewAdminSet(admins),
 		Now:        opts.Now,
 		Logger:     a.log,

@@ -44,12 +44,15 @@ func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 	return resp, nil
 }
 
-// StreamAuth is UnaryAuth for streams (reflection, health watch). The SVID
-// is checked when the stream starts, and the stream's context ends when the
-// SVID expires: a handler that follows its context (as every long-lived
-// stream must) then ends, and the stream is answered UNAUTHENTICATED and
-// recorded as refused, rather than serving an expired caller until its
-// connection is recycled.
+// StreamAuth is UnaryAuth for streams (WatchCredential, reflection, health
+// watch): the same refusal of a peer without a verified SPIFFE ID or with an
+// SVID no longer valid, the ID in the stream's context, and handler errors
+// turned into statuses (toStatus) and logged once; statuses of the services
+// that make their own (reflection, health) pass through. The stream's
+// context also ends when the SVID expires: a handler that follows its
+// context (as every long-lived stream must) then ends, and the stream is
+// answered UNAUTHENTICATED and recorded as refused, rather than serving an
+// expired caller until its connection is recycled.
 func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
 	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
@@ -60,7 +63,7 @@ func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	expired := fmt.Errorf("%w: x509-svid of %s expired at %s during the stream", identity.ErrSVIDNotValid, p.ID, p.NotAfter.UTC().Format(time.RFC3339))
 	ctx, cancel := context.WithTimeoutCause(ss.Context(), p.NotAfter.Sub(s.now()), expired)
 	defer cancel()
-	err = handler(srv, &authStream{ServerStream: ss, ctx: ctx})
+	err = handler(srv, callerStream{ServerStream: ss, ctx: identity.WithCaller(ctx, p.ID)})
 	// Also when the handler returned nil on its context's end: the expiry cut it.
 	if errors.Is(context.Cause(ctx), identity.ErrSVIDNotValid) {
 		st := toStatus(expired)
@@ -68,17 +71,17 @@ func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		s.refused(ss.Context(), p.ID.String(), nil, info.FullMethod+": "+strings.TrimPrefix(expired.Error(), "identity: "), st)
 		return st
 	}
-	return err
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return err
+	}
+	st := toStatus(err)
+	s.log.Info("stream ended", "method", info.FullMethod, "spiffe_id", p.ID.String(), "error", err.Error())
+	s.refused(ss.Context(), p.ID.String(), nil, info.FullMethod, st)
+	return st
 }
-
-// authStream is a server stream whose context ends when its caller's SVID
-// expires.
-type authStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (a *authStream) Context() context.Context { return a.ctx }
 
 // authenticate returns the caller's SVID, or the status refusing the call
 // (UNAUTHENTICATED), already recorded in the audit log: no verified SPIFFE
@@ -98,6 +101,14 @@ func (s *Server) authenticate(ctx context.Context, req any, method string) (iden
 	}
 	return p, nil
 }
+
+// callerStream is a server stream whose context carries the caller's ID.
+type callerStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c callerStream) Context() context.Context { return c.ctx }
 
 // refused writes the refused record of a call answered st, if st is
 // UNAUTHENTICATED or PERMISSION_DENIED: the method as reason (followed by

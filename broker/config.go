@@ -35,6 +35,7 @@ type Config struct {
 	Audit      AuditConfig      `yaml:"audit"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
 	Server     ListenerConfig   `yaml:"server"`
+	Watch      WatchConfig      `yaml:"watch"`
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
 	Roles     map[string]RoleConfig     `yaml:"roles"`
@@ -112,6 +113,32 @@ type ReconcilerConfig struct {
 	Enabled  bool     `yaml:"enabled"`
 	Interval Duration `yaml:"interval"`
 }
+
+// WatchConfig tunes CredentialService/WatchCredential (docs/watch.md).
+type WatchConfig struct {
+	// Overlap is how long a replaced credential stays valid after its
+	// successor is sent, capped at a third of a lease's life (default 1m).
+	Overlap Duration `yaml:"overlap"`
+	// DisconnectGrace is how long after a stream's client went away the
+	// broker revokes the stream's leases (default 30s); 0 never revokes
+	// them: they run out at their expiry, no longer renewed.
+	DisconnectGrace *Duration `yaml:"disconnect_grace"`
+}
+
+// Settings are the watch settings with their defaults.
+func (w WatchConfig) Settings() WatchSettings {
+	s := WatchSettings{Overlap: w.Overlap.Duration, DisconnectGrace: DefaultDisconnectGrace}
+	if w.DisconnectGrace != nil {
+		s.DisconnectGrace = w.DisconnectGrace.Duration
+	}
+	return s
+}
+
+// Defaults of the watch: section.
+const (
+	DefaultWatchOverlap    = time.Minute
+	DefaultDisconnectGrace = 30 * time.Second
+)
 
 // AuditConfig turns on the audit log (docs/audit.md): a file, stdout, or
 // both; off when neither is set.
@@ -349,6 +376,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Registry.PollInterval.Duration == 0 {
 		c.Registry.PollInterval.Duration = 5 * time.Second
+	}
+	if c.Watch.Overlap.Duration == 0 {
+		c.Watch.Overlap.Duration = DefaultWatchOverlap
 	}
 	if c.Reconciler.Interval.Duration == 0 {
 		c.Reconciler.Interval.Duration = 5 * time.Minute

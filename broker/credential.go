@@ -103,6 +103,23 @@ func (s credentialService) RevokeLease(ctx context.Context, req *pb.RevokeLeaseR
 	return &pb.RevokeLeaseResponse{Lease: toPB(l)}, nil
 }
 
+// WatchCredential issues a credential and keeps it fresh while the stream
+// lives (watch.go; docs/watch.md).
+func (s credentialService) WatchCredential(req *pb.WatchCredentialRequest, stream pb.CredentialService_WatchCredentialServer) error {
+	id, err := caller(stream.Context())
+	if err != nil {
+		return err
+	}
+	ttl, err := durationArg("ttl", req.GetTtl())
+	if err != nil {
+		return err
+	}
+	if s.watch == nil {
+		return errNoWatch
+	}
+	return s.watch.serve(stream, id, req.GetRole(), ttl)
+}
+
 func (s credentialService) ListLeases(ctx context.Context, _ *pb.ListLeasesRequest) (*pb.ListLeasesResponse, error) {
 	id, err := caller(ctx)
 	if err != nil {

@@ -18,6 +18,11 @@ import (
 var (
 	errNotAdmin     = errors.New("caller is not an admin")
 	errUnauthorized = errors.New("caller presented no SPIFFE ID")
+	// WatchCredential stream endings.
+	errLeaseRevoked = errors.New("the stream's lease was revoked")
+	errLeaseExpired = errors.New("the stream's lease expired before it could be renewed or replaced")
+	errShuttingDown = errors.New("the broker is shutting down")
+	errNoWatch      = errors.New("WatchCredential is not served by this server")
 )
 
 // invalidArgError marks a request that is wrong whatever the server's state.
@@ -114,6 +119,14 @@ func toStatus(err error) error {
 		return status.Error(codes.PermissionDenied, "caller's workload is deregistered")
 	case errors.Is(err, errNotRegistered):
 		return status.Error(codes.PermissionDenied, "caller's workload has no registration entry")
+	case errors.Is(err, errLeaseRevoked):
+		return status.Error(codes.Aborted, "the stream's lease was revoked")
+	case errors.Is(err, errLeaseExpired):
+		return status.Error(codes.Unavailable, "the stream's lease expired before it could be renewed or replaced")
+	case errors.Is(err, errShuttingDown):
+		return status.Error(codes.Unavailable, "the broker is shutting down; reconnect")
+	case errors.Is(err, errNoWatch):
+		return status.Error(codes.Unimplemented, "WatchCredential is not served by this server")
 	case errors.Is(err, identity.ErrUnknownRole):
 		return status.Error(codes.NotFound, "no such role")
 	case errors.Is(err, lease.ErrNotFound):

@@ -35,6 +35,7 @@ type Server struct {
 	metrics  *metrics  // nil: metrics off
 	// rotations rotate each database's admin password, by name.
 	rotations map[string]*adminRotation
+	watch     *watcher // nil: WatchCredential answers UNIMPLEMENTED
 	now       func() time.Time
 	log       *slog.Logger
 }
@@ -59,9 +60,11 @@ type ServerConfig struct {
 	metrics *metrics
 	// rotations rotate each database's admin password (RotateAdminCredential).
 	rotations map[string]*adminRotation
-	Admins    identity.AdminSet
-	Now       func() time.Time
-	Logger    *slog.Logger
+	// watch serves WatchCredential; nil: UNIMPLEMENTED.
+	watch  *watcher
+	Admins identity.AdminSet
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // NewServer builds the gRPC services; it starts nothing.
@@ -86,6 +89,7 @@ func NewServer(c ServerConfig) *Server {
 		audit:     c.audit,
 		metrics:   c.metrics,
 		rotations: c.rotations,
+		watch:     c.watch,
 		now:       c.Now,
 		log:       c.Logger,
 	}

@@ -40,6 +40,10 @@ func (c *Config) Validate() error {
 		"reconciler.interval":             c.Reconciler.Interval,
 		"server.max_connection_age":       c.Server.MaxConnectionAge,
 		"server.max_connection_age_grace": c.Server.MaxConnectionAgeGrace,
+		"watch.overlap":                   c.Watch.Overlap,
+	}
+	if c.Watch.DisconnectGrace != nil {
+		durations["watch.disconnect_grace"] = *c.Watch.DisconnectGrace
 	}
 	for name, d := range c.Databases {
 		durations["databases."+name+".connect_timeout"] = d.ConnectTimeout
