@@ -183,6 +183,12 @@ func (s adminService) ListRoles(ctx context.Context, _ *pb.ListRolesRequest) (*p
 			DefaultTtl:       durationpb.New(r.DefaultTTL),
 			MaxTtl:           durationpb.New(r.MaxTTL),
 			AllowedSpiffeIds: pats,
+			Quota: &pb.Quota{
+				MaxLeasesPerRole:   int32(r.Quota.MaxLeasesPerRole),
+				MaxLeasesPerCaller: int32(r.Quota.MaxLeasesPerCaller),
+				IssueRatePerCaller: r.Quota.IssueRatePerCaller,
+				IssueBurst:         int32(burstOrZero(r.Quota)),
+			},
 		})
 	}
 	return resp, nil

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/credbroker/credbroker/audit"
@@ -84,6 +85,9 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		}
 	}()
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	for _, w := range cfg.Warnings() {
+		a.log.Warn("config: " + w)
+	}
 
 	a.source = opts.Source
 	if a.source == nil {
@@ -194,7 +198,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 			a.runners = append(a.runners, r.Run)
 		}
 	}
-	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now)
+	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now).withQuotas(a.manager)
 	issuer.health = a.dbHealth
 	watch := newWatcher(watchDeps{
 		issuer: issuer,
@@ -229,6 +233,13 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	})
 	a.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(a.source, td))),
+		// A connection is authenticated at its handshake; recycling it makes
+		// every client present its current SVID again. The interceptors
+		// also check the SVID's validity on every call (auth.go).
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      cfg.Server.MaxConnectionAge.Duration,
+			MaxConnectionAgeGrace: cfg.Server.MaxConnectionAgeGrace.Duration,
+		}),
 		grpc.ChainUnaryInterceptor(srv.UnaryAuth),
 		grpc.ChainStreamInterceptor(srv.StreamAuth),
 	)

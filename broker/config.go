@@ -34,6 +34,7 @@ type Config struct {
 	Reconciler ReconcilerConfig `yaml:"reconciler"`
 	Audit      AuditConfig      `yaml:"audit"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
+	Server     ListenerConfig   `yaml:"server"`
 	Watch      WatchConfig      `yaml:"watch"`
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
@@ -42,7 +43,15 @@ type Config struct {
 	// catalog knows the engines the databases name; NewApp opens them
 	// through it.
 	catalog *plugins.Catalog
+	// warnings are what Validate accepted but an operator should hear
+	// about (Warnings).
+	warnings []string
 }
+
+// Warnings are what the config allows explicitly but an operator should
+// know at every load: the privileged clauses of roles that set
+// allow_privileged. check-config prints them, NewApp logs them.
+func (c *Config) Warnings() []string { return c.warnings }
 
 // SVIDConfig says where the broker's own X.509-SVID comes from: the SPIFFE
 // Workload API, or files that are re-read when they change.
@@ -153,6 +162,25 @@ type MetricsConfig struct {
 	Listen string `yaml:"listen"`
 }
 
+// ListenerConfig tunes the gRPC listener's connections (key server:).
+// A TLS connection is verified once, at its handshake; recycling it every
+// MaxConnectionAge makes every client present its current SVID again
+// (grpc keepalive.ServerParameters).
+type ListenerConfig struct {
+	// MaxConnectionAge is how long a connection may live before the server
+	// sends GOAWAY (±10% jitter); default 30m.
+	MaxConnectionAge Duration `yaml:"max_connection_age"`
+	// MaxConnectionAgeGrace is how long calls running at GOAWAY may still
+	// take before the connection is closed; default 1m.
+	MaxConnectionAgeGrace Duration `yaml:"max_connection_age_grace"`
+}
+
+// Default connection ages of the server: section.
+const (
+	DefaultMaxConnectionAge      = 30 * time.Minute
+	DefaultMaxConnectionAgeGrace = time.Minute
+)
+
 // Enabled reports whether the audit log is on.
 func (a AuditConfig) Enabled() bool { return a.File != "" || a.Stdout }
 
@@ -259,6 +287,12 @@ type RoleConfig struct {
 	AllowedSPIFFEIDs     []string `yaml:"allowed_spiffe_ids"`
 	CreationStatements   []string `yaml:"creation_statements"`
 	RevocationStatements []string `yaml:"revocation_statements"`
+	// AllowPrivileged lets the creation statements grant server-wide
+	// power (SUPERUSER, ON *.*, …: the engine's PrivilegedClauses), which
+	// is refused otherwise; each such clause is a warning at load.
+	AllowPrivileged bool `yaml:"allow_privileged"`
+	// Quota limits the role's live leases and issuance rate (quota.go).
+	Quota Quota `yaml:"quota"`
 }
 
 // Duration reads "90s", "1h30m" from YAML. A bad value is kept and reported
@@ -351,6 +385,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.SVID.ReloadInterval.Duration == 0 {
 		c.SVID.ReloadInterval.Duration = 5 * time.Second
+	}
+	if c.Server.MaxConnectionAge.Duration == 0 {
+		c.Server.MaxConnectionAge.Duration = DefaultMaxConnectionAge
+	}
+	if c.Server.MaxConnectionAgeGrace.Duration == 0 {
+		c.Server.MaxConnectionAgeGrace.Duration = DefaultMaxConnectionAgeGrace
 	}
 	if c.Revocation.Concurrency == 0 {
 		c.Revocation.Concurrency = 4

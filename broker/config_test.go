@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 const goodConfig = `
@@ -336,5 +337,133 @@ func TestParseConfigMetricsRefusals(t *testing.T) {
 				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseConfigServer(t *testing.T) {
+	cases := []struct {
+		name, section string
+		age, grace    time.Duration
+		want          string // error, if any
+	}{
+		{"absent: defaults", "", 30 * time.Minute, time.Minute, ""},
+		{"set", "server: {max_connection_age: 10m, max_connection_age_grace: 30s}", 10 * time.Minute, 30 * time.Second, ""},
+		{"only age", "server: {max_connection_age: 2h}", 2 * time.Hour, time.Minute, ""},
+		{"too short", "server: {max_connection_age: 10ms}", 0, 0, "config: server.max_connection_age: must be at least 100ms"},
+		{"negative grace", "server: {max_connection_age_grace: -1s}", 0, 0, "config: server.max_connection_age_grace: must not be negative"},
+		{"bad duration", "server: {max_connection_age: soon}", 0, 0, "config: server.max_connection_age: want a duration"},
+		{"unknown key", "server: {max_age: 1m}", 0, 0, "field max_age not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(goodConfig+tc.section+"\n"), builtin.Catalog())
+			if tc.want != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Server.MaxConnectionAge.Duration != tc.age || c.Server.MaxConnectionAgeGrace.Duration != tc.grace {
+				t.Fatalf("server = %+v, want age %s grace %s", c.Server, tc.age, tc.grace)
+			}
+		})
+	}
+}
+
+// TestParseConfigPrivilegedTemplates: a role whose creation statements
+// grant server-wide power is refused at load (both engines), with the
+// role, the statement and the clause; allow_privileged accepts it and
+// turns each clause into a warning.
+func TestParseConfigPrivilegedTemplates(t *testing.T) {
+	pgRole := "IN ROLE orders_reader;"
+	myRole := "      - GRANT SELECT ON shop.orders TO {{name}}"
+	cases := []struct {
+		name, config, old, new, want string
+	}{
+		{"postgres superuser", goodConfig, pgRole, "SUPERUSER;",
+			`config: roles.orders-readonly.creation_statements: role "orders-readonly": creation statement 1 grants SUPERUSER; set allow_privileged: true on the role if you mean it`},
+		{"postgres second statement", goodConfig, pgRole, pgRole + "\n      - GRANT pg_execute_server_program TO {{name}}",
+			`role "orders-readonly": creation statement 2 grants membership of pg_execute_server_program; set allow_privileged: true`},
+		{"postgres alter system", goodConfig, pgRole, pgRole + "\n      - ALTER SYSTEM SET fsync = off",
+			`role "orders-readonly": creation statement 2 runs ALTER SYSTEM; set allow_privileged: true`},
+		{"mysql all on *.*", mysqlConfig, myRole, "      - GRANT ALL PRIVILEGES ON *.* TO {{name}}",
+			`config: roles.shop-readonly.creation_statements: role "shop-readonly": creation statement 2 grants ALL PRIVILEGES ON *.* (every database); set allow_privileged: true on the role if you mean it`},
+		{"mysql super", mysqlConfig, myRole, "      - GRANT SUPER ON *.* TO {{name}}",
+			`role "shop-readonly": creation statement 2 grants SUPER; set allow_privileged: true`},
+		{"mysql with grant option", mysqlConfig, myRole, myRole + " WITH GRANT OPTION",
+			`role "shop-readonly": creation statement 2 grants WITH GRANT OPTION`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(tc.config, tc.old) {
+				t.Fatalf("test case does not apply: %q not in config", tc.old)
+			}
+			bad := strings.Replace(tc.config, tc.old, tc.new, 1)
+			_, err := ParseConfig([]byte(bad), builtin.Catalog())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ParseConfig = %v, want %q", err, tc.want)
+			}
+			// The opt-out: accepted, and said.
+			allowed := strings.Replace(bad, "    creation_statements:", "    allow_privileged: true\n    creation_statements:", 1)
+			c, err := ParseConfig([]byte(allowed), builtin.Catalog())
+			if err != nil {
+				t.Fatalf("with allow_privileged: %v", err)
+			}
+			clause := strings.SplitN(strings.SplitN(tc.want, "creation statement ", 2)[1], ";", 2)[0]
+			if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], "creation statement "+clause) || !strings.Contains(w[0], "allow_privileged") {
+				t.Fatalf("warnings = %q, want one naming %q", w, clause)
+			}
+		})
+	}
+	// A clean config has no warnings, and allow_privileged alone changes nothing.
+	for _, cfg := range []string{goodConfig, strings.Replace(goodConfig, "    creation_statements:", "    allow_privileged: true\n    creation_statements:", 1)} {
+		c, err := ParseConfig([]byte(cfg), builtin.Catalog())
+		if err != nil {
+			t.Fatalf("clean config: %v", err)
+		}
+		if w := c.Warnings(); len(w) != 0 {
+			t.Fatalf("clean config: warnings %q", w)
+		}
+	}
+}
+
+func TestParseConfigQuota(t *testing.T) {
+	const at = "    creation_statements:"
+	c, err := ParseConfig([]byte(strings.Replace(goodConfig, at, "    quota: {max_leases_per_role: 100, max_leases_per_caller: 5, issue_rate_per_caller: 0.5, issue_burst: 3}\n"+at, 1)), builtin.Catalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := c.Roles["orders-readonly"].Quota; q != (Quota{MaxLeasesPerRole: 100, MaxLeasesPerCaller: 5, IssueRatePerCaller: 0.5, IssueBurst: 3}) {
+		t.Fatalf("quota = %+v", q)
+	}
+	for _, tc := range []struct{ quota, want string }{
+		{"{max_leases_per_role: -1}", "config: roles.orders-readonly.quota.max_leases_per_role: want 0 (no limit) or a positive count"},
+		{"{max_leases_per_caller: -2}", "config: roles.orders-readonly.quota.max_leases_per_caller:"},
+		{"{issue_rate_per_caller: -1}", "config: roles.orders-readonly.quota.issue_rate_per_caller:"},
+		{"{issue_burst: 5}", "config: roles.orders-readonly.quota.issue_burst: only with issue_rate_per_caller"},
+		{"{max_leases: 5}", "field max_leases not found"},
+	} {
+		_, err := ParseConfig([]byte(strings.Replace(goodConfig, at, "    quota: "+tc.quota+"\n"+at, 1)), builtin.Catalog())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("quota %s: %v, want %q", tc.quota, err, tc.want)
+		}
+	}
+}
+
+// TestDeployExampleConfig: the example config in deploy/ loads, and none of
+// its templates needs allow_privileged.
+func TestDeployExampleConfig(t *testing.T) {
+	c, err := LoadConfig("../deploy/credbroker.yaml", builtin.Catalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Fatalf("warnings: %q", w)
+	}
+	if c.Server.MaxConnectionAge.Duration != DefaultMaxConnectionAge {
+		t.Errorf("server.max_connection_age = %s", c.Server.MaxConnectionAge)
 	}
 }

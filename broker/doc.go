@@ -23,8 +23,10 @@ needs), and none starts a goroutine when it is built.
 	roles.go      Role: a resolved role template
 	admission.go  Admission: may this caller have this role now? role name, role,
 	              role policy, then the registry (with a rate-limited SPIRE refresh)
-	issue.go      Issuer: admission, then lease.Manager.Issue around the plugin's
-	              NewUser, then the credential
+	issue.go      Issuer: admission, then the role's quota, then lease.Manager.Issue
+	              around the plugin's NewUser, then the credential
+	quota.go      quotas: live leases per role and per caller, issuance rate per
+	              caller, counted and reserved under one lock (RESOURCE_EXHAUSTED)
 	revoke.go     bulkRevoker: every lease a query selects, revoked with bounded
 	              concurrency (DeregisterWorkload, RevokeLeases, the registry sweep)
 	registry.go   registry: deregistrations (kept in the lease store) and the
@@ -50,8 +52,9 @@ needs), and none starts a goroutine when it is built.
 	watchplan.go  a stream's timing as pure functions (renew at 2/3, rotation,
 	              overlap end), tested without a clock
 	admin.go      AdminService handlers (admin check, audit log lines and records)
-	auth.go       the interceptors: a verified SPIFFE ID or UNAUTHENTICATED;
-	              refused calls recorded in the audit log
+	auth.go       the interceptors: a verified SPIFFE ID whose SVID is still valid
+	              on the broker's clock, or UNAUTHENTICATED; refused calls
+	              recorded in the audit log
 	audit.go      auditor: the audit records (docs/audit.md), fail-closed for
 	              issue only; expiry records through lease.Config.OnEnd
 	metrics.go    metrics: the Prometheus metrics (docs/metrics.md) on a registry

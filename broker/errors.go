@@ -99,13 +99,18 @@ func toStatus(err error) error {
 		return nil
 	}
 	var ia *invalidArgError
+	var qe *quotaError
 	switch {
 	case errors.As(err, &ia):
 		return status.Error(codes.InvalidArgument, ia.msg)
+	case errors.As(err, &qe):
+		return status.Error(codes.ResourceExhausted, qe.msg)
 	case errors.Is(err, audit.ErrUnavailable):
 		return status.Error(codes.Unavailable, "audit log unavailable")
 	case errors.Is(err, errUnauthorized), errors.Is(err, identity.ErrNoPeerID):
 		return status.Error(codes.Unauthenticated, "a verified X.509-SVID with a SPIFFE ID is required")
+	case errors.Is(err, identity.ErrSVIDNotValid):
+		return status.Error(codes.Unauthenticated, "the caller's X.509-SVID is expired or not yet valid; reconnect with a current SVID")
 	case errors.Is(err, errNotAdmin):
 		return status.Error(codes.PermissionDenied, "caller is not an admin")
 	case errors.Is(err, identity.ErrNotAllowed):

@@ -31,6 +31,8 @@ type Issuer struct {
 	// audit records each issuance before its credential is returned; nil:
 	// no audit log.
 	audit *auditor
+	// quotas enforce the roles' quotas; nil: none (unit tests).
+	quotas *quotas
 	// health learns from each issuance whether its database serves; nil:
 	// not reported.
 	health *dbHealth
@@ -43,6 +45,12 @@ func NewIssuer(admission *Admission, leases leaseIssuer, aud *auditor, now func(
 		now = time.Now
 	}
 	return &Issuer{admission: admission, leases: leases, audit: aud, now: now}
+}
+
+// withQuotas makes s enforce the roles' quotas, counting with leases.
+func (s *Issuer) withQuotas(leases quotaLister) *Issuer {
+	s.quotas = newQuotas(leases, s.now)
+	return s
 }
 
 // issue checks the request (role, policy, registration, ttl), has the lease
@@ -76,6 +84,13 @@ func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 	if err != nil {
 		return lease.Lease{}, nil, err
 	}
+	// The reservation holds until the manager holds the lease (or it
+	// failed): concurrent issuances see it.
+	release, err := s.quotas.reserve(ctx, role, caller.String(), id)
+	if err != nil {
+		return lease.Lease{}, nil, err
+	}
+	defer release()
 	now := s.now().UTC()
 	l := lease.Lease{
 		ID:                   id,

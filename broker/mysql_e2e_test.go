@@ -36,6 +36,7 @@ type mariaEnv struct {
 //	shop           mysql database on the throwaway MariaDB, user_host 127.0.0.1
 //	shopdown       mysql database on a closed port
 //	shop-reader    CREATE USER + GRANT SELECT ON orders (per-user grant)
+//	shop-group     the README's template: a group role, made the default
 //	shop-short     the same with max_ttl 3s
 //	shop-broken    a template whose second GRANT fails
 //	shop-down      on shopdown
@@ -62,6 +63,9 @@ func newMariaEnv(t *testing.T) *mariaEnv {
 		"CREATE TABLE " + m.db + ".orders (id int)",
 		"INSERT INTO " + m.db + ".orders VALUES (1), (2)",
 		"CREATE TABLE " + m.db + ".payments (id int)",
+		// The group role of the README's template.
+		"CREATE ROLE " + m.db + "_reader",
+		"GRANT SELECT ON " + m.db + ".orders TO " + m.db + "_reader",
 	} {
 		if _, err := admin.ExecContext(ctx, q); err != nil {
 			t.Fatalf("setup %q: %v", q, err)
@@ -77,6 +81,7 @@ func newMariaEnv(t *testing.T) *mariaEnv {
 			}
 		}
 		_, _ = admin.Exec("DROP DATABASE " + m.db)
+		_, _ = admin.Exec("DROP ROLE " + m.db + "_reader")
 	})
 	t.Setenv("CREDBROKER_TEST_MYSQL_ADMIN_PW", cc.Passwd)
 
@@ -112,6 +117,15 @@ func newMariaEnv(t *testing.T) *mariaEnv {
       - GRANT SELECT ON %[1]s.orders TO {{name}}
     revocation_statements:
       - REVOKE SELECT ON %[1]s.orders FROM {{name}}
+  shop-group:
+    database: shop
+    default_ttl: 1m
+    max_ttl: 10m
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}}
+      - GRANT %[1]s_reader TO {{name}}
+      - SET DEFAULT ROLE %[1]s_reader FOR {{name}}
   shop-short:
     database: shop
     default_ttl: 1s
@@ -323,6 +337,30 @@ func TestMariaDBIssueRenewRevoke(t *testing.T) {
 		t.Fatal("login after revoke succeeded")
 	}
 
+	// The README's template passes the privilege lint (the config loaded)
+	// and works: the group role is active at login.
+	t.Run("README group-role template", func(t *testing.T) {
+		resp, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "shop-group"})
+		if err != nil {
+			t.Fatalf("issue: %v", err)
+		}
+		pool, conn, err := mariaLogin(ctx, resp.GetCredential().GetDsn())
+		if err != nil {
+			t.Fatalf("login: %v", err)
+		}
+		defer pool.Close()
+		defer conn.Close()
+		var n int
+		if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM orders").Scan(&n); err != nil || n != 2 {
+			t.Fatalf("read through the group role: %d, %v", n, err)
+		}
+		if _, err := conn.ExecContext(ctx, "SELECT * FROM payments"); err == nil {
+			t.Fatal("read of a table the group role lacks succeeded")
+		}
+		if _, err := client.RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: resp.GetLease().GetId()}); err != nil {
+			t.Fatalf("revoke: %v", err)
+		}
+	})
 	t.Run("failing grant leaves nothing", func(t *testing.T) {
 		_, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "shop-broken"})
 		wantCode(t, err, codes.InvalidArgument)

@@ -14,6 +14,7 @@ type Role struct {
 	Allowed              []identity.Pattern
 	CreationStatements   []string
 	RevocationStatements []string
+	Quota                Quota
 }
 
 // resolveRoles resolves the configured roles against the opened databases
@@ -28,6 +29,7 @@ func resolveRoles(cfg map[string]RoleConfig, dbs map[string]*Database) map[strin
 			MaxTTL:               rc.MaxTTL.Duration,
 			CreationStatements:   rc.CreationStatements,
 			RevocationStatements: rc.RevocationStatements,
+			Quota:                rc.Quota,
 		}
 		for _, p := range rc.AllowedSPIFFEIDs {
 			r.Allowed = append(r.Allowed, identity.MustParsePattern(p))

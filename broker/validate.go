@@ -28,16 +28,19 @@ var (
 
 // Validate checks every key and reports the first problem, naming the key.
 func (c *Config) Validate() error {
+	c.warnings = nil
 	bad := func(key, format string, args ...any) error {
 		return &ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)}
 	}
 	durations := map[string]Duration{
-		"svid.reload_interval":    c.SVID.ReloadInterval,
-		"revocation.backoff_base": c.Revocation.BackoffBase,
-		"revocation.backoff_max":  c.Revocation.BackoffMax,
-		"registry.poll_interval":  c.Registry.PollInterval,
-		"reconciler.interval":     c.Reconciler.Interval,
-		"watch.overlap":           c.Watch.Overlap,
+		"svid.reload_interval":            c.SVID.ReloadInterval,
+		"revocation.backoff_base":         c.Revocation.BackoffBase,
+		"revocation.backoff_max":          c.Revocation.BackoffMax,
+		"registry.poll_interval":          c.Registry.PollInterval,
+		"reconciler.interval":             c.Reconciler.Interval,
+		"server.max_connection_age":       c.Server.MaxConnectionAge,
+		"server.max_connection_age_grace": c.Server.MaxConnectionAgeGrace,
+		"watch.overlap":                   c.Watch.Overlap,
 	}
 	if c.Watch.DisconnectGrace != nil {
 		durations["watch.disconnect_grace"] = *c.Watch.DisconnectGrace
@@ -101,6 +104,9 @@ func (c *Config) Validate() error {
 		}
 	} else if r.SPIREServerID != "" {
 		return bad("registry.spire_server_address", "required with spire_server_id")
+	}
+	if c.Server.MaxConnectionAge.Duration < 100*time.Millisecond {
+		return bad("server.max_connection_age", "must be at least 100ms")
 	}
 	if c.Reconciler.Interval.Duration < time.Second {
 		return bad("reconciler.interval", "must be at least 1s")
@@ -250,8 +256,17 @@ func (c *Config) Validate() error {
 		if err := factory.CheckStatements(r.CreationStatements); err != nil {
 			return bad(key+".creation_statements", "%v", err)
 		}
+		for _, p := range factory.PrivilegedClauses(r.CreationStatements) {
+			if !r.AllowPrivileged {
+				return bad(key+".creation_statements", "role %q: %s; set allow_privileged: true on the role if you mean it", name, p)
+			}
+			c.warnings = append(c.warnings, fmt.Sprintf("%s: role %q: %s (allowed by allow_privileged)", key, name, p))
+		}
 		if err := plugins.ValidateStatements(r.RevocationStatements, false); err != nil {
 			return bad(key+".revocation_statements", "%v", err)
+		}
+		if err := r.Quota.validate(key + ".quota"); err != nil {
+			return err
 		}
 		for i, s := range r.RevocationStatements {
 			if strings.Contains(s, "{{password}}") || strings.Contains(s, "{{expiration}}") {

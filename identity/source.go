@@ -34,7 +34,9 @@ const DefaultPollInterval = 5 * time.Second
 type FileSourceConfig struct {
 	// CertFile holds the SVID certificate, then any intermediates.
 	CertFile string
-	// KeyFile holds the SVID's PKCS#8 private key ("PRIVATE KEY" block).
+	// KeyFile holds the SVID's private key, unencrypted, in PEM: PKCS#8
+	// ("PRIVATE KEY"), SEC1 ("EC PRIVATE KEY") or PKCS#1 ("RSA PRIVATE
+	// KEY"). An encrypted key is refused.
 	KeyFile string
 	// BundleFile holds the CA certificates of TrustDomain.
 	BundleFile string
@@ -210,7 +212,11 @@ func readFiles(cfg FileSourceConfig) (rawFiles, error) {
 }
 
 func (r rawFiles) parse(cfg FileSourceConfig) (*fileMaterial, error) {
-	svid, err := x509svid.Parse(r.cert, r.key)
+	key, err := pkcs8KeyPEM(r.key, cfg.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	svid, err := x509svid.Parse(r.cert, key)
 	if err != nil {
 		return nil, fmt.Errorf("identity: load svid from %q and %q: %w", cfg.CertFile, cfg.KeyFile, err)
 	}

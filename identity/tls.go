@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -54,10 +55,45 @@ func ClientTLSConfigMemberOf(src Source, td spiffeid.TrustDomain) *tls.Config {
 // verifies it in VerifyPeerCertificate instead (SPIFFE verification, not web
 // PKI), where a failure aborts the handshake, so PeerCertificates of a
 // connection it accepted are verified. Serve gRPC only with ServerTLSConfig.
+//
+// CallerID does not look at the certificates' validity periods: the
+// handshake did, but a connection outlives it. Use PeerSVIDFromContext and
+// PeerSVID.CheckValidAt to refuse a call whose SVID has expired since.
 func CallerID(ctx context.Context) (spiffeid.ID, error) {
+	p, err := PeerSVIDFromContext(ctx)
+	return p.ID, err
+}
+
+// PeerSVID is what a call knows of its peer's X.509-SVID: the SPIFFE ID of
+// the leaf and the validity period of the chain the peer presented (the
+// latest NotBefore and the earliest NotAfter of the leaf and the
+// intermediates it sent), fixed at the handshake.
+type PeerSVID struct {
+	ID        spiffeid.ID
+	NotBefore time.Time
+	NotAfter  time.Time
+}
+
+// CheckValidAt returns an error wrapping ErrSVIDNotValid unless now is
+// within the SVID's validity period. A TLS connection is verified once, at
+// its handshake; the interceptors call this on every call so that a
+// connection opened with an SVID that has expired since serves nothing.
+func (p PeerSVID) CheckValidAt(now time.Time) error {
+	switch {
+	case now.After(p.NotAfter):
+		return fmt.Errorf("%w: x509-svid of %s expired at %s", ErrSVIDNotValid, p.ID, p.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(p.NotBefore):
+		return fmt.Errorf("%w: x509-svid of %s is not valid before %s", ErrSVIDNotValid, p.ID, p.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// PeerSVIDFromContext returns the gRPC peer's SVID (see CallerID for what
+// is verified and when). Errors wrap ErrNoPeerID.
+func PeerSVIDFromContext(ctx context.Context) (PeerSVID, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
-		return spiffeid.ID{}, ErrNoPeerID
+		return PeerSVID{}, ErrNoPeerID
 	}
 	var state tls.ConnectionState
 	switch info := p.AuthInfo.(type) {
@@ -65,29 +101,38 @@ func CallerID(ctx context.Context) (spiffeid.ID, error) {
 		state = info.State
 	case *credentials.TLSInfo:
 		if info == nil {
-			return spiffeid.ID{}, ErrNoPeerID
+			return PeerSVID{}, ErrNoPeerID
 		}
 		state = info.State
 	default:
-		return spiffeid.ID{}, fmt.Errorf("%w: connection is %s, not tls", ErrNoPeerID, p.AuthInfo.AuthType())
+		return PeerSVID{}, fmt.Errorf("%w: connection is %s, not tls", ErrNoPeerID, p.AuthInfo.AuthType())
 	}
 	if !state.HandshakeComplete {
-		return spiffeid.ID{}, fmt.Errorf("%w: tls handshake not complete", ErrNoPeerID)
+		return PeerSVID{}, fmt.Errorf("%w: tls handshake not complete", ErrNoPeerID)
 	}
-	var leaf *x509.Certificate
+	var chain []*x509.Certificate
 	switch {
 	case len(state.VerifiedChains) > 0 && len(state.VerifiedChains[0]) > 0:
-		leaf = state.VerifiedChains[0][0]
+		chain = state.VerifiedChains[0]
 	case len(state.PeerCertificates) > 0:
-		leaf = state.PeerCertificates[0]
+		chain = state.PeerCertificates
 	default:
-		return spiffeid.ID{}, fmt.Errorf("%w: no client certificate", ErrNoPeerID)
+		return PeerSVID{}, fmt.Errorf("%w: no client certificate", ErrNoPeerID)
 	}
-	id, err := x509svid.IDFromCert(leaf)
+	id, err := x509svid.IDFromCert(chain[0])
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: %v", ErrNoPeerID, err)
+		return PeerSVID{}, fmt.Errorf("%w: %v", ErrNoPeerID, err)
 	}
-	return id, nil
+	out := PeerSVID{ID: id, NotBefore: chain[0].NotBefore, NotAfter: chain[0].NotAfter}
+	for _, c := range chain[1:] {
+		if c.NotBefore.After(out.NotBefore) {
+			out.NotBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(out.NotAfter) {
+			out.NotAfter = c.NotAfter
+		}
+	}
+	return out, nil
 }
 
 type callerKey struct{}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -423,5 +424,35 @@ func TestCallerFromContext(t *testing.T) {
 	id, ok := CallerFromContext(WithCaller(context.Background(), ordersID))
 	if !ok || id != ordersID {
 		t.Errorf("CallerFromContext = %v, %v; want %s", id, ok, ordersID)
+	}
+}
+
+func TestPeerSVIDCheckValidAt(t *testing.T) {
+	nb := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	p := PeerSVID{ID: ordersID, NotBefore: nb, NotAfter: nb.Add(time.Hour)}
+	cases := []struct {
+		name string
+		now  time.Time
+		want string // "" = valid
+	}{
+		{"at not_before", nb, ""},
+		{"inside", nb.Add(30 * time.Minute), ""},
+		{"at not_after", nb.Add(time.Hour), ""},
+		{"expired", nb.Add(time.Hour + time.Nanosecond), "expired at 2026-12-01T13:00:00Z"},
+		{"not yet valid", nb.Add(-time.Second), "not valid before 2026-12-01T12:00:00Z"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := p.CheckValidAt(tc.now)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrSVIDNotValid) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), ordersID.String()) {
+				t.Fatalf("CheckValidAt = %v, want ErrSVIDNotValid with %q", err, tc.want)
+			}
+		})
 	}
 }

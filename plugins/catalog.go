@@ -25,6 +25,15 @@ type Factory interface {
 	// CheckStatements checks a role's creation statements for what the
 	// engine can tell without a server (placeholders are already checked).
 	CheckStatements(creation []string) error
+	// PrivilegedClauses lints a role's creation statements for clauses
+	// that give the new user (or the statement, run as the broker's admin)
+	// power over the whole server rather than over some objects:
+	// SUPERUSER, ON *.*, server file access and the like. The broker
+	// refuses such a role unless it says allow_privileged. The lint reads
+	// the statements with the engine's lexer, so string literals, quoted
+	// identifiers and comments do not count. It is a guard against
+	// mistakes, not a sandbox: it does not look into function bodies.
+	PrivilegedClauses(creation []string) []PrivilegedClause
 	// Open builds the database from checked settings. It does not contact
 	// the server: the broker must start while a server is down (see
 	// Database.Ping).
@@ -32,6 +41,19 @@ type Factory interface {
 	// ClientDSN is the connection string handed to a workload for its own
 	// user, in the form the engine's usual driver reads.
 	ClientDSN(e Endpoint, username, password string) string
+}
+
+// PrivilegedClause is one finding of Factory.PrivilegedClauses.
+type PrivilegedClause struct {
+	// Statement is the 1-based index of the creation statement.
+	Statement int
+	// What the clause does, as a verb phrase: "grants SUPERUSER",
+	// "grants privileges ON *.*", "runs ALTER SYSTEM".
+	What string
+}
+
+func (p PrivilegedClause) String() string {
+	return fmt.Sprintf("creation statement %d %s", p.Statement, p.What)
 }
 
 // Endpoint is where clients reach a database; the broker copies it into

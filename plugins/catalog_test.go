@@ -17,11 +17,12 @@ type fakeFactory struct {
 	key string
 }
 
-func (f fakeFactory) Type() string                                      { return f.typ }
-func (f fakeFactory) OptionKeys() []string                              { return []string{f.key} }
-func (f fakeFactory) CheckOptions(map[string]any) error                 { return nil }
-func (f fakeFactory) CheckStatements([]string) error                    { return nil }
-func (f fakeFactory) ClientDSN(plugins.Endpoint, string, string) string { return f.typ }
+func (f fakeFactory) Type() string                                          { return f.typ }
+func (f fakeFactory) OptionKeys() []string                                  { return []string{f.key} }
+func (f fakeFactory) CheckOptions(map[string]any) error                     { return nil }
+func (f fakeFactory) CheckStatements([]string) error                        { return nil }
+func (f fakeFactory) PrivilegedClauses([]string) []plugins.PrivilegedClause { return nil }
+func (f fakeFactory) ClientDSN(plugins.Endpoint, string, string) string     { return f.typ }
 func (f fakeFactory) Open(context.Context, plugins.Settings) (plugins.Database, error) {
 	return fakeDB{}, nil
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -62,7 +64,7 @@ type clientFlags struct {
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", defaultAddr, "broker address host:port")
 	fs.StringVar(&c.cert, "cert", "", "the operator's X.509-SVID certificate (PEM); with -key and -bundle")
-	fs.StringVar(&c.key, "key", "", "the SVID's private key (PEM, PKCS#8)")
+	fs.StringVar(&c.key, "key", "", "the SVID's private key (PEM: PKCS#8, SEC1 or PKCS#1, unencrypted)")
 	fs.StringVar(&c.bundle, "bundle", "", "the trust bundle of the SVID's trust domain (PEM)")
 	fs.StringVar(&c.workloadAPI, "workload-api", "", "SPIFFE Workload API address, e.g. unix:///run/spire/agent.sock (default $SPIFFE_ENDPOINT_SOCKET; used when -cert is not given)")
 	fs.StringVar(&c.serverID, "server-id", "", "the broker's SPIFFE ID (default: any ID in the operator's trust domain)")
@@ -132,21 +134,50 @@ func (c *clientFlags) source(ctx context.Context) (identity.Source, func(), erro
 		}
 		return src, func() { src.Close() }, nil
 	}
-	// The file source wants the trust domain; it is the SVID's own.
-	svid, err := x509svid.Load(c.cert, c.key)
+	// The file source wants the trust domain; it is the SVID's own. Only
+	// the certificate is read here: the file source reads the key, in any
+	// of the formats it accepts (PKCS#8, SEC1, PKCS#1).
+	id, err := certID(c.cert)
 	if err != nil {
-		return nil, nil, fmt.Errorf("load svid from %q and %q: %w", c.cert, c.key, err)
+		return nil, nil, err
 	}
 	src, err := identity.NewFileSource(identity.FileSourceConfig{
 		CertFile:    c.cert,
 		KeyFile:     c.key,
 		BundleFile:  c.bundle,
-		TrustDomain: svid.ID.TrustDomain(),
+		TrustDomain: id.TrustDomain(),
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	return src, func() {}, nil
+}
+
+// certID is the SPIFFE ID of the first certificate in the PEM file at path.
+func certID(path string) (spiffeid.ID, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("load svid: %w", err)
+	}
+	for {
+		var block *pem.Block
+		block, b = pem.Decode(b)
+		if block == nil {
+			return spiffeid.ID{}, fmt.Errorf("load svid from %q: no CERTIFICATE block", path)
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("load svid from %q: %w", path, err)
+		}
+		id, err := x509svid.IDFromCert(cert)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("load svid from %q: %w", path, err)
+		}
+		return id, nil
+	}
 }
 
 // adminCall runs one operator command: it dials, calls do under the

@@ -303,10 +303,29 @@ func rolesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if c.output == "json" {
 				return printJSON(stdout, resp)
 			}
-			t := newTable(stdout, "NAME", "DATABASE", "DEFAULT TTL", "MAX TTL", "ALLOWED SPIFFE IDS")
+			t := newTable(stdout, "NAME", "DATABASE", "DEFAULT TTL", "MAX TTL", "ALLOWED SPIFFE IDS", "QUOTA")
 			for _, r := range resp.GetRoles() {
-				t.row(r.GetName(), r.GetDatabase(), dur(r.GetDefaultTtl()), dur(r.GetMaxTtl()), strings.Join(r.GetAllowedSpiffeIds(), ","))
+				t.row(r.GetName(), r.GetDatabase(), dur(r.GetDefaultTtl()), dur(r.GetMaxTtl()), strings.Join(r.GetAllowedSpiffeIds(), ","), quotaCell(r.GetQuota()))
 			}
 			return t.flush()
 		})
+}
+
+// quotaCell is a role's quota in one table cell without spaces: "-" for
+// none, else the limits set, as "per_role=200,per_caller=5,rate=0.5/s,burst=3".
+func quotaCell(q *pb.Quota) string {
+	var parts []string
+	if n := q.GetMaxLeasesPerRole(); n > 0 {
+		parts = append(parts, fmt.Sprintf("per_role=%d", n))
+	}
+	if n := q.GetMaxLeasesPerCaller(); n > 0 {
+		parts = append(parts, fmt.Sprintf("per_caller=%d", n))
+	}
+	if r := q.GetIssueRatePerCaller(); r > 0 {
+		parts = append(parts, fmt.Sprintf("rate=%g/s,burst=%d", r, q.GetIssueBurst()))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
 }

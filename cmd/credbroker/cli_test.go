@@ -3,6 +3,8 @@ package main_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"net"
@@ -344,8 +346,8 @@ func TestCLIOrphansAndRoles(t *testing.T) {
 	}
 
 	header, rows = tableRows(t, f.cli("admin", "roles").ok(t))
-	want := []string{"reader", "main", "1m0s", "10m0s", "spiffe://example.org/orders/*"}
-	if len(rows) != 1 || !slices.Equal(rows[0], want) || !slices.Equal(header, []string{"NAME", "DATABASE", "DEFAULT TTL", "MAX TTL", "ALLOWED SPIFFE IDS"}) {
+	want := []string{"reader", "main", "1m0s", "10m0s", "spiffe://example.org/orders/*", "-"}
+	if len(rows) != 1 || !slices.Equal(rows[0], want) || !slices.Equal(header, []string{"NAME", "DATABASE", "DEFAULT TTL", "MAX TTL", "ALLOWED SPIFFE IDS", "QUOTA"}) {
 		t.Fatalf("roles table %q %q, want %q", header, rows, want)
 	}
 	out = f.cli("admin", "roles", "-o", "json").ok(t)
@@ -410,6 +412,8 @@ func TestCLIConnection(t *testing.T) {
 		{"half the files", []string{"roles", "-addr", f.addr, "-cert", filepath.Join(f.dir, "admin.pem")}, 2, "go together"},
 		{"missing file", admin("-cert", filepath.Join(f.dir, "nope.pem")), 1, "nope.pem"},
 		{"key of another svid", admin("-key", filepath.Join(f.dir, "client-key.pem")), 1, "load svid"},
+		{"SEC1 key", admin("-key", sec1Key(t, filepath.Join(f.dir, "admin-key.pem"))), 0, ""},
+		{"encrypted key", admin("-key", encryptedKey(t)), 1, `"ENCRYPTED PRIVATE KEY" block is encrypted`},
 		{"both sources", admin("-workload-api", "unix:///nonexistent"), 2, "not both"},
 		{"bad timeout", admin("-timeout", "0s"), 2, "-timeout"},
 		{"unknown flag", admin("-bogus"), 2, "flag provided but not defined"},
@@ -551,4 +555,38 @@ func TestCLIFailingRevocation(t *testing.T) {
 	}
 	t.Logf("revoke: %s", strings.TrimSpace(r.stderr))
 	t.Logf("list:\n%s", out)
+}
+
+// sec1Key writes the PKCS#8 ECDSA key at path again as SEC1 ("EC PRIVATE
+// KEY", as openssl ecparam -genkey writes it) and returns the new file.
+func sec1Key(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(key.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "admin-sec1-key.pem")
+	if err := os.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// encryptedKey writes a key file holding an encrypted PKCS#8 block.
+func encryptedKey(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "encrypted-key.pem")
+	if err := os.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte("not really encrypted")}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

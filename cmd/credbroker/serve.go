@@ -47,6 +47,9 @@ func checkConfig(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "warning: config: %s\n", w)
+	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
 	if !*dryRun {
 		return nil

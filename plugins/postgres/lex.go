@@ -115,3 +115,134 @@ func identChar(c byte) bool {
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// tokenKind classifies the tokens of a statement for the privilege lint.
+type tokenKind int
+
+const (
+	tokWord        tokenKind = iota // keyword or unquoted identifier
+	tokQuotedIdent                  // "…": text is the identifier, exact
+	tokString                       // '…', E'…', $tag$…$tag$: text is empty
+	tokPlaceholder                  // {{name}} and the like
+	tokPunct                        // any other byte, one per token
+)
+
+// token is one lexical token of a statement. Words are upper-cased.
+type token struct {
+	kind tokenKind
+	text string
+}
+
+// tokens splits sql into tokens as PostgreSQL's lexer would, dropping
+// comments and whitespace, so that a keyword inside a string literal, a
+// quoted identifier or a comment is never read as one. Strings are read
+// with standard_conforming_strings on (a backslash is literal except in
+// E'…'). An unterminated quote, dollar quote or comment runs to the end.
+func tokens(sql string) []token {
+	var out []token
+	n := len(sql)
+	for i := 0; i < n; {
+		c := sql[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			i++
+		case c == '-' && i+1 < n && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				return out
+			}
+			i += j + 1
+		case c == '/' && i+1 < n && sql[i+1] == '*':
+			depth := 1
+			i += 2
+			for depth > 0 && i < n {
+				switch {
+				case i+1 < n && sql[i] == '/' && sql[i+1] == '*':
+					depth++
+					i += 2
+				case i+1 < n && sql[i] == '*' && sql[i+1] == '/':
+					depth--
+					i += 2
+				default:
+					i++
+				}
+			}
+		case c == '{' && strings.HasPrefix(sql[i:], "{{"):
+			j := strings.Index(sql[i:], "}}")
+			if j < 0 {
+				j = n - i - 2
+			}
+			out = append(out, token{kind: tokPlaceholder, text: sql[i : i+j+2]})
+			i += j + 2
+		case c == '\'':
+			escapes := len(out) > 0 && out[len(out)-1].kind == tokWord && out[len(out)-1].text == "E" && i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e')
+			if escapes {
+				out = out[:len(out)-1]
+			}
+			i, _ = quotedEnd(sql, i+1, '\'', escapes)
+			out = append(out, token{kind: tokString})
+		case c == '"':
+			j, ok := quotedEnd(sql, i+1, '"', false)
+			body := sql[i+1:]
+			if ok {
+				body = sql[i+1 : j-1]
+			}
+			out = append(out, token{kind: tokQuotedIdent, text: strings.ReplaceAll(body, `""`, `"`)})
+			i = j
+		case c == '$' && i+1 < n && (sql[i+1] == '$' || identChar(sql[i+1]) && !isDigit(sql[i+1])):
+			j := i + 1
+			for j < n && identChar(sql[j]) {
+				j++
+			}
+			if j >= n || sql[j] != '$' {
+				out = append(out, token{kind: tokPunct, text: "$"})
+				i++
+				continue
+			}
+			tag := sql[i : j+1]
+			k := strings.Index(sql[j+1:], tag)
+			if k < 0 {
+				i = n
+			} else {
+				i = j + 1 + k + len(tag)
+			}
+			out = append(out, token{kind: tokString})
+		case identChar(c):
+			j := i
+			for j < n && (identChar(sql[j]) || sql[j] == '$') {
+				j++
+			}
+			out = append(out, token{kind: tokWord, text: strings.ToUpper(sql[i:j])})
+			i = j
+		default:
+			out = append(out, token{kind: tokPunct, text: sql[i : i+1]})
+			i++
+		}
+	}
+	return out
+}
+
+// quotedEnd returns the index just past the quote closing a token whose
+// body starts at i (a doubled quote is part of the body), or len(sql) and
+// false if it is unterminated.
+func quotedEnd(sql string, i int, q byte, escapes bool) (int, bool) {
+	for i < len(sql) {
+		switch sql[i] {
+		case '\\':
+			if escapes {
+				i += 2
+				continue
+			}
+			i++
+		case q:
+			if i+1 < len(sql) && sql[i+1] == q {
+				i += 2
+				continue
+			}
+			return i + 1, true
+		default:
+			i++
+		}
+	}
+	return len(sql), false
+}
