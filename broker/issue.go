@@ -19,6 +19,9 @@ import (
 type leaseIssuer interface {
 	Issue(ctx context.Context, l lease.Lease, create lease.CreateFunc) (lease.Lease, error)
 	Revoke(ctx context.Context, id string) (lease.Lease, error)
+	// FindRequest finds the lease of an owner's request id (idempotent
+	// issuance, requests.go).
+	FindRequest(ctx context.Context, owner, requestID string) (lease.Lease, error)
 }
 
 // Issuer issues credentials: it asks admission whether the caller may have
@@ -31,6 +34,8 @@ type Issuer struct {
 	// audit records each issuance before its credential is returned; nil:
 	// no audit log.
 	audit *auditor
+	// requests makes issuance with a request id idempotent (requests.go).
+	requests *requests
 }
 
 // NewIssuer builds an Issuer; aud nil is no audit log, now nil is
@@ -39,12 +44,21 @@ func NewIssuer(admission *Admission, leases leaseIssuer, aud *auditor, now func(
 	if now == nil {
 		now = time.Now
 	}
-	return &Issuer{admission: admission, leases: leases, audit: aud, now: now}
+	return &Issuer{admission: admission, leases: leases, audit: aud, now: now, requests: newRequests(now, replayWindow)}
 }
 
 // issue checks the request (role, policy, registration, ttl), has the lease
-// manager issue a lease for a new user, and builds the credential.
-func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration) (lease.Lease, *pb.Credential, error) {
+// manager issue a lease for a new user, and builds the credential. A
+// non-empty requestID makes it idempotent (requests.go).
+func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration, requestID string) (lease.Lease, *pb.Credential, error) {
+	if requestID != "" {
+		return s.issueOnce(ctx, caller, roleName, ttl, requestID)
+	}
+	return s.issueNew(ctx, caller, roleName, ttl, "")
+}
+
+// issueNew issues a new lease and user, with requestID recorded in it.
+func (s *Issuer) issueNew(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration, requestID string) (lease.Lease, *pb.Credential, error) {
 	if ttl < 0 {
 		return lease.Lease{}, nil, invalidArg("ttl must be positive")
 	}
@@ -85,6 +99,7 @@ func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		MaxExpireTime:        now.Add(role.MaxTTL),
 		State:                lease.StateCreating,
 		RevocationStatements: role.RevocationStatements,
+		RequestID:            requestID,
 	}
 	// lease.Manager.Issue runs the crash-safe protocol around the plugin's
 	// NewUser: the plugin waits for the durable CREATING record (Intent)
