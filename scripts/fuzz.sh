@@ -23,7 +23,7 @@ for t in "${targets[@]}"; do
 	pkg=${t% *} name=${t#* }
 	echo "== $pkg $name ($FUZZTIME)"
 	log=$(mktemp)
-	go test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg" >"$log" 2>&1
+	go test -timeout=0 -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg" >"$log" 2>&1
 	rc=$?
 	grep -vE '^fuzz: elapsed: ' "$log" | tail -n 40
 	# The last progress line: "fuzz: elapsed: 1m0s, execs: 1234567 (20576/sec), new interesting: 3 (total: 15)"
