@@ -6,9 +6,12 @@
 #   scripts/fuzz.sh                 every target, FUZZTIME=1m
 #   FUZZTIME=30s scripts/fuzz.sh    shorter
 #   scripts/fuzz.sh FuzzQuoting     only targets whose name matches (grep -E)
+#   FUZZPARALLEL=1 scripts/fuzz.sh  one fuzzing worker per target (default: GOMAXPROCS)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-1m}
+parallel=()
+if [[ -n "${FUZZPARALLEL:-}" ]]; then parallel=(-parallel="$FUZZPARALLEL"); fi
 only=${1:-.}
 
 # package and target, one per line: every func FuzzX in a _test.go file.
@@ -23,7 +26,7 @@ for t in "${targets[@]}"; do
 	pkg=${t% *} name=${t#* }
 	echo "== $pkg $name ($FUZZTIME)"
 	log=$(mktemp)
-	go test -timeout=0 -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg" >"$log" 2>&1
+	go test -timeout=0 "${parallel[@]}" -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg" >"$log" 2>&1
 	rc=$?
 	grep -vE '^fuzz: elapsed: ' "$log" | tail -n 40
 	# The last progress line: "fuzz: elapsed: 1m0s, execs: 1234567 (20576/sec), new interesting: 3 (total: 15)"
