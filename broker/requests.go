@@ -173,6 +173,9 @@ func (s *Issuer) issueOnce(ctx context.Context, caller spiffeid.ID, roleName str
 	if err := checkRequestID(requestID); err != nil {
 		return lease.Lease{}, nil, err
 	}
+	if ttl < 0 {
+		return lease.Lease{}, nil, invalidArg("ttl must be positive")
+	}
 	k := requestKey{owner: caller.String(), requestID: requestID}
 	r := s.requests
 	for {
@@ -229,6 +232,9 @@ func (s *Issuer) issueOrReplay(ctx context.Context, caller spiffeid.ID, roleName
 	}
 	if existing.State == lease.StateActive {
 		if cred, ok := s.requests.credential(k, existing.ID); ok {
+			if err := s.audit.replayRecorded(ctx, existing); err != nil {
+				return lease.Lease{}, nil, err // fail closed, as for a new credential
+			}
 			return existing, cred, nil
 		}
 	}
