@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -144,5 +145,36 @@ func TestIdempotentIssue(t *testing.T) {
 	}
 	if _, err := e.creds(otherID).RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: mine.GetLease().GetId()}); err != nil {
 		t.Errorf("revoke: %v", err)
+	}
+}
+
+// A credential replayed to a retry is audited: a second issue record for
+// the same lease, with its reason; the password is in neither.
+func TestIdempotentIssueAudited(t *testing.T) {
+	e, file := newAuditEnv(t, "")
+	ctx := context.Background()
+	client := e.creds(ordersID)
+	var leaseID, password string
+	for range 2 {
+		resp, err := client.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader", RequestId: "audited-1"})
+		if err != nil {
+			t.Fatalf("issue: %v", err)
+		}
+		leaseID, password = resp.GetLease().GetId(), resp.GetCredential().GetPassword()
+	}
+	var issues []string
+	for _, r := range readAudit(t, file) {
+		if r.Event == "issue" && r.LeaseID == leaseID {
+			issues = append(issues, r.Reason)
+		}
+	}
+	if len(issues) != 2 || issues[0] != "" || !strings.Contains(issues[1], "request_id") {
+		t.Fatalf("issue records of lease %s: reasons %q, want a first one and a replay", leaseID, issues)
+	}
+	if b, err := os.ReadFile(file); err != nil || strings.Contains(string(b), password) {
+		t.Fatalf("audit log holds the password (or is unreadable: %v)", err)
+	}
+	if _, err := client.RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: leaseID}); err != nil {
+		t.Fatal(err)
 	}
 }
