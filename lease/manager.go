@@ -218,6 +218,13 @@ func (m *Manager) begin(ctx context.Context, l Lease) error {
 	}
 	l.State = StateCreating
 	l.LastError, l.Attempts, l.Expired = "", 0, false
+	if l.RequestID != "" {
+		// The request id must be checked against every lease, restored
+		// ones included.
+		if err := m.awaitLease(ctx, ""); err != nil {
+			return fmt.Errorf("lease: begin %s: %w", l.ID, err)
+		}
+	}
 
 	e := newEntry(l)
 	e.opc() <- struct{}{} // new: cannot block
