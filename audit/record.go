@@ -15,22 +15,24 @@ type Event string
 
 // The events of the broker (issue 12).
 const (
-	EventIssue      Event = "issue"
-	EventRenew      Event = "renew"
-	EventRevoke     Event = "revoke"
-	EventExpire     Event = "expire"
-	EventRegister   Event = "register"
-	EventDeregister Event = "deregister"
-	EventBulkRevoke Event = "bulk_revoke"
-	EventOrphanDrop Event = "orphan_drop"
-	EventRefused    Event = "refused"
-	EventConfigLoad Event = "config_load"
+	EventIssue       Event = "issue"
+	EventRenew       Event = "renew"
+	EventRevoke      Event = "revoke"
+	EventExpire      Event = "expire"
+	EventRegister    Event = "register"
+	EventDeregister  Event = "deregister"
+	EventBulkRevoke  Event = "bulk_revoke"
+	EventOrphanDrop  Event = "orphan_drop"
+	EventRefused     Event = "refused"
+	EventConfigLoad  Event = "config_load"
+	EventRotateAdmin Event = "rotate_admin"
 )
 
 var events = map[Event]bool{
 	EventIssue: true, EventRenew: true, EventRevoke: true, EventExpire: true,
 	EventRegister: true, EventDeregister: true, EventBulkRevoke: true,
 	EventOrphanDrop: true, EventRefused: true, EventConfigLoad: true,
+	EventRotateAdmin: true,
 }
 
 // By says on whose initiative a lease ended or changed. Empty when it does
@@ -44,9 +46,13 @@ const (
 	ByExpiry         By = "expiry"
 	ByDeregistration By = "deregistration"
 	BySPIRE          By = "spire"
+	// ByIssuance: the broker undid an issuance that failed after its user
+	// was created and its issue record written (the lease could not be
+	// made ACTIVE).
+	ByIssuance By = "issuance"
 )
 
-var bys = map[By]bool{"": true, ByOwner: true, ByAdmin: true, ByExpiry: true, ByDeregistration: true, BySPIRE: true}
+var bys = map[By]bool{"": true, ByOwner: true, ByAdmin: true, ByExpiry: true, ByDeregistration: true, BySPIRE: true, ByIssuance: true}
 
 // ResultOK is the Result of an event that succeeded; any other Result is
 // the name of an error code (a gRPC code name such as PERMISSION_DENIED).

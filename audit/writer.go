@@ -71,11 +71,12 @@ type Writer struct {
 
 	mu       sync.Mutex // held by the batch that writes, by Close and Head
 	f        *os.File
-	size     int64  // bytes in f
-	firstSeq uint64 // seq of f's first record, 0 while f is empty
-	seq      uint64 // seq of the last record written
-	prev     string // its line hash (Genesis before the first)
-	failed   error  // sticky: once set every Write returns it
+	headF    *os.File // the head file, kept open between commits; nil: (re)open it
+	size     int64    // bytes in f
+	firstSeq uint64   // seq of f's first record, 0 while f is empty
+	seq      uint64   // seq of the last record written
+	prev     string   // its line hash (Genesis before the first)
+	failed   error    // sticky: once set every Write returns it
 	closed   bool
 }
 
@@ -350,7 +351,23 @@ func (w *Writer) appendFile(lines []byte, firstSeq uint64, h head) error {
 	}
 	// Not synced: the log itself is durable, and a head that lags it after
 	// a power loss is accepted by Open and Verify when the chain holds.
-	return writeHead(w.path+HeadSuffix, h, false)
+	if w.headF == nil {
+		f, err := os.OpenFile(w.path+HeadSuffix, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("open head: %w", err)
+		}
+		w.headF = f
+	}
+	return headInPlace(w.headF, h)
+}
+
+// closeHead closes the head file kept open, before writeHead replaces it
+// by a rename (the open one would be the old, unlinked file).
+func (w *Writer) closeHead() {
+	if w.headF != nil {
+		_ = w.headF.Close()
+		w.headF = nil
+	}
 }
 
 // RotatedName is the name a full file is renamed to: the log's name and
@@ -366,6 +383,7 @@ func RotatedName(path string, firstSeq uint64) string {
 // that a crash at any point leaves Open either the old file or an empty
 // one with a head to resume from.
 func (w *Writer) rotate() error {
+	w.closeHead()
 	if err := writeHead(w.path+HeadSuffix, head{Seq: w.seq, Hash: w.prev}, true); err != nil {
 		return err
 	}
@@ -411,6 +429,7 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.closed = true
+	w.closeHead()
 	if w.f == nil {
 		return nil
 	}

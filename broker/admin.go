@@ -7,6 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/lease"
@@ -185,4 +186,24 @@ func (s adminService) ListRoles(ctx context.Context, _ *pb.ListRolesRequest) (*p
 		})
 	}
 	return resp, nil
+}
+
+func (s adminService) RotateAdminCredential(ctx context.Context, req *pb.RotateAdminCredentialRequest) (*pb.RotateAdminCredentialResponse, error) {
+	admin, err := s.admin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	name := req.GetDatabase()
+	if name == "" {
+		return nil, invalidArg("database is required")
+	}
+	r, ok := s.rotations[name]
+	if !ok {
+		return nil, errNoDatabase
+	}
+	t, err := r.rotate(ctx, admin.String())
+	if err != nil {
+		return nil, inDatabase(name, err)
+	}
+	return &pb.RotateAdminCredentialResponse{Database: name, RotateTime: timestamppb.New(t)}, nil
 }

@@ -48,6 +48,8 @@ type App struct {
 	metrics *metrics
 	// metricsServer serves them; nil when metrics are off.
 	metricsServer *metricsServer
+	// dbHealth reports each database in the health service.
+	dbHealth *dbHealth
 }
 
 // AppOptions are the parts a test (or cmd) may inject.
@@ -101,6 +103,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if err := a.openStore(ctx, cfg, opts); err != nil {
 		return nil, err
 	}
+	a.health = health.NewServer()
 	if err := a.openDatabases(ctx, cfg); err != nil {
 		return nil, err
 	}
@@ -114,8 +117,11 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if a.metrics != nil {
 		metricsEnd = a.metrics.onEnd(clock(opts.Now)) // expiry counts and lag
 	}
+	// Streams of WatchCredential learn from the same end path that their
+	// lease ended.
+	ends := newLeaseEnds()
 	a.manager, err = lease.NewManager(lease.Config{
-		OnEnd:             chainOnEnd(auditEnd, metricsEnd),
+		OnEnd:             chainOnEnd(auditEnd, metricsEnd, ends.ended),
 		Store:             a.store,
 		Backend:           backend{dbs: a.dbs, metrics: a.metrics},
 		Now:               opts.Now,
@@ -151,7 +157,6 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		return nil, err
 	}
 	revoker := bulkRevoker{leases: a.manager}
-	a.health = health.NewServer()
 	var refresh func(context.Context) error // nil without a SPIRE watch
 	if cfg.Registry.SPIREServerAddress != "" {
 		sweep := newRegistrySweep(reg, a.manager, revoker, a.audit, a.metrics, a.log)
@@ -181,7 +186,32 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	for _, s := range cfg.Admins {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
+	rotations := map[string]*adminRotation{}
+	for name, d := range a.dbs {
+		r := newAdminRotation(d, cfg.Databases[name], a.audit, a.log, opts.Now)
+		rotations[name] = r
+		if r.every > 0 {
+			a.runners = append(a.runners, r.Run)
+		}
+	}
 	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now)
+	issuer.health = a.dbHealth
+	watch := newWatcher(watchDeps{
+		issuer: issuer,
+		admit: func(ctx context.Context, caller spiffeid.ID, role string) error {
+			_, err := admission.Admit(ctx, caller, role)
+			return err
+		},
+		leases:  a.manager,
+		ends:    ends,
+		roles:   roles,
+		set:     cfg.Watch.Settings(),
+		audit:   a.audit,
+		metrics: a.metrics,
+		log:     a.log,
+		now:     opts.Now,
+	})
+	a.runners = append(a.runners, watch.Run)
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,
@@ -191,6 +221,8 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		revoker:    revoker,
 		audit:      a.audit,
 		metrics:    a.metrics,
+		rotations:  rotations,
+		watch:      watch,
 		Admins:     identity.NewAdminSet(admins),
 		Now:        opts.Now,
 		Logger:     a.log,
@@ -257,7 +289,16 @@ func (a *App) openAudit(ctx context.Context, cfg *Config, opts AppOptions) error
 // openDatabases opens every configured database; one that is unreachable
 // does not stop the start.
 func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
+	a.dbHealth = newDBHealth(a.health, a.dbs, a.log)
+	intervals, timeouts := map[string]time.Duration{}, map[string]time.Duration{}
+	for name, dc := range cfg.Databases {
+		intervals[name], timeouts[name] = dc.PingInterval.Duration, dc.ConnectTimeout.Duration
+	}
+	a.runners = append(a.runners, func(ctx context.Context) error { return a.dbHealth.Run(ctx, intervals, timeouts) })
 	for _, name := range sortedKeys(cfg.Databases) {
+		if err := recoverAdminPassword(ctx, cfg, name, cfg.Databases[name], a.log); err != nil {
+			return err
+		}
 		d, err := openDatabase(ctx, cfg.catalog, name, cfg.Databases[name], "credbroker:"+cfg.InstanceID)
 		if err != nil {
 			return err
@@ -271,11 +312,13 @@ func (a *App) openDatabases(ctx context.Context, cfg *Config) error {
 			a.log.Warn("database has no server-side expiry: users outlive their lease while the broker is down, until it is back and revokes them",
 				"database", name, "plugin", d.Plugin)
 		}
-		if err := d.DB.Ping(ctx); err != nil {
+		err = d.DB.Ping(ctx)
+		if err != nil {
 			// Not fatal: leases on other databases must keep being served
 			// and revoked; issuance here answers UNAVAILABLE until it is back.
 			a.log.Warn("database unreachable at startup", "database", name, "error", err)
 		}
+		a.dbHealth.pinged(name, err)
 	}
 	return nil
 }

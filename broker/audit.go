@@ -111,6 +111,20 @@ func (a *auditor) issueRecordedWith(ctx context.Context, l lease.Lease, reason s
 	return fmt.Errorf("issue %s: %w", l.ID, err)
 }
 
+// enabled reports whether records are written at all.
+func (a *auditor) enabled() bool { return a != nil && a.w != nil }
+
+// issueUndone records that the issuance of l, whose issue record was
+// written, failed afterwards with err (its lease could not be made
+// ACTIVE): the lease manager dropped its user, or left the drop to its
+// retries.
+func (a *auditor) issueUndone(ctx context.Context, l lease.Lease, err error) {
+	r := leaseRecord(audit.EventRevoke, l)
+	r.Caller, r.By, r.Result = l.Owner, audit.ByIssuance, resultOf(err)
+	r.Reason = "the issuance failed after the user was created; the credential was not returned"
+	a.write(context.WithoutCancel(ctx), r)
+}
+
 // revoked writes one revoke record per lease, by whoever ended them.
 func (a *auditor) revoked(ctx context.Context, caller string, by audit.By, ls []lease.Lease) {
 	for _, l := range ls {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/audit"
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/lease"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -256,5 +257,45 @@ func TestAuditOrphanDrop(t *testing.T) {
 	}
 	if _, err := audit.Verify(file); err != nil {
 		t.Fatalf("audit.Verify: %v", err)
+	}
+}
+
+// TestAuditIssueUndone: the issue record is written while the lease is
+// made ACTIVE; when that write of the lease store fails, the credential
+// is not returned, the user is dropped, and a revoke record by "issuance"
+// follows the issue record for the same lease.
+func TestAuditIssueUndone(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "audit.log")
+	fs := &failingStore{}
+	e := newEnvWith(t, envExtra{top: fmt.Sprintf("audit: {file: %s}", file)}, func(o *broker.AppOptions) {
+		o.WrapStore = func(s lease.Store) lease.Store {
+			fs.capableStore = s.(capableStore)
+			return fs
+		}
+	})
+	ctx := context.Background()
+	fs.armed.Store(true)
+	_, err := e.creds(ordersID).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	wantCode(t, err, codes.Unavailable)
+	if n := e.countUsers(); n != 0 {
+		t.Fatalf("%d users left after a failed activation", n)
+	}
+	var issued, undone []audit.Record
+	for _, r := range readAudit(t, file) {
+		switch {
+		case r.Event == audit.EventIssue:
+			issued = append(issued, r)
+		case r.Event == audit.EventRevoke && r.By == audit.ByIssuance:
+			undone = append(undone, r)
+		}
+	}
+	if len(issued) != 1 || len(undone) != 1 {
+		t.Fatalf("records: %d issue, %d revoke by issuance; want 1 and 1", len(issued), len(undone))
+	}
+	if issued[0].LeaseID != undone[0].LeaseID || undone[0].Seq <= issued[0].Seq || undone[0].Result != "UNAVAILABLE" {
+		t.Errorf("issue record %+v, then %+v: want the same lease, later, result UNAVAILABLE", issued[0], undone[0])
+	}
+	if _, err := audit.Verify(file); err != nil {
+		t.Errorf("verify: %v", err)
 	}
 }

@@ -38,17 +38,40 @@ func (s *Server) UnaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 	return resp, nil
 }
 
-// StreamAuth is UnaryAuth for streams (reflection, health watch).
+// StreamAuth is UnaryAuth for streams (WatchCredential, reflection, health
+// watch): the same refusal of a peer without a verified SPIFFE ID, the ID
+// in the stream's context, and handler errors turned into statuses
+// (toStatus) and logged once; statuses of the services that make their own
+// (reflection, health) pass through.
 func (s *Server) StreamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
 	defer func() { s.metrics.grpcCall(info.FullMethod, status.Code(err), time.Since(start)) }()
-	if _, err := identity.CallerID(ss.Context()); err != nil {
+	id, err := identity.CallerID(ss.Context())
+	if err != nil {
 		st := toStatus(errUnauthorized)
 		s.refused(ss.Context(), "", nil, info.FullMethod, st)
 		return st
 	}
-	return handler(srv, ss)
+	err = handler(srv, callerStream{ServerStream: ss, ctx: identity.WithCaller(ss.Context(), id)})
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return err
+	}
+	st := toStatus(err)
+	s.log.Info("stream ended", "method", info.FullMethod, "spiffe_id", id.String(), "error", err.Error())
+	s.refused(ss.Context(), id.String(), nil, info.FullMethod, st)
+	return st
 }
+
+// callerStream is a server stream whose context carries the caller's ID.
+type callerStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c callerStream) Context() context.Context { return c.ctx }
 
 // refused writes the refused record of a call answered st, if st is
 // UNAUTHENTICATED or PERMISSION_DENIED: the method as reason, the code as

@@ -34,6 +34,7 @@ type Config struct {
 	Reconciler ReconcilerConfig `yaml:"reconciler"`
 	Audit      AuditConfig      `yaml:"audit"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
+	Watch      WatchConfig      `yaml:"watch"`
 
 	Databases map[string]DatabaseConfig `yaml:"databases"`
 	Roles     map[string]RoleConfig     `yaml:"roles"`
@@ -103,6 +104,32 @@ type ReconcilerConfig struct {
 	Enabled  bool     `yaml:"enabled"`
 	Interval Duration `yaml:"interval"`
 }
+
+// WatchConfig tunes CredentialService/WatchCredential (docs/watch.md).
+type WatchConfig struct {
+	// Overlap is how long a replaced credential stays valid after its
+	// successor is sent, capped at a third of a lease's life (default 1m).
+	Overlap Duration `yaml:"overlap"`
+	// DisconnectGrace is how long after a stream's client went away the
+	// broker revokes the stream's leases (default 30s); 0 never revokes
+	// them: they run out at their expiry, no longer renewed.
+	DisconnectGrace *Duration `yaml:"disconnect_grace"`
+}
+
+// Settings are the watch settings with their defaults.
+func (w WatchConfig) Settings() WatchSettings {
+	s := WatchSettings{Overlap: w.Overlap.Duration, DisconnectGrace: DefaultDisconnectGrace}
+	if w.DisconnectGrace != nil {
+		s.DisconnectGrace = w.DisconnectGrace.Duration
+	}
+	return s
+}
+
+// Defaults of the watch: section.
+const (
+	DefaultWatchOverlap    = time.Minute
+	DefaultDisconnectGrace = 30 * time.Second
+)
 
 // AuditConfig turns on the audit log (docs/audit.md): a file, stdout, or
 // both; off when neither is set.
@@ -207,6 +234,13 @@ type DatabaseConfig struct {
 	// UsernamePrefix starts every user the broker creates here (default
 	// "cb"); with the marker comment it is how the broker recognises its own.
 	UsernamePrefix string `yaml:"username_prefix"`
+	// PingInterval is how often the broker pings the server to report it
+	// in the health service (credbroker.database.<name>). Default 10s.
+	PingInterval Duration `yaml:"ping_interval"`
+	// RotateAdminEvery, if set, rotates the broker's own admin password on
+	// this schedule (as AdminService/RotateAdminCredential does); it needs
+	// password_file. Default off.
+	RotateAdminEvery Duration `yaml:"rotate_admin_every"`
 	// Options are the keys only the plugin knows (mysql: user_host;
 	// postgres: scram_iterations), checked by its plugins.Factory. Any key
 	// not above lands here, so the catalog refuses unknown ones by name.
@@ -309,6 +343,9 @@ func (c *Config) applyDefaults() {
 	if c.Registry.PollInterval.Duration == 0 {
 		c.Registry.PollInterval.Duration = 5 * time.Second
 	}
+	if c.Watch.Overlap.Duration == 0 {
+		c.Watch.Overlap.Duration = DefaultWatchOverlap
+	}
 	if c.Reconciler.Interval.Duration == 0 {
 		c.Reconciler.Interval.Duration = 5 * time.Minute
 	}
@@ -357,9 +394,16 @@ func (c *Config) applyDefaults() {
 		if d.ConnectTimeout.Duration == 0 {
 			d.ConnectTimeout.Duration = 5 * time.Second
 		}
+		if d.PingInterval.Duration == 0 {
+			d.PingInterval.Duration = DefaultPingInterval
+		}
 		c.Databases[name] = d
 	}
 }
+
+// DefaultPingInterval is how often a database is pinged for the health
+// service when its ping_interval is not set.
+const DefaultPingInterval = 10 * time.Second
 
 // AdminPassword resolves a database's admin password from its reference.
 func (d DatabaseConfig) AdminPassword() (string, error) {

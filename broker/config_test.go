@@ -75,6 +75,9 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"bad prefix", "password_env: PW", "password_env: PW\n    username_prefix: 'x-y'", "databases.orders.username_prefix"},
 		{"negative scram iterations", "password_env: PW", "password_env: PW\n    scram_iterations: -1", "databases.orders.scram_iterations"},
 		{"huge scram iterations", "password_env: PW", "password_env: PW\n    scram_iterations: 100000000", "databases.orders.scram_iterations"},
+		{"tiny ping interval", "password_env: PW", "password_env: PW\n    ping_interval: 10ms", "databases.orders.ping_interval"},
+		{"rotation without password_file", "password_env: PW", "password_env: PW\n    rotate_admin_every: 720h", "databases.orders.rotate_admin_every"},
+		{"rotation too often", "password_env: PW", "password_file: /x\n    rotate_admin_every: 1s", "databases.orders.rotate_admin_every"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -47,6 +47,12 @@ func openDatabase(ctx context.Context, catalog *plugins.Catalog, name string, dc
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s: %w", name, err)
 	}
+	return openDatabaseWith(ctx, catalog, name, dc, marker, pw)
+}
+
+// openDatabaseWith is openDatabase with the admin password given (a
+// rotation's recovery tries one that is not in password_file yet).
+func openDatabaseWith(ctx context.Context, catalog *plugins.Catalog, name string, dc DatabaseConfig, marker, pw string) (*Database, error) {
 	factory, err := catalog.Lookup(dc.Plugin)
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s: %w", name, err)
@@ -104,7 +110,7 @@ func (b backend) Drop(ctx context.Context, l lease.Lease) error {
 	if err != nil {
 		b.metrics.dropFailed()
 	}
-	return err
+	return inDatabase(l.Database, err)
 }
 
 func (b backend) Extend(ctx context.Context, l lease.Lease) error {
@@ -112,5 +118,5 @@ func (b backend) Extend(ctx context.Context, l lease.Lease) error {
 	if err != nil {
 		return err
 	}
-	return db.UpdateUser(ctx, plugins.UpdateUserRequest{Username: l.Username, Expiration: l.ExpireTime})
+	return inDatabase(l.Database, db.UpdateUser(ctx, plugins.UpdateUserRequest{Username: l.Username, Expiration: l.ExpireTime}))
 }

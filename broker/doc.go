@@ -33,10 +33,22 @@ needs), and none starts a goroutine when it is built.
 	              lifted, leases of owners no longer registered revoked
 	spire.go      registryWatch: polls the SPIRE server, hands listings to the sweep,
 	              reports itself in the health service (credbroker.registry)
+	dbhealth.go   dbHealth: one health service per database
+	              (credbroker.database.<name>), from a periodic Ping and issuance
+	rotate.go     adminRotation: the broker's own admin password rotated
+	              (RotateAdminCredential, rotate_admin_every) through a side file,
+	              recovered at start
+	dryrun.go     DryRun: every role's statements tried on its database
+	              (check-config --dry-run, plugins.DryRunner)
 	reconcile.go  Reconciler: marked database users no lease backs (ListOrphans),
 	              dropped once (App.Reconcile) or periodically (Run)
 	server.go     Server: the two services on the components above
 	credential.go CredentialService handlers
+	watch.go      watcher: WatchCredential streams (issue, renew, rotate with an
+	              overlap, revoke after a disconnect grace), leaseEnds (streams told
+	              of their lease's end through lease.Config.OnEnd); docs/watch.md
+	watchplan.go  a stream's timing as pure functions (renew at 2/3, rotation,
+	              overlap end), tested without a clock
 	admin.go      AdminService handlers (admin check, audit log lines and records)
 	auth.go       the interceptors: a verified SPIFFE ID or UNAUTHENTICATED;
 	              refused calls recorded in the audit log
@@ -73,9 +85,14 @@ reaches the database through backend.
 
 Handlers and components return plain errors (sentinels of identity/,
 lease/, plugins/ and this package, and invalid-argument errors). UnaryAuth
-is the one place they become gRPC statuses, through toStatus in errors.go,
-and the one place a failed call is logged. Anything toStatus does not
-recognise is a bare "internal error".
+and StreamAuth are the one place they become gRPC statuses, through toStatus
+in errors.go, and the one place a failed call is logged. A plugin error carries the
+logical database it came from (databaseError) and its plugins.Kind, so the
+status says which database and what kind of failure: the admin's login
+refused (UNAVAILABLE), a privilege the admin lacks (FAILED_PRECONDITION),
+the server unreachable (UNAVAILABLE), the role's statements rejected
+(INVALID_ARGUMENT). Anything toStatus does not recognise is a bare
+"internal error".
 
 # Lifecycle
 
@@ -84,9 +101,10 @@ and their listener (with a metrics section), audit
 log (closed last), lease store, databases, roles, lease manager (its records checked, restored in
 Run), registry, bulk revoker, health service, registry sweep and SPIRE
 watch (with a registry section), admission (given the watch's refresh),
-reconciler, issuer, server, gRPC server, listener. It starts no goroutine. App.Run runs the components that
-have a Run (SVID file reloader, metrics server, lease manager, SPIRE watch,
-reconciler if enabled) and the gRPC server under one errgroup; when its context ends it
+reconciler, issuer, watcher, server, gRPC server, listener. It starts no goroutine. App.Run runs the components that
+have a Run (SVID file reloader, metrics server, database health pings, lease
+manager, SPIRE watch, scheduled admin password rotations, watcher, reconciler if
+enabled) and the gRPC server under one errgroup; when its context ends it
 stops serving, waits for all of them and closes the store and the pools.
 */
 package broker

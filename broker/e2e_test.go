@@ -464,3 +464,29 @@ func TestHealthAndReflection(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminRevokeLease: an admin revokes another workload's lease with
+// CredentialService/RevokeLease (the wire contract: "only the owner (or an
+// admin)"); the user is gone when the call returns.
+func TestAdminRevokeLease(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	resp, err := e.creds(ordersID).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	if err != nil {
+		t.Fatalf("issue: %v", err)
+	}
+	name := resp.GetCredential().GetUsername()
+	rev, err := e.creds(adminID).RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: resp.GetLease().GetId()})
+	if err != nil {
+		t.Fatalf("admin RevokeLease: %v", err)
+	}
+	if st := rev.GetLease().GetState(); st != pb.Lease_REVOKED {
+		t.Errorf("state after admin revoke: %v, want REVOKED", st)
+	}
+	if e.userExists(name) {
+		t.Errorf("user %s still exists after the admin revoked its lease", name)
+	}
+	if _, err := e.creds(adminID).RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: resp.GetLease().GetId()}); status.Code(err) != codes.NotFound {
+		t.Errorf("second revoke: %v, want NotFound", err)
+	}
+}

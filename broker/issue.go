@@ -34,6 +34,9 @@ type Issuer struct {
 	// audit records each issuance before its credential is returned; nil:
 	// no audit log.
 	audit *auditor
+	// health learns from each issuance whether its database serves; nil:
+	// not reported.
+	health *dbHealth
 	// requests makes issuance with a request id idempotent (requests.go).
 	requests *requests
 }
@@ -48,9 +51,14 @@ func NewIssuer(admission *Admission, leases leaseIssuer, aud *auditor, now func(
 }
 
 // issue checks the request (role, policy, registration, ttl), has the lease
-// manager issue a lease for a new user, and builds the credential. A
-// non-empty requestID makes it idempotent (requests.go).
-func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration, requestID string) (lease.Lease, *pb.Credential, error) {
+// manager issue a lease for a new user, and builds the credential.
+func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration) (lease.Lease, *pb.Credential, error) {
+	return s.issueNew(ctx, caller, roleName, ttl, "")
+}
+
+// issueRequest is issue for IssueCredential: a non-empty requestID makes
+// it idempotent (requests.go).
+func (s *Issuer) issueRequest(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration, requestID string) (lease.Lease, *pb.Credential, error) {
 	if requestID != "" {
 		return s.issueOnce(ctx, caller, roleName, ttl, requestID)
 	}
@@ -105,31 +113,49 @@ func (s *Issuer) issueNew(ctx context.Context, caller spiffeid.ID, roleName stri
 	// NewUser: the plugin waits for the durable CREATING record (Intent)
 	// before the user can exist, and the credential is built only once the
 	// lease is durably ACTIVE.
-	expire := l.ExpireTime
+	//
+	// The issue record is written while the lease is made ACTIVE, not
+	// after: its fsync overlaps the store's instead of adding to the
+	// call's time. Both are durable before the credential is returned. If
+	// activation then fails, the lease manager drops the user and a revoke
+	// record by "issuance" follows the issue record.
+	var recorded chan error // the issue record's outcome, once the user exists
+	pending := l
 	l, err = s.leases.Issue(ctx, l, func(ctx context.Context, intent func(context.Context) error) error {
 		err := db.NewUser(ctx, plugins.NewUserRequest{
 			Username:   username,
 			Password:   password,
-			Expiration: expire,
+			Expiration: pending.ExpireTime,
 			Statements: role.CreationStatements,
 			Intent:     intent,
 		})
 		if errors.Is(err, plugins.ErrNotCreated) {
 			return lease.NotCreated(err)
 		}
+		if err == nil && s.audit.enabled() {
+			recorded = make(chan error, 1)
+			go func() { recorded <- s.audit.issueRecorded(ctx, pending) }()
+		}
 		return err
 	})
+	s.health.issued(role.Database.Name, err)
 	if err != nil {
-		return lease.Lease{}, nil, err
-	}
-	if err := s.audit.issueRecorded(ctx, l); err != nil {
-		// Fail closed: a credential the audit log does not hold is never
-		// returned, and its user does not outlive the refusal.
-		if _, rerr := s.leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
-			// The lease stays REVOKING; the lease manager retries the drop.
-			return lease.Lease{}, nil, fmt.Errorf("%w; its lease is left to the retried revocation: %w", err, rerr)
+		if recorded != nil && <-recorded == nil {
+			s.audit.issueUndone(ctx, pending, err)
 		}
-		return lease.Lease{}, nil, err
+		return lease.Lease{}, nil, inDatabase(role.Database.Name, err)
+	}
+	if recorded != nil {
+		if err := <-recorded; err != nil {
+			// Fail closed: a credential the audit log does not hold is
+			// never returned, and its user does not outlive the refusal.
+			if _, rerr := s.leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
+				// The lease stays REVOKING; the lease manager retries the
+				// drop.
+				return lease.Lease{}, nil, fmt.Errorf("%w; its lease is left to the retried revocation: %w", err, rerr)
+			}
+			return lease.Lease{}, nil, err
+		}
 	}
 	d := role.Database
 	return l, &pb.Credential{

@@ -27,7 +27,8 @@ import (
 // configured role or database, an operation, a reason; never a lease id,
 // username or SPIFFE ID. A nil *metrics records nothing (metrics off).
 type metrics struct {
-	reg *prometheus.Registry
+	reg        *prometheus.Registry
+	collectors []prometheus.Collector // every one registered in reg
 
 	grpcRequests   *prometheus.CounterVec
 	grpcDuration   *prometheus.HistogramVec
@@ -38,6 +39,7 @@ type metrics struct {
 	expiryLag      prometheus.Histogram
 	pluginDuration *prometheus.HistogramVec
 	pluginErrors   *prometheus.CounterVec
+
 	commitDuration prometheus.Histogram
 	commitWrites   prometheus.Histogram
 	commitErrors   prometheus.Counter
@@ -93,24 +95,24 @@ func newMetrics() *metrics {
 	}
 	m.commitDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "credbroker_store_commit_duration_seconds",
-		Help:    "Time of each group commit of the bbolt lease store (transaction and fsync).",
+		Help:    "Time of each commit of the lease store (bbolt: a group commit and its fsync; PostgreSQL: a write transaction).",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
 	})
 	m.commitWrites = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "credbroker_store_commit_batch_size",
-		Help:    "Writes carried by each group commit of the bbolt lease store.",
+		Help:    "Lease writes carried by each commit of the lease store.",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
 	m.commitErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "credbroker_store_commit_errors_total",
-		Help: "Group commits of the bbolt lease store that failed (their writes are then retried one by one).",
+		Help: "Commits of the lease store that failed.",
 	})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "credbroker_build_info",
 		Help: "Always 1; the labels say which broker build runs.",
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version(), runtime.Version()).Set(1)
-	reg.MustRegister(
+	m.register(
 		m.grpcRequests, m.grpcDuration, m.issued, m.renewed, m.revoked, m.revokeFailures,
 		m.expiryLag, m.pluginDuration, m.pluginErrors, buildInfo,
 		m.commitDuration, m.commitWrites, m.commitErrors,
@@ -118,6 +120,14 @@ func newMetrics() *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// register adds cs to the registry and keeps them, so that every metric
+// the broker can export is known before it has a sample (the check of the
+// monitoring rules against the metric names).
+func (m *metrics) register(cs ...prometheus.Collector) {
+	m.reg.MustRegister(cs...)
+	m.collectors = append(m.collectors, cs...)
 }
 
 func version() string {
@@ -136,7 +146,7 @@ func (m *metrics) watchLeases(stats func() lease.Stats, now func() time.Time) {
 	if m == nil {
 		return
 	}
-	m.reg.MustRegister(leaseCollector{stats: stats, now: now})
+	m.register(leaseCollector{stats: stats, now: now})
 }
 
 // watchRegistry registers the SPIRE registry watch's gauges, read from
@@ -145,7 +155,7 @@ func (m *metrics) watchRegistry(status func() spireregistry.Status, now func() t
 	if m == nil {
 		return
 	}
-	m.reg.MustRegister(registryCollector{status: status, now: now})
+	m.register(registryCollector{status: status, now: now})
 }
 
 // grpcCall records one answered call.
@@ -203,7 +213,7 @@ func (m *metrics) onEnd(now func() time.Time) func(lease.Lease, bool) {
 	}
 }
 
-// storeCommit is the bbolt store's boltstore.CommitObserver.
+// storeCommit is the lease store's lease.CommitObserver.
 func (m *metrics) storeCommit(writes int, took time.Duration, err error) {
 	m.commitDuration.Observe(took.Seconds())
 	m.commitWrites.Observe(float64(writes))

@@ -33,8 +33,11 @@ type Server struct {
 	registry *registry // nil: no deregistration support (unit tests)
 	audit    *auditor  // nil: no audit log
 	metrics  *metrics  // nil: metrics off
-	now      func() time.Time
-	log      *slog.Logger
+	// rotations rotate each database's admin password, by name.
+	rotations map[string]*adminRotation
+	watch     *watcher // nil: WatchCredential answers UNIMPLEMENTED
+	now       func() time.Time
+	log       *slog.Logger
 }
 
 // ServerConfig builds a Server.
@@ -55,9 +58,13 @@ type ServerConfig struct {
 	audit *auditor
 	// metrics count the calls and lease events; nil: metrics off.
 	metrics *metrics
-	Admins  identity.AdminSet
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// rotations rotate each database's admin password (RotateAdminCredential).
+	rotations map[string]*adminRotation
+	// watch serves WatchCredential; nil: UNIMPLEMENTED.
+	watch  *watcher
+	Admins identity.AdminSet
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // NewServer builds the gRPC services; it starts nothing.
@@ -72,17 +79,19 @@ func NewServer(c ServerConfig) *Server {
 		c.revoker = bulkRevoker{leases: c.Leases}
 	}
 	return &Server{
-		roles:    c.Roles,
-		issuer:   c.Issuer,
-		leases:   c.Leases,
-		revoker:  c.revoker,
-		orphans:  c.Reconciler,
-		admins:   c.Admins,
-		registry: c.registry,
-		audit:    c.audit,
-		metrics:  c.metrics,
-		now:      c.Now,
-		log:      c.Logger,
+		roles:     c.Roles,
+		issuer:    c.Issuer,
+		leases:    c.Leases,
+		revoker:   c.revoker,
+		orphans:   c.Reconciler,
+		admins:    c.Admins,
+		registry:  c.registry,
+		audit:     c.audit,
+		metrics:   c.metrics,
+		rotations: c.rotations,
+		watch:     c.watch,
+		now:       c.Now,
+		log:       c.Logger,
 	}
 }
 

@@ -26,7 +26,11 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 	)
 	where := storeName(cfg.LeaseStore)
 	if p := cfg.LeaseStore.Postgres; p != nil {
-		store, err = openPostgresStore(ctx, *p, opts.CreateStore)
+		var storeOpts []pgstore.Option
+		if a.metrics != nil {
+			storeOpts = append(storeOpts, pgstore.WithCommitObserver(a.metrics.storeCommit))
+		}
+		store, err = openPostgresStore(ctx, *p, opts.CreateStore, storeOpts...)
 	} else {
 		var storeOpts []boltstore.Option
 		if !opts.CreateStore {
@@ -52,7 +56,7 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 	return nil
 }
 
-func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create bool) (*pgstore.Store, error) {
+func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create bool, opts ...pgstore.Option) (*pgstore.Store, error) {
 	c, err := p.StoreConfig()
 	if err != nil {
 		return nil, err
@@ -62,7 +66,7 @@ func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create bool) 
 			return nil, err
 		}
 	}
-	return pgstore.Open(ctx, c)
+	return pgstore.Open(ctx, c, opts...)
 }
 
 // storeName says which lease store the config names, for messages.

@@ -37,9 +37,15 @@ func (c *Config) Validate() error {
 		"revocation.backoff_max":  c.Revocation.BackoffMax,
 		"registry.poll_interval":  c.Registry.PollInterval,
 		"reconciler.interval":     c.Reconciler.Interval,
+		"watch.overlap":           c.Watch.Overlap,
+	}
+	if c.Watch.DisconnectGrace != nil {
+		durations["watch.disconnect_grace"] = *c.Watch.DisconnectGrace
 	}
 	for name, d := range c.Databases {
 		durations["databases."+name+".connect_timeout"] = d.ConnectTimeout
+		durations["databases."+name+".ping_interval"] = d.PingInterval
+		durations["databases."+name+".rotate_admin_every"] = d.RotateAdminEvery
 	}
 	if p := c.LeaseStore.Postgres; p != nil {
 		durations["lease_store.postgres.connect_timeout"] = p.ConnectTimeout
@@ -182,6 +188,17 @@ func (c *Config) Validate() error {
 		}
 		if d.MaxConnections < 1 {
 			return bad(key+".max_connections", "must be at least 1")
+		}
+		if d.PingInterval.Duration < 100*time.Millisecond {
+			return bad(key+".ping_interval", "must be at least 100ms")
+		}
+		if e := d.RotateAdminEvery.Duration; e != 0 {
+			if e < time.Minute {
+				return bad(key+".rotate_admin_every", "must be at least 1m (or unset: no scheduled rotation)")
+			}
+			if d.PasswordFile == "" {
+				return bad(key+".rotate_admin_every", "needs password_file: the broker writes the new password there")
+			}
 		}
 		if err := c.catalog.CheckOptions(factory.Type(), d.Options); err != nil {
 			if oe, ok := errors.AsType[*plugins.OptionError](err); ok {

@@ -17,7 +17,9 @@
 // [ServerTLSConfig] requires TLS 1.3 and a client X.509-SVID of the broker's
 // trust domain, verified against the bundle during the handshake: a caller
 // without one never reaches a handler. [CallerID] then reads the verified
-// SPIFFE ID of the caller inside a handler or interceptor.
+// SPIFFE ID of the caller inside a handler or interceptor. A client
+// authorizes the broker by its SPIFFE ID ([ClientTLSConfig]) or, when it does
+// not know it, by its trust domain ([ClientTLSConfigMemberOf]).
 //
 // # Policy
 //

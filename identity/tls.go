@@ -35,6 +35,16 @@ func ClientTLSConfig(src Source, serverID spiffeid.ID) *tls.Config {
 	return c
 }
 
+// ClientTLSConfigMemberOf is ClientTLSConfig for a client that does not know
+// the server's SPIFFE ID: any server SVID of td, verified against src's
+// bundle, is accepted. Prefer ClientTLSConfig where the ID is known: with
+// this one any workload of td can pose as the server.
+func ClientTLSConfigMemberOf(src Source, td spiffeid.TrustDomain) *tls.Config {
+	c := tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeMemberOf(td))
+	c.MinVersion = tls.VersionTLS13
+	return c
+}
+
 // CallerID returns the SPIFFE ID of the gRPC peer in ctx, taken from the leaf
 // of its certificate chain. It returns an error wrapping ErrNoPeerID when the
 // connection is not TLS or carries no certificate with one SPIFFE ID.

@@ -174,6 +174,17 @@ func TestGRPCServerTLS(t *testing.T) {
 			wantID: ordersID,
 		},
 		{
+			name:   "client accepting any server of the trust domain",
+			client: func() *tls.Config { return ClientTLSConfigMemberOf(ordersSrc, testTD) },
+			wantID: ordersID,
+		},
+		{
+			// The broker's SVID verifies, but it is not of the trust
+			// domain this client expects.
+			name:   "client accepting servers of another trust domain only",
+			client: func() *tls.Config { return ClientTLSConfigMemberOf(ordersSrc, foreignTD) },
+		},
+		{
 			// What grpcurl -cacert bundle.pem -cert -key does: web PKI
 			// host name verification against the bundle.
 			name: "host name verifying client",

@@ -103,3 +103,10 @@ func PutAll(ctx context.Context, s Store, ls []Lease) error {
 	}
 	return nil
 }
+
+// CommitObserver is told of every commit a store makes: how many writes it
+// carried, how long it took (the transaction and its sync) and its error.
+// Stores that take one (boltstore.WithCommitObserver,
+// pgstore.WithCommitObserver) call it in the committing goroutine: it must
+// be quick. The broker's store metrics are one.
+type CommitObserver func(writes int, took time.Duration, err error)

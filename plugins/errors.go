@@ -23,6 +23,14 @@ var (
 	// or its cleanup succeeded). Without it the broker must assume the user
 	// may exist and keep revoking it until the server confirms.
 	ErrNotCreated = errors.New("user not created")
+	// ErrAdminLogin: the server refused the broker's own admin login (wrong
+	// password, unknown or locked user). Comes with ErrUnavailable: the call
+	// may succeed once an operator fixes the credentials.
+	ErrAdminLogin = errors.New("the broker's admin login was refused")
+	// ErrAdminPrivilege: the server refused a statement (or the admin's
+	// connection to the configured database) because the broker's admin
+	// user lacks a privilege. An operator must grant it.
+	ErrAdminPrivilege = errors.New("the broker's admin user lacks a privilege")
 )
 
 // Kind classifies a plugin error; one error may have several kinds
@@ -36,6 +44,8 @@ const (
 	KindInvalidStatement                  // ErrInvalidStatement
 	KindInvalidUsername                   // ErrInvalidUsername
 	KindNotCreated                        // ErrNotCreated
+	KindAdminLogin                        // ErrAdminLogin
+	KindAdminPrivilege                    // ErrAdminPrivilege
 )
 
 var kindSentinels = [...]struct {
@@ -46,6 +56,8 @@ var kindSentinels = [...]struct {
 	{KindInvalidStatement, ErrInvalidStatement},
 	{KindInvalidUsername, ErrInvalidUsername},
 	{KindNotCreated, ErrNotCreated},
+	{KindAdminLogin, ErrAdminLogin},
+	{KindAdminPrivilege, ErrAdminPrivilege},
 }
 
 // KindOf returns every kind err matches, whatever wraps it.
@@ -76,6 +88,12 @@ func (k Kind) InvalidUsername() bool { return k&KindInvalidUsername != 0 }
 // NotCreated reports a NewUser failure after which the user is known not to
 // exist, so nothing needs revoking.
 func (k Kind) NotCreated() bool { return k&KindNotCreated != 0 }
+
+// AdminLogin reports that the server refused the broker's admin login.
+func (k Kind) AdminLogin() bool { return k&KindAdminLogin != 0 }
+
+// AdminPrivilege reports that the broker's admin user lacks a privilege.
+func (k Kind) AdminPrivilege() bool { return k&KindAdminPrivilege != 0 }
 
 // Retryable reports whether the same call may succeed later without anyone
 // changing the configuration (model: pgconn's SafeToRetry). Only an
@@ -110,18 +128,21 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() []error { return append(e.Kind.sentinels(), e.Err) }
 
-// Unavailable, InvalidStatement, InvalidUsername, NotCreated and Retryable
-// report the error's kind (see Kind), including kinds of errors it wraps.
+// Unavailable, InvalidStatement, InvalidUsername, NotCreated, Retryable,
+// AdminLogin and AdminPrivilege report the error's kind (see Kind), including kinds of errors it wraps.
 func (e *Error) Unavailable() bool      { return KindOf(e).Unavailable() }
 func (e *Error) InvalidStatement() bool { return KindOf(e).InvalidStatement() }
 func (e *Error) InvalidUsername() bool  { return KindOf(e).InvalidUsername() }
 func (e *Error) NotCreated() bool       { return KindOf(e).NotCreated() }
 func (e *Error) Retryable() bool        { return KindOf(e).Retryable() }
+func (e *Error) AdminLogin() bool       { return KindOf(e).AdminLogin() }
+func (e *Error) AdminPrivilege() bool   { return KindOf(e).AdminPrivilege() }
 
-// Classify adds kind to err, keeping its text and chain. A nil err stays nil.
+// Classify adds kind to err, keeping its text and chain. A nil err stays
+// nil, and a zero kind leaves err as it is.
 func Classify(err error, kind Kind) error {
-	if err == nil {
-		return nil
+	if err == nil || kind == 0 {
+		return err
 	}
 	if e, ok := err.(*Error); ok {
 		return &Error{Kind: e.Kind | kind, Err: e.Err}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/credbroker/credbroker/plugins"
 )
@@ -24,6 +25,9 @@ func TestErrorKinds(t *testing.T) {
 		{"rejected", plugins.Rejected("creation statement 1 rejected: syntax", cause), plugins.KindInvalidStatement, "creation statement 1 rejected: syntax"},
 		{"plain sentinel", fmt.Errorf("x: %w", plugins.ErrInvalidUsername), plugins.KindInvalidUsername, "x: invalid username"},
 		{"wrapped twice", fmt.Errorf("lease: %w", plugins.NotCreated(cause)), plugins.KindNotCreated, "lease: connection refused"},
+		{"admin login", plugins.Classify(plugins.Wrap(context.Background(), "pg: op", cause, true), plugins.KindAdminLogin), plugins.KindUnavailable | plugins.KindAdminLogin, "pg: op: database unavailable: connection refused"},
+		{"admin privilege", plugins.Classify(plugins.Rejected("creation statement 1 rejected: permission denied", cause), plugins.KindAdminPrivilege), plugins.KindInvalidStatement | plugins.KindAdminPrivilege, "creation statement 1 rejected: permission denied"},
+		{"classify zero", plugins.Classify(plugins.NotCreated(cause), 0), plugins.KindNotCreated, "connection refused"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,6 +46,8 @@ func TestErrorKinds(t *testing.T) {
 				{k.InvalidStatement(), plugins.ErrInvalidStatement},
 				{k.InvalidUsername(), plugins.ErrInvalidUsername},
 				{k.NotCreated(), plugins.ErrNotCreated},
+				{k.AdminLogin(), plugins.ErrAdminLogin},
+				{k.AdminPrivilege(), plugins.ErrAdminPrivilege},
 			} {
 				if errors.Is(tc.err, c.sentinel) != c.is {
 					t.Errorf("errors.Is(%v) = %v, kind says %v", c.sentinel, !c.is, c.is)
@@ -100,3 +106,31 @@ func TestRenderRevocation(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRunFindsTheAbility: plugins.DryRun reaches a DryRunner through the
+// Sanitized and Observed wrappers, and reports a plugin without the ability.
+func TestDryRunFindsTheAbility(t *testing.T) {
+	ctx := context.Background()
+	plain := plugins.Observed(plugins.Sanitized(noDryRun{}), func(plugins.Operation, time.Duration, error) {})
+	if err := plugins.DryRun(ctx, plain, plugins.DryRunRequest{Role: "r"}); !errors.Is(err, plugins.ErrDryRunUnsupported) {
+		t.Errorf("plain plugin: %v, want ErrDryRunUnsupported", err)
+	}
+	fail := errors.New("creation statement 1 rejected: SCRAM-SHA-256$4096:abc$def:ghi")
+	d := plugins.Observed(plugins.Sanitized(dryRunner{err: plugins.Classify(fail, plugins.KindAdminPrivilege)}), func(plugins.Operation, time.Duration, error) {})
+	err := plugins.DryRun(ctx, d, plugins.DryRunRequest{Role: "r"})
+	if !plugins.KindOf(err).AdminPrivilege() {
+		t.Errorf("kind lost: %v", err)
+	}
+	if strings.Contains(err.Error(), "abc$def") {
+		t.Errorf("verifier not scrubbed: %q", err)
+	}
+}
+
+type noDryRun struct{ plugins.Database }
+
+type dryRunner struct {
+	plugins.Database
+	err error
+}
+
+func (d dryRunner) DryRun(context.Context, plugins.DryRunRequest) error { return d.err }

@@ -210,6 +210,10 @@ PASSWORD=$(field password)
 say "lease $LEASE_ID, new database user $USERNAME, expires $(field expireTime) (password not shown)"
 if [[ -n ${EXPIRY_NOTE:-} ]]; then say "$EXPIRY_NOTE"; fi
 
+step "An operator lists the leases (credbroker leases list, with the admin SVID)"
+"$BIN" leases list -addr "127.0.0.1:$PORT" -server-id "spiffe://$TD/credbroker" \
+	-cert "$DEMO/certs/admin.pem" -key "$DEMO/certs/admin-key.pem" -bundle "$DEMO/certs/bundle.pem" | sed 's/^/    /'
+
 step "Logging in as $USERNAME and reading orders (allowed)"
 user_sql "$COUNT_ORDERS" | sed 's/^/    /'
 

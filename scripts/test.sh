@@ -17,6 +17,10 @@ fi
 echo "== go vet"
 go vet ./...
 
+echo "== promtool: deploy/monitoring's alert rules (syntax, then their unit tests)"
+PROMTOOL=$(scripts/promtool.sh)
+(cd deploy/monitoring && "$PROMTOOL" check rules credbroker-alerts.yaml && "$PROMTOOL" test rules credbroker-alerts.test.yaml)
+
 PGDIR="$PWD/.cache/pg-test-$$"
 MYDIR="$PWD/.cache/mariadb-test-$$"
 cleanup() {
@@ -57,5 +61,8 @@ fi
 
 echo "== go test -race -tags failpoints (crash tests that kill a child process at each failpoint)"
 go test -race -count=1 -timeout 10m -tags failpoints ./lease/... ./internal/failpoint/...
+
+echo "== deploy/kubernetes: the manifests, decoded strictly with the Kubernetes API types (a module of its own)"
+(cd deploy/kubernetes && go vet ./... && go test -count=1 ./...)
 
 echo "== all tests passed in $(( $(date +%s) - start ))s"

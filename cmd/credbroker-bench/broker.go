@@ -47,6 +47,9 @@ type brokerOptions struct {
 	// ScramIterations of the verifiers (0: the default, 4096).
 	ScramIterations int
 	Now             func() time.Time
+	// Observed turns on what an operator runs in production: metrics on a
+	// loopback listener and a fail-closed audit log file in Dir.
+	Observed bool
 }
 
 // runningBroker is a broker.App serving on loopback with a dev CA, as
@@ -74,6 +77,10 @@ func (e *pgEnv) brokerConfig(o brokerOptions) (*broker.Config, error) {
 	if o.RevokeRate > 0 {
 		rev = append(rev, fmt.Sprintf("rate_per_second: %g", o.RevokeRate))
 	}
+	observed := ""
+	if o.Observed {
+		observed = fmt.Sprintf("metrics: {listen: 127.0.0.1:0}\naudit: {file: %q, fail_closed: true}\n", o.Dir+"/audit.log")
+	}
 	var roles strings.Builder
 	for _, t := range append(templates[:len(templates):len(templates)], struct {
 		Name  string
@@ -98,7 +105,7 @@ svid: {cert_file: unused, key_file: unused, bundle_file: unused}
 admins: [%s]
 lease_store: {path: %q}
 revocation: {%s}
-databases:
+%sdatabases:
   main:
     plugin: postgres
     host: %s
@@ -110,7 +117,7 @@ databases:
     max_connections: %d
     username_prefix: %s
     scram_iterations: %d
-roles:%s`, adminID, store, strings.Join(rev, ", "), c.Host, c.Port, c.Database, c.User, passwordEnv,
+roles:%s`, adminID, store, strings.Join(rev, ", "), observed, c.Host, c.Port, c.Database, c.User, passwordEnv,
 		max(o.MaxConns, 8), o.Prefix, cmp.Or(o.ScramIterations, postgres.DefaultScramIterations), roles.String())
 	return broker.ParseConfig([]byte(yaml), builtin.Catalog())
 }

@@ -8,7 +8,8 @@
 //
 // The DSN defaults to $CREDBROKER_TEST_PG_DSN (scripts/pg-throwaway.sh).
 // Scenarios: issue (floor-issue, floor-revoke, broker-issue, broker-revoke),
-// restore, storm, live. Every row states N and concurrency; see
+// observe (observe-off, observe-on: issuance with metrics and the audit log
+// off and on), restore, storm, live. Every row states N and concurrency; see
 // docs/performance.md for what each measures.
 package main
 
@@ -117,11 +118,11 @@ func (r *runner) tmpDir() string {
 	return d
 }
 
-var allScenarios = []string{"issue", "restore", "storm", "live", "breakdown"}
+var allScenarios = []string{"issue", "observe", "restore", "storm", "live", "breakdown"}
 
 // defaultScenarios are what a plain run (make bench) does; breakdown is a
 // diagnostic.
-var defaultScenarios = []string{"issue", "restore", "storm", "live"}
+var defaultScenarios = []string{"issue", "observe", "restore", "storm", "live"}
 
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("credbroker-bench", flag.ContinueOnError)
@@ -236,7 +237,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	defer func() {
 		// Whatever happened, leave no user behind.
-		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix} {
+		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix} {
 			_ = pg.dropUsers(context.WithoutCancel(ctx), p)
 		}
 	}()
@@ -250,6 +251,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 			return nil
 		},
+		"observe":   r.observe,
 		"restore":   r.restore,
 		"storm":     r.storm,
 		"live":      r.live,
@@ -272,7 +274,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			r.report.add(Row{Scenario: name, Errors: 1, Notes: "scenario failed: " + err.Error()})
 		}
 		fmt.Fprintf(stderr, "bench: == %s done in %s\n", name, time.Since(start).Round(time.Second))
-		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix} {
+		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix} {
 			if err := pg.dropUsers(ctx, p); err != nil {
 				return fmt.Errorf("cleanup after %s: %w", name, err)
 			}

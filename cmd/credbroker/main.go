@@ -4,8 +4,13 @@
 //	credbroker init-store --config FILE   create the lease store of a new installation
 //	credbroker migrate --config FILE      bring a PostgreSQL lease store to this version
 //	credbroker check-config --config FILE validate a config and exit
+//	                 [--dry-run]           ... and run every role's statements for a probe user
 //	credbroker dev-certs --out DIR ...    mint a dev trust bundle and X.509-SVIDs
 //	credbroker audit verify FILE...       check an audit log's hash chain
+//	credbroker leases list|revoke ...     operator: list or revoke leases
+//	credbroker workload deregister|register ID
+//	credbroker orphans                    operator: users no lease backs
+//	credbroker roles                      operator: the configured roles
 //
 // This file only wires: flags and config in, components built, Run joined
 // under signal handling.
@@ -24,8 +29,15 @@ import (
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "credbroker:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "credbroker:", err)
+		// A failed call of an operator command exits 1; usage errors, and
+		// every error of the other commands, exit 2.
+		var ce *callError
+		if errors.As(err, &ce) {
+			os.Exit(1)
 		}
 		os.Exit(2)
 	}
@@ -39,9 +51,19 @@ commands:
                 file, or the PostgreSQL schema (--config FILE)
   migrate       apply pending schema migrations to a PostgreSQL lease store;
                 serve never migrates by itself (--config FILE)
-  check-config  validate a config file and exit (--config FILE)
+  check-config  validate a config file and exit (--config FILE); with
+                --dry-run, also run every role's statements against its
+                database for a probe user, leaving nothing behind
   dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
   audit verify  check an audit log's hash chain (FILE... oldest first)
+
+operator commands (AdminService over mTLS; -h on each for the flags):
+  leases list       [-role R] [-spiffe-id ID] [-state S]
+  leases revoke     -lease-id ID | [-prefix P] [-role R] [-spiffe-id ID]
+  workload deregister ID
+  workload register ID
+  orphans           users marked by this broker that no lease backs
+  roles             the configured roles
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -59,11 +81,19 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "migrate":
 		return migrate(ctx, args[1:], stdout, stderr)
 	case "check-config":
-		return checkConfig(args[1:], stdout, stderr)
+		return checkConfig(ctx, args[1:], stdout, stderr)
 	case "dev-certs":
 		return devCerts(args[1:], stdout, stderr)
 	case "audit":
 		return auditCmd(args[1:], stdout, stderr)
+	case "leases":
+		return leasesCmd(ctx, args[1:], stdout, stderr)
+	case "workload":
+		return workloadCmd(ctx, args[1:], stdout, stderr)
+	case "orphans":
+		return orphansCmd(ctx, args[1:], stdout, stderr)
+	case "roles":
+		return rolesCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -32,20 +32,38 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	return app.Run(ctx)
 }
 
-func checkConfig(args []string, stdout, stderr io.Writer) error {
+func checkConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "path to the YAML config (required)")
+	dryRun := fs.Bool("dry-run", false, "also run every role's creation and revocation statements against its database for a probe user, leaving nothing behind")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *path == "" {
 		return fmt.Errorf("check-config: --config is required")
 	}
-	if _, err := broker.LoadConfig(*path, builtin.Catalog()); err != nil {
+	cfg, err := broker.LoadConfig(*path, builtin.Catalog())
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
+	if !*dryRun {
+		return nil
+	}
+	failed := 0
+	results := broker.DryRun(ctx, cfg)
+	for _, r := range results {
+		if r.Err != nil {
+			failed++
+			fmt.Fprintf(stdout, "roles.%s (database %s): FAILED: %v\n", r.Role, r.Database, r.Err)
+			continue
+		}
+		fmt.Fprintf(stdout, "roles.%s (database %s): ok\n", r.Role, r.Database)
+	}
+	if failed > 0 {
+		return fmt.Errorf("check-config: dry run: %d of %d roles failed", failed, len(results))
+	}
 	return nil
 }
 

@@ -65,7 +65,7 @@ type boltConfig struct {
 	lockTimeout time.Duration
 	batchDelay  time.Duration
 	mustExist   bool
-	observe     CommitObserver
+	observe     lease.CommitObserver
 }
 
 // WithMustExist makes Open fail with lease.ErrStoreMissing instead of
@@ -90,15 +90,10 @@ func WithBatchDelay(d time.Duration) Option {
 	return func(c *boltConfig) { c.batchDelay = d }
 }
 
-// CommitObserver is told of every group commit: how many writes it
-// carried, how long it took (the transaction and its fsync, and the retries
-// one by one if it failed) and the shared transaction's error. It runs in
-// the committing goroutine: it must be quick.
-type CommitObserver func(writes int, took time.Duration, err error)
-
-// WithCommitObserver has observe told of every commit (the broker's store
-// metrics).
-func WithCommitObserver(observe CommitObserver) Option {
+// WithCommitObserver has observe told of every group commit: the writes it
+// carried, the time of the transaction and its fsync (and of the retries one
+// by one if it failed), and the shared transaction's error.
+func WithCommitObserver(observe lease.CommitObserver) Option {
 	return func(c *boltConfig) { c.observe = observe }
 }
 

@@ -8,6 +8,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/internal/batch"
+	"github.com/credbroker/credbroker/lease"
 )
 
 // groupCommit makes concurrent writes share one bbolt transaction and its
@@ -23,13 +24,13 @@ import (
 type groupCommit struct {
 	db      *bolt.DB
 	q       *batch.Queue[func(*bolt.Tx) error, error]
-	observe CommitObserver // nil: none
+	observe lease.CommitObserver // nil: none
 }
 
 // newGroupCommit returns the group commit of db. delay, if set, is how long
 // a committing writer waits for others to join before it commits
 // (WithBatchDelay); observe, if set, is told of every commit.
-func newGroupCommit(db *bolt.DB, delay time.Duration, observe CommitObserver) *groupCommit {
+func newGroupCommit(db *bolt.DB, delay time.Duration, observe lease.CommitObserver) *groupCommit {
 	g := &groupCommit{db: db, observe: observe}
 	g.q = batch.New(g.commit, batch.Options{Delay: delay})
 	return g

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,6 +27,25 @@ type Store struct {
 
 	// SQL built once for the schema.
 	putSQL, getSQL, deleteSQL string
+
+	observe lease.CommitObserver // nil: none
+}
+
+// Option configures Open.
+type Option func(*Store)
+
+// WithCommitObserver has observe told of every lease write the store
+// commits: Put, Delete and the fenced writes are one transaction of one
+// write each, PutAll one transaction of all its leases.
+func WithCommitObserver(observe lease.CommitObserver) Option {
+	return func(s *Store) { s.observe = observe }
+}
+
+// observed reports a commit of n writes begun at start, if anyone listens.
+func (s *Store) observed(n int, start time.Time, err error) {
+	if s.observe != nil {
+		s.observe(n, time.Since(start), err)
+	}
 }
 
 var (
@@ -47,8 +67,15 @@ var (
 // Open does not read the leases: the store is no lease.Verifier, so
 // Manager.DeferLoad loads synchronously (a bad row fails Load with
 // lease.ErrStoreCorrupt before anything is served).
-func Open(ctx context.Context, c Config) (*Store, error) {
-	return open(ctx, c, true)
+func Open(ctx context.Context, c Config, opts ...Option) (*Store, error) {
+	s, err := open(ctx, c, true)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 // open is Open, with the single-writer lock or without it (shared: several
@@ -153,7 +180,10 @@ func (s *Store) Put(ctx context.Context, l lease.Lease) error {
 	if err != nil {
 		return fmt.Errorf("pgstore: put: %w", err)
 	}
-	if _, err := s.pool.Exec(ctx, s.putSQL, args...); err != nil {
+	start := time.Now()
+	_, err = s.pool.Exec(ctx, s.putSQL, args...)
+	s.observed(1, start, err)
+	if err != nil {
 		return s.fail("put "+l.ID, err)
 	}
 	return nil
@@ -184,6 +214,7 @@ func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 	if len(rows) == 0 {
 		return nil
 	}
+	start := time.Now()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `CREATE TEMPORARY TABLE pgstore_bulk (LIKE `+s.schema+`.leases INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
 			return err
@@ -194,6 +225,7 @@ func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 		_, err := tx.Exec(ctx, upsertSQL(s.schema+".leases", `SELECT `+strings.Join(leaseCols, ", ")+` FROM pgstore_bulk`))
 		return err
 	})
+	s.observed(len(rows), start, err)
 	if err != nil {
 		return s.fail("put all", err)
 	}
@@ -221,7 +253,10 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: delete %s: %w", id, err)
 	}
-	if _, err := s.pool.Exec(ctx, s.deleteSQL, id); err != nil {
+	start := time.Now()
+	_, err := s.pool.Exec(ctx, s.deleteSQL, id)
+	s.observed(1, start, err)
+	if err != nil {
 		return s.fail("delete "+id, err)
 	}
 	return nil

@@ -211,11 +211,11 @@ func statementFailure(what string, err error, secrets ...string) error {
 		return plugins.Redacted(err, secrets...)
 	}
 	// The driver's error is kept, with its message scrubbed too.
-	return plugins.Rejected(fmt.Sprintf("%s rejected: %s (error %d)", what, plugins.Redact(me.Message, secrets...), me.Number),
-		plugins.Redacted(err, secrets...))
+	return plugins.Classify(plugins.Rejected(fmt.Sprintf("%s rejected: %s (error %d)", what, plugins.Redact(me.Message, secrets...), me.Number),
+		plugins.Redacted(err, secrets...)), adminKind(err))
 }
 
-func (db *DB) scrubbed(err error) error { return plugins.Redacted(err, db.secret) }
+func (db *DB) scrubbed(err error) error { return plugins.Redacted(err, db.admin.Secrets()...) }
 
 // outcomeKnown reports whether the server answered the statement, so that
 // it is known to have failed as a whole. A connection lost in flight or a

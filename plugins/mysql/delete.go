@@ -94,7 +94,7 @@ func (db *DB) DeleteUser(ctx context.Context, req plugins.DeleteUserRequest) err
 
 func revocationFailure(i int, err error) error {
 	me, _ := mysqlErr(err)
-	return plugins.Rejected(fmt.Sprintf("revocation statement %d rejected: %s (error %d)", i+1, me.Message, me.Number), err)
+	return plugins.Classify(plugins.Rejected(fmt.Sprintf("revocation statement %d rejected: %s (error %d)", i+1, me.Message, me.Number), err), adminKind(err))
 }
 
 // endSessions kills every connection of the user and returns once the

@@ -68,9 +68,11 @@ type DB struct {
 	pool   *sql.DB
 	users  *plugins.Usernames
 	marker string
-	host   string // UserHost, checked
-	where  string // host:port, for errors
-	secret string // admin password, only to scrub it from errors
+	host   string                 // UserHost, checked
+	where  string                 // host:port, for errors
+	admin  *plugins.AdminPassword // the pool's login (rotate.go); also scrubbed from errors
+	// maxConns is the pool's size, restored after a rotation emptied it.
+	maxConns int
 
 	// server is nil until the server has been reached once; learnMu
 	// keeps concurrent first calls from all asking.
@@ -162,6 +164,15 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	// Every error that matters is returned; the driver's own stderr lines
 	// would bypass the broker's structured log.
 	mc.Logger = &mysql.NopLogger{}
+	// Every new connection logs in with the current admin password, which
+	// SetAdminPassword replaces.
+	admin := plugins.NewAdminPassword(c.Password)
+	if err := mc.Apply(mysql.BeforeConnect(func(_ context.Context, cc *mysql.Config) error {
+		cc.Passwd = admin.Get()
+		return nil
+	})); err != nil {
+		return nil, fmt.Errorf("mysql: connection settings: %s", plugins.Redact(err.Error(), c.Password))
+	}
 	connector, err := mysql.NewConnector(mc)
 	if err != nil {
 		return nil, fmt.Errorf("mysql: connection settings: %s", plugins.Redact(err.Error(), c.Password))
@@ -174,12 +185,13 @@ func New(ctx context.Context, c Config) (*DB, error) {
 	pool.SetConnMaxIdleTime(5 * time.Minute)
 
 	db := &DB{
-		pool:   pool,
-		users:  users,
-		marker: c.Marker,
-		host:   c.UserHost,
-		where:  mc.Addr,
-		secret: c.Password,
+		pool:     pool,
+		users:    users,
+		marker:   c.Marker,
+		host:     c.UserHost,
+		where:    mc.Addr,
+		admin:    admin,
+		maxConns: c.MaxConns,
 	}
 	if !c.Lazy {
 		if err := db.Ping(ctx); err != nil {
@@ -201,7 +213,7 @@ func (db *DB) Ping(ctx context.Context) error {
 }
 
 func (db *DB) connectError(ctx context.Context, err error) error {
-	return wrap(ctx, "connect to "+db.where, errors.New(plugins.Redact(err.Error(), db.secret)), unavailable(err))
+	return plugins.Classify(wrap(ctx, "connect to "+db.where, errors.New(plugins.Redact(err.Error(), db.admin.Secrets()...)), unavailable(err)), adminKind(err))
 }
 
 // serverInfo returns what the server told the plugin on first contact,
@@ -392,6 +404,15 @@ const (
 	erUserLimitReached    = 1226
 	erOptionPrevents      = 1290 // e.g. --read-only
 	erCannotUser          = 1396 // ALTER/DROP USER of an absent account
+	erDBAccessDenied      = 1044 // no privilege on a database (also at connect, on the configured schema)
+	erPasswordNotAllowed  = 1132 // changing another user's password without UPDATE on mysql.*
+	erTableAccessDenied   = 1142
+	erColumnAccessDenied  = 1143
+	erNoPermissionCreate  = 1211
+	erSpecificAccess      = 1227 // "you need (at least one of) the X privilege(s)"
+	erProcAccessDenied    = 1370
+	erCantCreateWithGrant = 1410
+	erAccessDeniedNoPass  = 1698 // MariaDB: GRANT of a role without its ADMIN OPTION (also a refused socket login, which the broker never uses)
 	erReadOnlyMode        = 1836
 	erConnectionKilled    = 1927
 	erInvalidRole         = 1959 // MariaDB: GRANT of a role that does not exist
@@ -431,7 +452,21 @@ func unavailable(err error) bool {
 	return false
 }
 
-// wrap adds the operation and, for connection problems, plugins.KindUnavailable.
+// adminKind tells a refused admin login and a privilege the admin lacks
+// from other errors, so the broker can tell an operator what to fix.
+func adminKind(err error) plugins.Kind {
+	switch errNumber(err) {
+	case erAccessDenied:
+		return plugins.KindAdminLogin
+	case erAccessDeniedNoPass, erDBAccessDenied, erPasswordNotAllowed, erTableAccessDenied, erColumnAccessDenied,
+		erNoPermissionCreate, erSpecificAccess, erProcAccessDenied, erCantCreateWithGrant:
+		return plugins.KindAdminPrivilege
+	}
+	return 0
+}
+
+// wrap adds the operation and, for connection problems, plugins.KindUnavailable;
+// for a refused login or a missing privilege, the admin kinds (adminKind).
 func wrap(ctx context.Context, op string, err error, isUnavailable bool) error {
-	return plugins.Wrap(ctx, "mysql: "+op, err, isUnavailable)
+	return plugins.Classify(plugins.Wrap(ctx, "mysql: "+op, err, isUnavailable), adminKind(err))
 }

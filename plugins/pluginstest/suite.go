@@ -42,6 +42,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("FailingStatementLeavesNoUser", s.testFailingStatementLeavesNoUser)
 	t.Run("IntentGatesCreation", s.testIntentGatesCreation)
 	t.Run("ConcurrentIssuance", s.testConcurrentIssuance)
+	t.Run("DryRun", s.testDryRun)
 }
 
 type suite struct {
@@ -534,4 +535,32 @@ func (s *suite) testFailingStatementLeavesNoUser(t *testing.T) {
 		t.Errorf("ListUsers returns %s, whose creation failed", u.name)
 	}
 	s.mustNotLogin(ctx, t, u.name, u.password, "creation failed")
+}
+
+// testDryRun: a plugin that is a plugins.DryRunner passes the harness's
+// statements and reports a failing one as a rejected statement, leaving no
+// user either way; one that is not says so with ErrDryRunUnsupported.
+func (s *suite) testDryRun(t *testing.T) {
+	ctx := testContext(t)
+	if _, ok := s.db.(plugins.DryRunner); !ok {
+		if err := plugins.DryRun(ctx, s.db, plugins.DryRunRequest{Role: "dry", Creation: s.h.CreationStatements}); !errors.Is(err, plugins.ErrDryRunUnsupported) {
+			t.Fatalf("DryRun on a plugin that is not a DryRunner = %v, want ErrDryRunUnsupported", err)
+		}
+		return
+	}
+	before := s.listUsers(ctx, t)
+	if err := plugins.DryRun(ctx, s.db, plugins.DryRunRequest{Role: "dry", Creation: s.h.CreationStatements}); err != nil {
+		t.Errorf("DryRun of the harness's statements: %v", err)
+	}
+	stmts := slices.Concat(s.h.CreationStatements[:1], []string{failingStatement}, s.h.CreationStatements[1:])
+	err := plugins.DryRun(ctx, s.db, plugins.DryRunRequest{Role: "dry", Creation: stmts})
+	if !errors.Is(err, plugins.ErrInvalidStatement) {
+		t.Errorf("DryRun with a failing statement = %v, want plugins.ErrInvalidStatement", err)
+	}
+	if err != nil && !strings.Contains(err.Error(), "creation statement 2") {
+		t.Errorf("DryRun error %q does not name the failing statement", err)
+	}
+	if after := s.listUsers(ctx, t); !slices.Equal(before, after) {
+		t.Errorf("users before the dry runs %v, after %v", before, after)
+	}
 }

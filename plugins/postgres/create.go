@@ -94,7 +94,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 				}
 			}
 			if _, err := tx.Exec(ctx, s); err != nil {
-				return statementFailure(i, len(req.Statements), err, verifier)
+				return statementFailure("creation", i, len(req.Statements), err, verifier)
 			}
 		}
 		return awaitIntent()
@@ -138,7 +138,7 @@ func (db *DB) NewUser(ctx context.Context, req plugins.NewUserRequest) error {
 	case unavailable(err):
 		return wrap(ctx, op, err)
 	}
-	return fmt.Errorf("postgres: %s: %w", op, err)
+	return plugins.Classify(fmt.Errorf("postgres: %s: %w", op, err), adminKind(err))
 }
 
 // intentError is the broker's refusal to let the user exist
@@ -148,18 +148,18 @@ type intentError struct{ error }
 func (e intentError) Unwrap() error { return e.error }
 
 // statementFailure describes the failure of stmts[i], where the first n
-// statements come from the role's template and the rest are the plugin's.
-// Its text never carries the verifier, which PostgreSQL may quote back in a
-// syntax error.
-func statementFailure(i, n int, err error, verifier string) error {
+// statements come from the role's template (its creation or revocation
+// statements: kind) and the rest are the plugin's. Its text never carries
+// the verifier, which PostgreSQL may quote back in a syntax error.
+func statementFailure(kind string, i, n int, err error, verifier string) error {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
 	if !ok || unavailable(err) || transient(err) {
 		return err
 	}
-	what := fmt.Sprintf("creation statement %d", i+1)
+	what := fmt.Sprintf("%s statement %d", kind, i+1)
 	if i >= n {
 		what = "setting expiry and marker"
 	}
 	msg := plugins.Redact(pgErr.Message, verifier)
-	return plugins.Rejected(fmt.Sprintf("%s rejected: %s (SQLSTATE %s)", what, msg, pgErr.Code), pgErr)
+	return plugins.Classify(plugins.Rejected(fmt.Sprintf("%s rejected: %s (SQLSTATE %s)", what, msg, pgErr.Code), pgErr), adminKind(pgErr))
 }

@@ -87,7 +87,7 @@ func (db *DB) deleteOne(ctx context.Context, c *dropCall) error {
 		for i, s := range stmts {
 			if _, err := tx.Exec(ctx, s); err != nil {
 				if i < len(revoke) {
-					return statementFailure(i, len(revoke), err, "")
+					return statementFailure("revocation", i, len(revoke), err, "")
 				}
 				return err
 			}

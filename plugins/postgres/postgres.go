@@ -59,8 +59,8 @@ type DB struct {
 	pool   *pgxpool.Pool
 	users  *plugins.Usernames
 	marker string
-	where  string // host:port, for errors
-	secret string // admin password, only to scrub it from errors
+	where  string                 // host:port, for errors
+	admin  *plugins.AdminPassword // the pool's login (rotate.go); also scrubbed from errors
 	drops  *dropQueue
 	iters  int // SCRAM iterations
 	// verifiers holds SCRAM verifiers computed ahead (verifiers.go).
@@ -115,6 +115,13 @@ func New(ctx context.Context, c Config) (*DB, error) {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 
+	// Every new connection logs in with the current admin password, which
+	// SetAdminPassword replaces.
+	admin := plugins.NewAdminPassword(c.Password)
+	pc.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+		cc.Password = admin.Get()
+		return nil
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, &plugins.Error{Kind: plugins.KindUnavailable, Err: fmt.Errorf("postgres: %w: %s", plugins.ErrUnavailable, plugins.Redact(err.Error(), c.Password))}
@@ -124,7 +131,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 		users:  users,
 		marker: c.Marker,
 		where:  fmt.Sprintf("%s:%d", c.Host, c.Port),
-		secret: c.Password,
+		admin:  admin,
 		iters:  c.ScramIterations,
 	}
 	db.drops = db.newDropQueue()
@@ -140,7 +147,7 @@ func New(ctx context.Context, c Config) (*DB, error) {
 // Ping checks that the server answers and the admin credentials work.
 func (db *DB) Ping(ctx context.Context) error {
 	if err := db.pool.Ping(ctx); err != nil {
-		return &plugins.Error{Kind: plugins.KindUnavailable, Err: fmt.Errorf("postgres: connect to %s: %w: %s", db.where, plugins.ErrUnavailable, plugins.Redact(err.Error(), db.secret))}
+		return &plugins.Error{Kind: plugins.KindUnavailable | adminKind(err), Err: fmt.Errorf("postgres: connect to %s: %w: %s", db.where, plugins.ErrUnavailable, plugins.Redact(err.Error(), db.admin.Secrets()...))}
 	}
 	return nil
 }
@@ -246,8 +253,28 @@ func unavailable(err error) bool {
 	return pgErr.Code == "3D000" // the configured database vanished
 }
 
+// codeInsufficientPrivilege is what the server answers a statement the
+// admin has no right to run (CREATE ROLE without CREATEROLE, a GRANT
+// without the grant option).
+const codeInsufficientPrivilege = "42501"
+
+// adminKind tells a refused admin login (class 28, invalid authorization)
+// and a privilege the admin lacks from other errors, so that the broker can
+// tell an operator what to fix.
+func adminKind(err error) plugins.Kind {
+	code := pgErrCode(err)
+	switch {
+	case strings.HasPrefix(code, "28"):
+		return plugins.KindAdminLogin
+	case code == codeInsufficientPrivilege:
+		return plugins.KindAdminPrivilege
+	}
+	return 0
+}
+
 // wrap adds the operation and, for connection problems (unavailable),
-// plugins.KindUnavailable.
+// plugins.KindUnavailable; for a refused login or a missing privilege, the
+// admin kinds (adminKind).
 func wrap(ctx context.Context, op string, err error) error {
-	return plugins.Wrap(ctx, "postgres: "+op, err, unavailable(err))
+	return plugins.Classify(plugins.Wrap(ctx, "postgres: "+op, err, unavailable(err)), adminKind(err))
 }
