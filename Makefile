@@ -59,3 +59,10 @@ $(TOOLS)/grpcurl:
 
 clean:
 	rm -rf bin .cache/pg-* .cache/mariadb-* .cache/demo
+
+## fuzz: every native fuzz target in turn for FUZZTIME each, then a table of execs
+## (failing inputs land in PKG/testdata/fuzz/FuzzX; plain `go test` replays the corpus)
+FUZZTIME ?= 1m
+.PHONY: fuzz
+fuzz:
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh

@@ -78,11 +78,25 @@ func (a *auditor) put(ctx context.Context, r audit.Record) error {
 // (wrapping audit.ErrUnavailable) means the caller must not hand out the
 // credential; without, the failure is logged and nil returned.
 func (a *auditor) issueRecorded(ctx context.Context, l lease.Lease) error {
+	return a.issueRecordedWith(ctx, l, "")
+}
+
+// replayRecorded is issueRecorded for a credential given again to a retry
+// with the same request id (requests.go): one more issue record for the
+// lease, with a reason saying so.
+func (a *auditor) replayRecorded(ctx context.Context, l lease.Lease) error {
+	return a.issueRecordedWith(ctx, l, replayReason)
+}
+
+// replayReason is the reason of the issue record of a replayed credential.
+const replayReason = "replayed to a retry with the same request_id"
+
+func (a *auditor) issueRecordedWith(ctx context.Context, l lease.Lease, reason string) error {
 	if a == nil || a.w == nil {
 		return nil
 	}
 	r := leaseRecord(audit.EventIssue, l)
-	r.Caller = l.Owner
+	r.Caller, r.Reason = l.Owner, reason
 	err := a.put(ctx, r)
 	if err == nil {
 		return nil

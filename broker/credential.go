@@ -32,7 +32,7 @@ func (s credentialService) IssueCredential(ctx context.Context, req *pb.IssueCre
 	if err != nil {
 		return nil, err
 	}
-	l, cred, err := s.issuer.issue(ctx, id, req.GetRole(), ttl)
+	l, cred, err := s.issuer.issueRequest(ctx, id, req.GetRole(), ttl, req.GetRequestId())
 	if err != nil {
 		return nil, err
 	}

@@ -98,13 +98,23 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	var ia *invalidArgError
-	var qe *quotaError
+	var (
+		ia  *invalidArgError
+		qe  *quotaError
+		rex *requestExistsError
+		rro *requestRoleError
+	)
 	switch {
 	case errors.As(err, &ia):
 		return status.Error(codes.InvalidArgument, ia.msg)
 	case errors.As(err, &qe):
 		return status.Error(codes.ResourceExhausted, qe.msg)
+	case errors.As(err, &rex):
+		return status.Error(codes.AlreadyExists, rex.Error())
+	case errors.As(err, &rro):
+		return status.Error(codes.FailedPrecondition, rro.Error())
+	case errors.Is(err, lease.ErrRequestExists):
+		return status.Error(codes.AlreadyExists, "request_id already issued a lease; revoke it or use a new request_id")
 	case errors.Is(err, audit.ErrUnavailable):
 		return status.Error(codes.Unavailable, "audit log unavailable")
 	case errors.Is(err, errUnauthorized), errors.Is(err, identity.ErrNoPeerID):

@@ -19,6 +19,9 @@ import (
 type leaseIssuer interface {
 	Issue(ctx context.Context, l lease.Lease, create lease.CreateFunc) (lease.Lease, error)
 	Revoke(ctx context.Context, id string) (lease.Lease, error)
+	// FindRequest finds the lease of an owner's request id (idempotent
+	// issuance, requests.go).
+	FindRequest(ctx context.Context, owner, requestID string) (lease.Lease, error)
 }
 
 // Issuer issues credentials: it asks admission whether the caller may have
@@ -36,6 +39,8 @@ type Issuer struct {
 	// health learns from each issuance whether its database serves; nil:
 	// not reported.
 	health *dbHealth
+	// requests makes issuance with a request id idempotent (requests.go).
+	requests *requests
 }
 
 // NewIssuer builds an Issuer; aud nil is no audit log, now nil is
@@ -44,7 +49,7 @@ func NewIssuer(admission *Admission, leases leaseIssuer, aud *auditor, now func(
 	if now == nil {
 		now = time.Now
 	}
-	return &Issuer{admission: admission, leases: leases, audit: aud, now: now}
+	return &Issuer{admission: admission, leases: leases, audit: aud, now: now, requests: newRequests(now, replayWindow)}
 }
 
 // withQuotas makes s enforce the roles' quotas, counting with leases.
@@ -56,6 +61,20 @@ func (s *Issuer) withQuotas(leases quotaLister) *Issuer {
 // issue checks the request (role, policy, registration, ttl), has the lease
 // manager issue a lease for a new user, and builds the credential.
 func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration) (lease.Lease, *pb.Credential, error) {
+	return s.issueNew(ctx, caller, roleName, ttl, "")
+}
+
+// issueRequest is issue for IssueCredential: a non-empty requestID makes
+// it idempotent (requests.go).
+func (s *Issuer) issueRequest(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration, requestID string) (lease.Lease, *pb.Credential, error) {
+	if requestID != "" {
+		return s.issueOnce(ctx, caller, roleName, ttl, requestID)
+	}
+	return s.issueNew(ctx, caller, roleName, ttl, "")
+}
+
+// issueNew issues a new lease and user, with requestID recorded in it.
+func (s *Issuer) issueNew(ctx context.Context, caller spiffeid.ID, roleName string, ttl time.Duration, requestID string) (lease.Lease, *pb.Credential, error) {
 	if ttl < 0 {
 		return lease.Lease{}, nil, invalidArg("ttl must be positive")
 	}
@@ -103,6 +122,7 @@ func (s *Issuer) issue(ctx context.Context, caller spiffeid.ID, roleName string,
 		MaxExpireTime:        now.Add(role.MaxTTL),
 		State:                lease.StateCreating,
 		RevocationStatements: role.RevocationStatements,
+		RequestID:            requestID,
 	}
 	// lease.Manager.Issue runs the crash-safe protocol around the plugin's
 	// NewUser: the plugin waits for the durable CREATING record (Intent)

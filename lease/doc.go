@@ -94,7 +94,10 @@
 // role, owner, database and statements they share; one pointer per lease)
 // for owner and role, and in a chunked sorted list (about 9 B per lease)
 // for pages by ID. Manager.Owners gives the owners with a lease in a
-// state. See index.go.
+// state. Manager.FindRequest finds the lease of an owner's request id (an
+// idempotency key, Lease.RequestID) in a map kept only for leases that have
+// one; Issue refuses a second lease for a key with ErrRequestExists. See
+// index.go.
 //
 // # Crash testing
 //

@@ -74,7 +74,9 @@ func newEntry(l Lease) *entry {
 
 // set replaces the lease e holds with l, which has e's ID and normalized
 // times. A lease packs unless it carries the outcome of failed revocation
-// attempts (LastError, Attempts: a few REVOKING leases) or a time an int64
+// attempts (LastError, Attempts: a few REVOKING leases), a request id (so
+// that leases issued without one, the common case, pay nothing for it) or
+// a time an int64
 // of nanoseconds cannot hold (before 1678 or after 2262); such a lease is
 // kept whole, so every lease reads back exactly as it was set.
 //
@@ -93,7 +95,7 @@ func (e *entry) set(l Lease) {
 	issue, ok1 := packTime(l.IssueTime)
 	expire, ok2 := packTime(l.ExpireTime)
 	maxExpire, ok3 := packTime(l.MaxExpireTime)
-	if !ok1 || !ok2 || !ok3 || l.LastError != "" || l.Attempts != 0 {
+	if !ok1 || !ok2 || !ok3 || l.LastError != "" || l.Attempts != 0 || l.RequestID != "" {
 		full := l.clone()
 		e.full = &full
 		e.username = ""
@@ -174,6 +176,15 @@ func unpackStatements(p string) []string {
 		p = p[4+n:]
 	}
 	return out
+}
+
+// requestID is the lease's Lease.RequestID: only leases kept whole (set)
+// have one.
+func (e *entry) requestID() string {
+	if e.full == nil {
+		return ""
+	}
+	return e.full.RequestID
 }
 
 // state is the lease's State, without unpacking the lease.

@@ -30,7 +30,10 @@ type index struct {
 	groups  map[unique.Handle[origin]]*group
 	byOwner map[string][]*group
 	byRole  map[string][]*group
-	ids     idList
+	// requests finds the lease of an owner's request id (FindRequest):
+	// one map entry per lease issued with a request id, none for the rest.
+	requests map[requestKey]*entry
+	ids      idList
 	// states counts the indexed entries by state, so metrics read them in
 	// O(states).
 	states [StateExpired + 1]int
@@ -41,6 +44,18 @@ type index struct {
 	// touched counts the entries queries looked at, for tests that prove
 	// a query's cost.
 	touched int
+}
+
+// requestKey is an owner and one of its request ids.
+type requestKey struct{ owner, requestID string }
+
+// requestKeyOf is e's key in index.requests, and false if e has none.
+func requestKeyOf(e *entry) (requestKey, bool) {
+	rid := e.requestID()
+	if rid == "" {
+		return requestKey{}, false
+	}
+	return requestKey{owner: e.origin.Value().owner, requestID: rid}, true
 }
 
 // group is the entries of one origin, in no order.
@@ -54,6 +69,8 @@ func newIndex() *index {
 		groups:  map[unique.Handle[origin]]*group{},
 		byOwner: map[string][]*group{},
 		byRole:  map[string][]*group{},
+
+		requests: map[requestKey]*entry{},
 	}
 }
 
@@ -77,6 +94,9 @@ func (x *index) addGroup(e *entry) {
 	e.gpos = int32(len(g.members))
 	g.members = append(g.members, e)
 	x.states[e.st]++
+	if k, ok := requestKeyOf(e); ok {
+		x.requests[k] = e
+	}
 }
 
 // remove forgets e, which must be indexed.
@@ -89,6 +109,9 @@ func (x *index) remove(e *entry) {
 	g.members = g.members[:len(g.members)-1]
 	e.gpos = -1
 	x.states[e.st]--
+	if k, ok := requestKeyOf(e); ok && x.requests[k] == e {
+		delete(x.requests, k)
+	}
 	switch n := len(g.members); {
 	case n == 0:
 		delete(x.groups, g.key)

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -63,6 +64,11 @@ type Lease struct {
 	// Expired records that revocation started because the lease reached its
 	// expiry (reported as EXPIRED rather than REVOKED).
 	Expired bool `json:"expired,omitempty"`
+	// RequestID is the caller's idempotency key (IssueCredentialRequest's
+	// request_id), empty if none: at most one lease per Owner and RequestID
+	// exists at a time (Manager.FindRequest). Kept so that a retry after a
+	// restart still finds the lease.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // Sentinel errors.
@@ -86,6 +92,9 @@ var (
 	ErrStoreFenced = errors.New("lease store held by another writer")
 	// ErrExists: Issue was given an ID that is already known.
 	ErrExists = errors.New("lease already exists")
+	// ErrRequestExists: Issue was given a lease whose Owner and RequestID
+	// another lease already has. Errors that wrap it also wrap ErrExists.
+	ErrRequestExists = fmt.Errorf("%w for this request id", ErrExists)
 	// ErrWrongState: the operation does not apply to the lease's current
 	// state (Revoke on a lease that is still CREATING: its Issue cleans it
 	// up).

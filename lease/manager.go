@@ -218,6 +218,13 @@ func (m *Manager) begin(ctx context.Context, l Lease) error {
 	}
 	l.State = StateCreating
 	l.LastError, l.Attempts, l.Expired = "", 0, false
+	if l.RequestID != "" {
+		// The request id must be checked against every lease, restored
+		// ones included.
+		if err := m.awaitLease(ctx, ""); err != nil {
+			return fmt.Errorf("lease: begin %s: %w", l.ID, err)
+		}
+	}
 
 	e := newEntry(l)
 	e.opc() <- struct{}{} // new: cannot block
@@ -226,6 +233,11 @@ func (m *Manager) begin(ctx context.Context, l Lease) error {
 	if _, ok := m.leases[l.ID]; ok {
 		m.mu.Unlock()
 		return fmt.Errorf("lease: begin %s: %w", l.ID, ErrExists)
+	}
+	if k, ok := requestKeyOf(e); ok && m.index.requests[k] != nil {
+		other := m.index.requests[k].id
+		m.mu.Unlock()
+		return fmt.Errorf("lease: begin %s: lease %s has its request id: %w", l.ID, other, ErrRequestExists)
 	}
 	m.leases[l.ID] = e // reserves the id; invisible until stored
 	m.index.add(e)
@@ -341,6 +353,28 @@ func (m *Manager) Get(ctx context.Context, id string) (Lease, error) {
 	defer m.mu.Unlock()
 	e := m.leases[id]
 	if e == nil || !e.stored {
+		return Lease{}, ErrNotFound
+	}
+	return e.lease(), nil
+}
+
+// FindRequest returns the lease that owner was issued for requestID (an
+// idempotency key, Lease.RequestID) in whatever state it is, or
+// ErrNotFound once that lease is gone. It looks the key up in an index,
+// never scanning the leases. While a deferred restore is pending it waits
+// for it, so that a retry arriving just after a restart finds the lease
+// issued before it.
+func (m *Manager) FindRequest(ctx context.Context, owner, requestID string) (Lease, error) {
+	if requestID == "" {
+		return Lease{}, fmt.Errorf("lease: find request: empty request id: %w", ErrInvalid)
+	}
+	if err := m.awaitLease(ctx, ""); err != nil {
+		return Lease{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.index.requests[requestKey{owner: owner, requestID: requestID}]
+	if e == nil {
 		return Lease{}, ErrNotFound
 	}
 	return e.lease(), nil

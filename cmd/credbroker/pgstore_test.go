@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/credbroker/credbroker/internal/testenv"
+	"github.com/credbroker/credbroker/lease/pgstore"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -83,7 +84,7 @@ func TestPostgresStoreSurvivesKill(t *testing.T) {
 	f, schema := newFixturePGStore(t)
 	config := filepath.Join(f.dir, "config.yaml")
 	var n int
-	if err := f.admin.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{schema}.Sanitize()+".schema_version").Scan(&n); err != nil || n != 1 {
+	if err := f.admin.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{schema}.Sanitize()+".schema_version").Scan(&n); err != nil || n != pgstore.SchemaVersion() {
 		t.Fatalf("init-store made no versioned schema: %d rows, %v", n, err)
 	}
 	f.start("")
@@ -107,7 +108,7 @@ func TestPostgresStoreSurvivesKill(t *testing.T) {
 	f.assertEveryUserBacked()
 
 	out, err = exec.CommandContext(ctx, binary, "migrate", "--config", config).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "schema version 1") {
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("schema version %d", pgstore.SchemaVersion())) {
 		t.Fatalf("migrate of a current store: %v\n%s", err, out)
 	}
 	rev, err := pb.NewAdminServiceClient(f.conn("admin")).RevokeLeases(ctx, &pb.RevokeLeasesRequest{Role: "reader"})

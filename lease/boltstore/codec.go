@@ -18,10 +18,14 @@ const (
 	// codecV2 is the binary form below, written since issue 5: decoding
 	// JSON was 60% of a broker's start with a million leases.
 	codecV2 byte = 2
+	// codecV3 is codecV2 followed by the request id (a string), written
+	// only for a lease that has one, so that a store whose leases have none
+	// stays readable by a broker from before request ids.
+	codecV3 byte = 3
 )
 
 // knownCodec reports whether b is a version byte decodeLease reads.
-func knownCodec(b byte) bool { return b == codecV1 || b == codecV2 }
+func knownCodec(b byte) bool { return b == codecV1 || b == codecV2 || b == codecV3 }
 
 // encodeLease serializes l for a Store, which keeps it under the key l.ID.
 // Times are stored in UTC with their nanoseconds and without monotonic
@@ -40,17 +44,22 @@ func knownCodec(b byte) bool { return b == codecV1 || b == codecV2 }
 //	LastError                               string
 //	Attempts                                varint
 //	Expired                                 one byte, 0 or 1
+//	RequestID                               string (codecV3 only)
 func encodeLease(l lease.Lease) ([]byte, error) {
 	l = normalizeTimes(l)
 	n := 1 + 3*(2*binary.MaxVarintLen64) + 3*binary.MaxVarintLen64 + 1
-	for _, s := range [...]string{l.ID, l.Role, l.Owner, l.Database, l.Username, l.LastError} {
+	for _, s := range [...]string{l.ID, l.Role, l.Owner, l.Database, l.Username, l.LastError, l.RequestID} {
 		n += binary.MaxVarintLen64 + len(s)
 	}
 	for _, s := range l.RevocationStatements {
 		n += binary.MaxVarintLen64 + len(s)
 	}
 	b := make([]byte, 0, n)
-	b = append(b, codecV2)
+	if l.RequestID != "" {
+		b = append(b, codecV3)
+	} else {
+		b = append(b, codecV2)
+	}
 	for _, s := range [...]string{l.Role, l.Owner, l.Database, l.Username} {
 		b = putString(b, s)
 	}
@@ -68,6 +77,9 @@ func encodeLease(l lease.Lease) ([]byte, error) {
 		b = append(b, 1)
 	} else {
 		b = append(b, 0)
+	}
+	if l.RequestID != "" {
+		b = putString(b, l.RequestID)
 	}
 	return b, nil
 }
@@ -110,7 +122,7 @@ func decodeLeaseWith(key, b []byte, in *interner) (lease.Lease, error) {
 			return lease.Lease{}, fmt.Errorf("boltstore: decode: %w", err)
 		}
 		return l, nil
-	case codecV2:
+	case codecV2, codecV3:
 	default:
 		return lease.Lease{}, fmt.Errorf("boltstore: decode: unknown record version %d", b[0])
 	}
@@ -137,6 +149,11 @@ func decodeLeaseWith(key, b []byte, in *interner) (lease.Lease, error) {
 	l.LastError = string(d.raw())
 	l.Attempts = int(d.varint())
 	l.Expired = d.byte() == 1
+	if b[0] == codecV3 {
+		if l.RequestID = string(d.raw()); l.RequestID == "" && d.err == nil {
+			return lease.Lease{}, errors.New("boltstore: decode: empty request id in a version 3 record")
+		}
+	}
 	switch {
 	case d.err != nil:
 		return lease.Lease{}, fmt.Errorf("boltstore: decode: %w", d.err)
@@ -151,7 +168,7 @@ func decodeLeaseWith(key, b []byte, in *interner) (lease.Lease, error) {
 // valid. It allocates nothing for codecV2, so opening a store can check
 // every record before anything is served.
 func checkRecord(k, v []byte) error {
-	if len(v) > 0 && v[0] == codecV2 {
+	if len(v) > 0 && (v[0] == codecV2 || v[0] == codecV3) {
 		d := decoder{b: v[1:]}
 		for range 4 { // role, owner, database, username
 			d.raw()
@@ -166,6 +183,10 @@ func checkRecord(k, v []byte) error {
 		d.raw()
 		d.varint()
 		d.byte()
+		emptyRequestID := false
+		if v[0] == codecV3 {
+			emptyRequestID = len(d.raw()) == 0
+		}
 		switch {
 		case d.err != nil:
 			return fmt.Errorf("boltstore: decode: %w", d.err)
@@ -175,6 +196,8 @@ func checkRecord(k, v []byte) error {
 			return fmt.Errorf("key %q is not a lease id", k)
 		case state != lease.StateCreating && state != lease.StateActive && state != lease.StateRevoking:
 			return fmt.Errorf("stored state %s", state)
+		case emptyRequestID:
+			return errors.New("boltstore: decode: empty request id in a version 3 record")
 		}
 		return nil
 	}

@@ -38,6 +38,7 @@ func Run(t *testing.T, h Harness) {
 		{"Durability", testDurability},
 		{"Corrupt", testCorrupt},
 		{"Missing", testMissing},
+		{"RequestID", testRequestID},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, h) })
@@ -215,8 +216,12 @@ func testOverwrite(t *testing.T, h Harness) {
 func mixed(t *testing.T, s lease.Store) (all []lease.Lease) {
 	t.Helper()
 	for _, owner := range []string{"spiffe://example.org/a", "spiffe://example.org/b"} {
-		for _, st := range []lease.State{lease.StateCreating, lease.StateActive, lease.StateActive, lease.StateRevoking} {
-			all = append(all, newLease(t, st, owner))
+		for i, st := range []lease.State{lease.StateCreating, lease.StateActive, lease.StateActive, lease.StateRevoking} {
+			l := newLease(t, st, owner)
+			if i == 2 {
+				l.RequestID = fmt.Sprintf("req-%d", seq.Add(1))
+			}
+			all = append(all, l)
 		}
 	}
 	put(t, s, all...)
@@ -399,8 +404,12 @@ func testClosed(t *testing.T, h Harness) {
 func testBulkPut(t *testing.T, h Harness) {
 	e := open(t, h)
 	var ls []lease.Lease
-	for range 50 {
-		ls = append(ls, newLease(t, lease.StateActive, "spiffe://example.org/a"))
+	for i := range 50 {
+		l := newLease(t, lease.StateActive, "spiffe://example.org/a")
+		if i%2 == 0 {
+			l.RequestID = fmt.Sprintf("bulk-%d", i)
+		}
+		ls = append(ls, l)
 	}
 	if err := lease.PutAll(bg, e.s, ls); err != nil {
 		t.Fatalf("PutAll: %v", err)

@@ -16,6 +16,7 @@ var leaseCols = []string{
 	"id", "state", "owner", "role", "database", "username",
 	"issue_time", "issue_time_ns", "expire_time", "expire_time_ns", "max_expire_time", "max_expire_time_ns",
 	"revocation_statements", "last_error", "attempts", "expired",
+	"request_id", // schema version 2
 }
 
 // stateText is how a storable state is written; the other states
@@ -81,6 +82,7 @@ func leaseArgs(l lease.Lease) ([]any, error) {
 		l.ID, st, l.Owner, l.Role, l.Database, l.Username,
 		it, itns, et, etns, mt, mtns,
 		stmts, l.LastError, int32(l.Attempts), l.Expired,
+		l.RequestID,
 	}, nil
 }
 
@@ -93,6 +95,7 @@ type rowValues struct {
 	lastError                                  string
 	attempts                                   int32
 	expired                                    bool
+	requestID                                  string
 }
 
 func (r *rowValues) dest() []any {
@@ -100,6 +103,7 @@ func (r *rowValues) dest() []any {
 		&r.id, &r.state, &r.owner, &r.role, &r.database, &r.username,
 		&r.it, &r.itns, &r.et, &r.etns, &r.mt, &r.mtns,
 		&r.stmts, &r.lastError, &r.attempts, &r.expired,
+		&r.requestID,
 	}
 }
 
@@ -108,6 +112,7 @@ func (r *rowValues) lease() (lease.Lease, error) {
 	l := lease.Lease{
 		ID: r.id, Owner: r.owner, Role: r.role, Database: r.database, Username: r.username,
 		LastError: r.lastError, Attempts: int(r.attempts), Expired: r.expired,
+		RequestID: r.requestID,
 	}
 	var ok bool
 	if l.State, ok = parseState(r.state); !ok {

@@ -72,6 +72,13 @@ CREATE TABLE {{schema}}.deregistrations (
 	at_ns      smallint NOT NULL DEFAULT 0
 );
 `,
+	// 2: the request id of an idempotent issuance (lease.Lease.RequestID),
+	// '' for none; at most one lease per owner and request id, found by
+	// the index without a scan.
+	`
+ALTER TABLE {{schema}}.leases ADD COLUMN request_id text NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX leases_request ON {{schema}}.leases (owner, request_id) WHERE request_id <> '';
+`,
 }
 
 // SchemaVersion is the version of the schema this package reads and

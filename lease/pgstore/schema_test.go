@@ -61,8 +61,8 @@ func TestInitIsIdempotent(t *testing.T) {
 	if _, err := s.Get(bg, l.ID); err != nil {
 		t.Errorf("after a second Init: %v", err)
 	}
-	if got := storedVersions(t, c); len(got) != 1 || got[0] != SchemaVersion() {
-		t.Errorf("schema_version = %v, want [%d]", got, SchemaVersion())
+	if got := storedVersions(t, c); len(got) != SchemaVersion() || got[len(got)-1] != SchemaVersion() {
+		t.Errorf("schema_version = %v, want 1 to %d", got, SchemaVersion())
 	}
 }
 
@@ -117,8 +117,8 @@ func TestMigrate(t *testing.T) {
 	if err := Migrate(bg, c); err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
-	if got := storedVersions(t, c); len(got) != 2 || got[1] != 2 {
-		t.Errorf("schema_version = %v, want [1 2]", got)
+	if got := storedVersions(t, c); len(got) != SchemaVersion() || got[len(got)-1] != SchemaVersion() {
+		t.Errorf("schema_version = %v, want 1 to %d", got, SchemaVersion())
 	}
 	var note string
 	if err := adminPool(t, c).QueryRow(bg, `SELECT note FROM `+quoteIdent(c.Schema)+`.leases WHERE id = $1`, l.ID).Scan(&note); err != nil || note != "migrated" {
@@ -143,8 +143,8 @@ func TestMigrateFailureRollsBack(t *testing.T) {
 	if err := Migrate(bg, c); err == nil {
 		t.Fatal("Migrate with a failing migration succeeded")
 	}
-	if got := storedVersions(t, c); len(got) != 1 {
-		t.Errorf("schema_version after a failed Migrate = %v, want [1]", got)
+	if got := storedVersions(t, c); len(got) != SchemaVersion()-1 {
+		t.Errorf("schema_version after a failed Migrate = %v, want 1 to %d", got, SchemaVersion()-1)
 	}
 	var n int
 	if err := adminPool(t, c).QueryRow(bg, `SELECT count(*) FROM information_schema.columns
@@ -229,8 +229,59 @@ func TestConcurrentInit(t *testing.T) {
 			t.Errorf("concurrent Init: %v", err)
 		}
 	}
-	if got := storedVersions(t, c); len(got) != 1 {
-		t.Errorf("schema_version = %v, want one row", got)
+	if got := storedVersions(t, c); len(got) != SchemaVersion() {
+		t.Errorf("schema_version = %v, want one row per version up to %d", got, SchemaVersion())
 	}
 	mustOpen(t, c)
+}
+
+// Version 2 (request ids): a store made at version 1 with a lease in it is
+// refused until migrated; Migrate keeps the lease (no request id), and then
+// request ids are stored, read back, and unique per owner.
+func TestMigrateToRequestIDs(t *testing.T) {
+	c := testConfig(t)
+	full := migrations
+	withMigrations(t, full[:1])
+	if err := Init(bg, c); err != nil {
+		t.Fatalf("Init at version 1: %v", err)
+	}
+	old := testLease(t, lease.StateActive)
+	exec(t, c, `INSERT INTO `+quoteIdent(c.Schema)+`.leases (id, state, owner, role, database, username, expire_time, max_expire_time)
+		VALUES ($1, 'ACTIVE', $2, $3, $4, $5, $6, $7)`, old.ID, old.Owner, old.Role, old.Database, old.Username,
+		old.ExpireTime.Truncate(time.Microsecond), old.MaxExpireTime.Truncate(time.Microsecond))
+	migrations = full
+
+	_, err := Open(bg, c)
+	wantErr(t, "Open of a version 1 store", err, ErrSchemaOlder, "credbroker migrate")
+	if err := Migrate(bg, c); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if got := storedVersions(t, c); len(got) != 2 || got[1] != 2 {
+		t.Errorf("schema_version = %v, want [1 2]", got)
+	}
+	s := mustOpen(t, c)
+	if got, err := s.Get(bg, old.ID); err != nil || got.RequestID != "" || got.Username != old.Username {
+		t.Errorf("lease of version 1 after Migrate = %+v, %v", got, err)
+	}
+
+	withID := testLease(t, lease.StateActive)
+	withID.RequestID = "req-0001"
+	if err := s.Put(bg, withID); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(bg, withID.ID); err != nil || got.RequestID != "req-0001" {
+		t.Errorf("Get = %+v, %v; want request id req-0001", got, err)
+	}
+	// The database refuses a second lease of one owner with the request id
+	// (the Manager never tries: FindRequest comes first).
+	dup := testLease(t, lease.StateActive)
+	dup.RequestID = withID.RequestID
+	if err := s.Put(bg, dup); err == nil {
+		t.Error("a second lease with the owner's request id was stored")
+	}
+	other := dup
+	other.Owner = "spiffe://example.org/other"
+	if err := s.Put(bg, other); err != nil {
+		t.Errorf("another owner's lease with the same request id: %v", err)
+	}
 }
