@@ -8,18 +8,18 @@ import (
 	"github.com/credbroker/credbroker/plugins"
 )
 
-// token is one token of the small PostgreSQL lexer below, which models just
+// fuzzToken is one fuzzToken of the small PostgreSQL lexer below, which models just
 // what the broker's quoting produces (identifiers and keywords, "quoted
 // identifiers", 'standard' and E'escaped' string literals, punctuation) and
 // refuses the rest, so that a fuzzed value that escapes its literal shows as
-// an extra or different token.
-type token struct {
+// an extra or different fuzzToken.
+type fuzzToken struct {
 	kind byte // 'k' keyword or bare identifier, 'i' quoted identifier, 's' string, 'p' punctuation
 	text string
 }
 
-func lexPG(sql string) ([]token, error) {
-	var toks []token
+func lexPG(sql string) ([]fuzzToken, error) {
+	var toks []fuzzToken
 	for i := 0; i < len(sql); {
 		c := sql[i]
 		switch {
@@ -30,27 +30,27 @@ func lexPG(sql string) ([]token, error) {
 			if err != nil {
 				return nil, err
 			}
-			toks, i = append(toks, token{'i', s}), i+1+n
+			toks, i = append(toks, fuzzToken{'i', s}), i+1+n
 		case c == '\'':
 			s, n, err := lexQuoted(sql[i+1:], '\'', false)
 			if err != nil {
 				return nil, err
 			}
-			toks, i = append(toks, token{'s', s}), i+1+n
+			toks, i = append(toks, fuzzToken{'s', s}), i+1+n
 		case (c == 'E' || c == 'e') && i+1 < len(sql) && sql[i+1] == '\'':
 			s, n, err := lexQuoted(sql[i+2:], '\'', true)
 			if err != nil {
 				return nil, err
 			}
-			toks, i = append(toks, token{'s', s}), i+2+n
+			toks, i = append(toks, fuzzToken{'s', s}), i+2+n
 		case identChar(c) && !isDigit(c):
 			j := i
 			for j < len(sql) && (identChar(sql[j]) || sql[j] == '$') {
 				j++
 			}
-			toks, i = append(toks, token{'k', sql[i:j]}), j
+			toks, i = append(toks, fuzzToken{'k', sql[i:j]}), j
 		case strings.IndexByte(";,()", c) >= 0:
-			toks, i = append(toks, token{'p', string(c)}), i+1
+			toks, i = append(toks, fuzzToken{'p', string(c)}), i+1
 		default:
 			return nil, errors.New("unexpected character " + string(c))
 		}
@@ -58,7 +58,7 @@ func lexPG(sql string) ([]token, error) {
 	return toks, nil
 }
 
-// lexQuoted reads a quoted token's body up to its closing quote q (doubled
+// lexQuoted reads a quoted fuzzToken's body up to its closing quote q (doubled
 // inside), with backslash escapes \\ and \' when escapes; it returns the
 // value and how many bytes it read, the closing quote included.
 func lexQuoted(s string, q byte, escapes bool) (string, int, error) {
@@ -80,7 +80,7 @@ func lexQuoted(s string, q byte, escapes bool) (string, int, error) {
 			b.WriteByte(c)
 		}
 	}
-	return "", 0, errors.New("unterminated quoted token")
+	return "", 0, errors.New("unterminated quoted fuzzToken")
 }
 
 const fuzzTemplate = "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}} IN ROLE r;"
@@ -124,14 +124,14 @@ func FuzzQuoting(f *testing.F) {
 		if err != nil {
 			t.Fatalf("%q does not lex: %v", stmt, err)
 		}
-		want := []token{{'k', "CREATE"}, {'k', "ROLE"}, {'i', name}, {'k', "WITH"}, {'k', "LOGIN"}, {'k', "PASSWORD"},
+		want := []fuzzToken{{'k', "CREATE"}, {'k', "ROLE"}, {'i', name}, {'k', "WITH"}, {'k', "LOGIN"}, {'k', "PASSWORD"},
 			{'s', password}, {'k', "VALID"}, {'k', "UNTIL"}, {'s', "2030-01-01 00:00:00+00"}, {'k', "IN"}, {'k', "ROLE"}, {'k', "r"}, {'p', ";"}}
 		if len(got) != len(want) {
 			t.Fatalf("%q lexes to %d tokens, want %d: %q", stmt, len(got), len(want), got)
 		}
 		for i := range want {
 			if got[i] != want[i] {
-				t.Fatalf("%q: token %d is %q, want %q", stmt, i, got[i], want[i])
+				t.Fatalf("%q: fuzzToken %d is %q, want %q", stmt, i, got[i], want[i])
 			}
 		}
 		if !endsAtTopLevel(stmt) {
