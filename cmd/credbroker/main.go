@@ -6,6 +6,7 @@
 //	credbroker check-config --config FILE validate a config and exit
 //	credbroker dev-certs --out DIR ...    mint a dev trust bundle and X.509-SVIDs
 //	credbroker audit verify FILE...       check an audit log's hash chain
+//	credbroker agent -config FILE [-once] keep credentials fresh for an app (docs/agent.md)
 //
 // This file only wires: flags and config in, components built, Run joined
 // under signal handling.
@@ -24,6 +25,10 @@ import (
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var coded interface{ ExitCode() int }
+		if errors.As(err, &coded) {
+			os.Exit(coded.ExitCode()) // agent: the exec command's status
+		}
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "credbroker:", err)
 		}
@@ -42,12 +47,17 @@ commands:
   check-config  validate a config file and exit (--config FILE)
   dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
   audit verify  check an audit log's hash chain (FILE... oldest first)
+  agent         keep credentials fresh in files or a command's environment
+                (-config FILE [-once]; docs/agent.md)
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command given")
+	}
+	if args[0] == "agent" {
+		return agentCmd(args[1:], stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
