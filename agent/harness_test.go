@@ -1,0 +1,285 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/client"
+	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/testenv"
+	"github.com/credbroker/credbroker/plugins/builtin"
+)
+
+var (
+	td       = spiffeid.RequireTrustDomainFromString("example.org")
+	serverID = spiffeid.RequireFromPath(td, "/credbroker")
+	ordersID = spiffeid.RequireFromPath(td, "/orders/api")
+)
+
+// env is a real broker (in process, real mTLS with a CA made here) on the
+// throwaway PostgreSQL, with role pg-orders whose leases last 2s and at
+// most 6s, rotated by WatchCredential with a 2s overlap (the old user is
+// dropped 2s after each rotation) and a 1s disconnect grace.
+type env struct {
+	t      *testing.T
+	addr   string
+	pg     *pgx.Conn
+	pgHost string
+	pgPort uint16
+	pgDB   string
+	prefix string // username prefix
+	certs  string // client.pem, client-key.pem, bundle.pem
+	dir    string // for the agent's files
+}
+
+func randHex(t testing.TB, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	suffix := randHex(t, 4)
+	e := &env{t: t, prefix: "a" + suffix[:6], dir: t.TempDir()}
+	table, reader := "orders_"+suffix, "reader_"+suffix
+
+	pgCfg, err := pgx.ParseConfig(testenv.PostgresDSN(t))
+	if err != nil {
+		t.Fatal("parse the test PostgreSQL DSN") // the error may quote the password
+	}
+	e.pgHost, e.pgPort, e.pgDB = pgCfg.Host, pgCfg.Port, pgCfg.Database
+	e.pg, err = pgx.ConnectConfig(ctx, pgCfg)
+	if err != nil {
+		t.Fatalf("connect to PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() { e.pg.Close(context.Background()) })
+	for _, q := range []string{
+		"CREATE TABLE " + table + " (id int)",
+		"CREATE ROLE " + reader + " NOLOGIN",
+		"GRANT SELECT ON " + table + " TO " + reader,
+	} {
+		if _, err := e.pg.Exec(ctx, q); err != nil {
+			t.Fatalf("setup %q: %v", q, err)
+		}
+	}
+
+	ca, err := identity.NewDevCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.certs = t.TempDir()
+	if err := ca.WriteFiles(e.certs, map[string]spiffeid.ID{"client": ordersID}, identity.SVIDOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDBROKER_TEST_ADMIN_PW", pgCfg.Password)
+	cfg, err := broker.ParseConfig([]byte(fmt.Sprintf(`
+listen: 127.0.0.1:0
+trust_domain: example.org
+svid: {cert_file: unused, key_file: unused, bundle_file: unused}
+admins: [spiffe://example.org/ops/admin]
+lease_store: {path: %[1]s}
+revocation: {backoff_base: 100ms, backoff_max: 1s}
+watch: {overlap: 2s, disconnect_grace: 1s}
+databases:
+  main:
+    plugin: postgres
+    host: %[2]s
+    port: %[3]d
+    database: %[4]s
+    username: %[5]s
+    password_env: CREDBROKER_TEST_ADMIN_PW
+    sslmode: disable
+    username_prefix: %[6]s
+roles:
+  pg-orders:
+    database: main
+    default_ttl: 2s
+    max_ttl: 6s
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}} IN ROLE %[7]s;
+`, filepath.Join(t.TempDir(), "leases.db"), pgCfg.Host, pgCfg.Port, pgCfg.Database, pgCfg.User, e.prefix, reader)),
+		builtin.Catalog())
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addr = lis.Addr().String()
+	src, err := ca.Source(serverID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := broker.NewApp(ctx, cfg, broker.AppOptions{Source: src, CreateStore: true, Listener: lis, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		lis.Close()
+		t.Fatalf("new app: %v", err)
+	}
+	bctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.Run(bctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("broker: %v", err)
+		}
+		for _, q := range []string{"DROP TABLE " + table, "DROP ROLE " + reader} {
+			_, _ = e.pg.Exec(context.Background(), q)
+		}
+	})
+	// Registered after the broker's stop, so it runs first: nothing the
+	// test left may outlive it (a -once lease is revoked by the test).
+	t.Cleanup(func() {
+		if n := e.users(); n != 0 {
+			t.Errorf("%d PostgreSQL users with prefix %s left", n, e.prefix)
+		}
+	})
+	return e
+}
+
+// config is an agent config for this broker with SVID files, then extra.
+func (e *env) config(extra string) string {
+	return fmt.Sprintf(`broker:
+  addr: %s
+  server_id: %s
+svid:
+  cert_file: %s
+  key_file: %s
+  bundle_file: %s
+`, e.addr, serverID, filepath.Join(e.certs, "client.pem"), filepath.Join(e.certs, "client-key.pem"),
+		filepath.Join(e.certs, "bundle.pem")) + extra
+}
+
+func (e *env) writeConfig(extra string) string {
+	p := filepath.Join(e.dir, "agent.yaml")
+	if err := os.WriteFile(p, []byte(e.config(extra)), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+func (e *env) client() *client.Client {
+	e.t.Helper()
+	c, err := client.New(context.Background(), e.addr, client.WithServerID(serverID.String()),
+		client.WithFiles(filepath.Join(e.certs, "client.pem"), filepath.Join(e.certs, "client-key.pem"), filepath.Join(e.certs, "bundle.pem")))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (e *env) users() int {
+	var n int
+	if err := e.pg.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", e.prefix+"\\_%").Scan(&n); err != nil {
+		e.t.Fatalf("count users: %v", err)
+	}
+	return n
+}
+
+func (e *env) userExists(name string) bool {
+	var n int
+	if err := e.pg.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname = $1", name).Scan(&n); err != nil {
+		e.t.Fatalf("user exists: %v", err)
+	}
+	return n == 1
+}
+
+// login connects with a DSN the agent rendered and runs a query.
+func login(ctx context.Context, dsn string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	return c.Ping(ctx)
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds credbroker and the test app pglogin once per run.
+func binaries(t *testing.T) (credbroker, pglogin string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "agent-test-bin")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range [][2]string{{"credbroker", "../cmd/credbroker"}, {"pglogin", "./testdata/pglogin"}} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, b[0]), b[1]).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, "credbroker"), filepath.Join(binDir, "pglogin")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's output and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
