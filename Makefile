@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.5
 PROTOC_GEN_GO_GRPC_VER   := v1.5.1
 GRPCURL_VERSION          := v1.9.2
 
-.PHONY: all build test test-faults demo proto lint vet fmt tools clean
+.PHONY: all build test test-faults demo demo-agent proto lint vet fmt tools clean
 
 all: build
 
@@ -34,6 +34,11 @@ bench:
 DB ?= postgres
 demo: $(TOOLS)/grpcurl
 	DB=$(DB) scripts/demo.sh
+
+## demo-agent: an app under `credbroker agent` (exec mode and a file) on a throwaway
+## PostgreSQL, through one rotation and a revoke (about a minute)
+demo-agent:
+	scripts/demo-agent.sh
 
 ## proto: lint and regenerate the committed protobuf code (offline, local plugins)
 proto: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc

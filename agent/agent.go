@@ -153,7 +153,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := w.Close(); err != nil {
 				a.log.Error("agent: revoke failed; the broker ends the lease at its expiry",
 					"role", a.slots[i].cfg.Role, "error", err.Error())
+				continue
 			}
+			a.log.Info("agent: leases revoked", "role", a.slots[i].cfg.Role)
 		}
 		a.removeFiles()
 	}
