@@ -15,6 +15,7 @@ all: build
 
 build:
 	go build -o bin/credbroker ./cmd/credbroker
+	go build -o bin/credbroker-agent ./cmd/credbroker-agent
 
 ## test: every test, against throwaway databases the script starts and removes
 test:

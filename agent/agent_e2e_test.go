@@ -63,7 +63,7 @@ func TestFileModeRotatesAtomically(t *testing.T) {
 	health := freeAddr(t)
 	cfg, err := agent.ParseConfig([]byte(e.config(fmt.Sprintf(`credentials:
   - role: pg-orders
-    ttl: 2s
+    ttl: 3s
     file:
       path: %s
       template: |

@@ -26,8 +26,14 @@ type proc struct {
 func startAgent(t *testing.T, args ...string) *proc {
 	t.Helper()
 	bin, _ := binaries(t)
+	return startBinary(t, bin, append([]string{"agent"}, args...)...)
+}
+
+// startBinary runs bin with args: credbroker agent, or credbroker-agent.
+func startBinary(t *testing.T, bin string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, out: &syncBuffer{}, done: make(chan struct{}), secret: map[string]bool{}}
-	p.cmd = exec.Command(bin, append([]string{"agent"}, args...)...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -104,36 +110,48 @@ func envDSN(m map[string]string) string {
 }
 
 // SIGTERM to the binary in file mode revokes the lease (the user is gone
-// from pg_roles), removes the file and exits 0.
+// from pg_roles), removes the file and exits 0; for `credbroker agent`
+// and the slim credbroker-agent alike.
 func TestSIGTERMRevokesAndRemovesFile(t *testing.T) {
-	e := newEnv(t)
-	path := filepath.Join(e.dir, "db.env")
-	p := startAgent(t, "-config", e.writeConfig(fmt.Sprintf(`credentials:
+	credbroker, _ := binaries(t)
+	for _, tc := range []struct {
+		name string
+		argv []string
+	}{
+		{"credbroker agent", []string{credbroker, "agent"}},
+		{"credbroker-agent", []string{filepath.Join(filepath.Dir(credbroker), "credbroker-agent")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			path := filepath.Join(e.dir, "db.env")
+			p := startBinary(t, tc.argv[0], append(tc.argv[1:], "-config", e.writeConfig(fmt.Sprintf(`credentials:
   - role: pg-orders
-    ttl: 2s
+    ttl: 6s
     file: {path: %s, template: "{{ dotenv . }}"}
-`, path)))
-	var m map[string]string
-	waitFor(t, 15*time.Second, "the credential file", func() bool { m = p.readEnvFile(path); return m != nil })
-	if err := login(context.Background(), envDSN(m)); err != nil {
-		t.Fatalf("login with the file's credential: %v", err)
+`, path)))...)
+			var m map[string]string
+			waitFor(t, 15*time.Second, "the credential file", func() bool { m = p.readEnvFile(path); return m != nil })
+			if err := login(context.Background(), envDSN(m)); err != nil {
+				t.Fatalf("login with the file's credential: %v", err)
+			}
+			if !e.userExists(m["DB_USER"]) {
+				t.Fatal("the user is not in pg_roles")
+			}
+			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if code := p.wait(15 * time.Second); code != 0 {
+				t.Fatalf("exit status %d after SIGTERM, want 0; output:\n%s", code, p.out)
+			}
+			if e.userExists(m["DB_USER"]) || e.users() != 0 {
+				t.Error("a user of the agent is still in pg_roles after SIGTERM")
+			}
+			if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the file is still there: %v", err)
+			}
+			p.noSecrets()
+		})
 	}
-	if !e.userExists(m["DB_USER"]) {
-		t.Fatal("the user is not in pg_roles")
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if code := p.wait(15 * time.Second); code != 0 {
-		t.Fatalf("exit status %d after SIGTERM, want 0; output:\n%s", code, p.out)
-	}
-	if e.userExists(m["DB_USER"]) || e.users() != 0 {
-		t.Error("a user of the agent is still in pg_roles after SIGTERM")
-	}
-	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the file is still there: %v", err)
-	}
-	p.noSecrets()
 }
 
 // -once writes the file and exits 0 without revoking: the user still
@@ -216,7 +234,7 @@ func TestExecRestartsChildOnRotation(t *testing.T) {
 	path, mark := filepath.Join(e.dir, "db.env"), filepath.Join(e.dir, "marker")
 	p := startAgent(t, "-config", e.writeConfig(fmt.Sprintf(`credentials:
   - role: pg-orders
-    ttl: 2s
+    ttl: 6s
     file: {path: %s, template: "{{ dotenv . }}"}
 %sexec:
   command: [%s, -marker, %s, -wait]
@@ -252,7 +270,7 @@ func TestExecSignalsChildOnRotation(t *testing.T) {
 	path, mark := filepath.Join(e.dir, "db.env"), filepath.Join(e.dir, "marker")
 	p := startAgent(t, "-config", e.writeConfig(fmt.Sprintf(`credentials:
   - role: pg-orders
-    ttl: 2s
+    ttl: 6s
     file: {path: %s, template: "{{ dotenv . }}"}
 %sexec:
   command: [%s, -marker, %s, -wait, -file, %s]
@@ -286,6 +304,7 @@ func TestExecExitStatus(t *testing.T) {
 	path, mark := filepath.Join(e.dir, "db.env"), filepath.Join(e.dir, "marker")
 	p := startAgent(t, "-config", e.writeConfig(fmt.Sprintf(`credentials:
   - role: pg-orders
+    ttl: 6s
     file: {path: %s, template: "{{ dotenv . }}"}
 %sexec:
   command: [%s, -marker, %s, -exit, "3"]

@@ -34,7 +34,9 @@ var (
 // env is a real broker (in process, real mTLS with a CA made here) on the
 // throwaway PostgreSQL, with role pg-orders whose leases last 2s and at
 // most 6s, rotated by WatchCredential with a 2s overlap (the old user is
-// dropped 2s after each rotation) and a 1s disconnect grace.
+// dropped 2s after each rotation) and a 1s disconnect grace. The tests ask
+// for ttls of 3s or 6s: with 2s, a login on a loaded machine can arrive
+// after the VALID UNTIL that a late renewal was about to extend.
 type env struct {
 	t      *testing.T
 	addr   string
@@ -236,7 +238,8 @@ var (
 	buildErr  error
 )
 
-// binaries builds credbroker and the test app pglogin once per run.
+// binaries builds credbroker, credbroker-agent and the test app pglogin
+// once per run.
 func binaries(t *testing.T) (credbroker, pglogin string) {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -244,7 +247,7 @@ func binaries(t *testing.T) (credbroker, pglogin string) {
 		if buildErr != nil {
 			return
 		}
-		for _, b := range [][2]string{{"credbroker", "../cmd/credbroker"}, {"pglogin", "./testdata/pglogin"}} {
+		for _, b := range [][2]string{{"credbroker", "../cmd/credbroker"}, {"credbroker-agent", "../cmd/credbroker-agent"}, {"pglogin", "./testdata/pglogin"}} {
 			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, b[0]), b[1]).CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", b[1], err, out)

@@ -21,6 +21,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/credbroker/credbroker/internal/agentcli"
 )
 
 func main() {
@@ -57,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return errors.New("no command given")
 	}
 	if args[0] == "agent" {
-		return agentCmd(args[1:], stderr)
+		return agentcli.Main(args[1:], stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

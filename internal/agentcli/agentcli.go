@@ -1,4 +1,7 @@
-package main
+// Package agentcli is the command line of the agent, shared by
+// `credbroker agent` and the slim `credbroker-agent` binary (the same
+// agent without the broker linked in: a smaller footprint, docs/agent.md).
+package agentcli
 
 import (
 	"context"
@@ -8,17 +11,17 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/credbroker/credbroker/agent"
 )
 
-// agentCmd runs `credbroker agent`. It handles its own signals (not the
-// NotifyContext of run): a signal is forwarded to the exec child as it
-// came, and SIGTERM or SIGINT stops the agent only after the child.
-func agentCmd(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+// Main runs the agent with args (the flags after `agent`). It handles the
+// process's signals itself: a signal is forwarded to the exec child as it
+// came, and SIGTERM or SIGINT stops the agent only after the child. An
+// error with an ExitCode method carries the child's exit status.
+func Main(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("credbroker agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "agent config file (YAML; docs/agent.md)")
 	once := fs.Bool("once", false, "fetch each credential once, write the files and exit without revoking (init containers)")
@@ -43,16 +46,9 @@ func agentCmd(args []string, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("agent: -log-format %q: want text or json", *logFormat)
 	}
-	// A sidecar's footprint: collect early rather than grow (docs/agent.md).
-	// GOGC and GOMEMLIMIT in the environment still win.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(agentMemoryLimit)
-	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
 	defer signal.Stop(sigs)
 	return agent.New(cfg, agent.Options{Once: *once, Signals: sigs, Logger: log}).Run(context.Background())
 }
-
-const agentMemoryLimit = 16 << 20
