@@ -127,6 +127,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 
+	if a.o.Once && a.cfg.Exec != nil {
+		// Nothing would be left to run the command. (env needs exec, so
+		// without exec every credential has a file.)
+		return errors.New("agent: -once writes files only; remove exec (and env)")
+	}
 	c, err := a.connect(ctx)
 	if err != nil {
 		return err

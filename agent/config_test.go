@@ -199,3 +199,40 @@ func sampleCredential() *client.Credential {
 		ExpireTime: time.Unix(1700000000, 0).UTC(), MaxExpireTime: time.Unix(1700000000, 0).UTC(),
 	}
 }
+
+// -once only writes files: with exec it refuses before connecting.
+func TestOnceRefusesExec(t *testing.T) {
+	cfg, err := agent.ParseConfig([]byte(head + `credentials: [{role: r, file: {path: /x, template: x}, env: {A: x}}]
+exec: {command: [app]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = agent.New(cfg, agent.Options{Once: true}).Run(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "-once writes files only") {
+		t.Fatalf("Run -once with exec: %v", err)
+	}
+}
+
+// The README's agent.yaml parses as written.
+func TestREADMEConfig(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(b), "\n## credbroker agent\n")
+	if !ok {
+		t.Fatal("no section credbroker agent in README.md")
+	}
+	_, block, ok := strings.Cut(sec, "```yaml\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("no yaml block in the README's agent section")
+	}
+	c, err := agent.ParseConfig([]byte(block))
+	if err != nil {
+		t.Fatalf("the README's agent.yaml: %v", err)
+	}
+	if c.Exec == nil || c.Credentials[0].File == nil || c.SVID == nil {
+		t.Error("the README's agent.yaml lost its exec, file or svid")
+	}
+}
