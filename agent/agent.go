@@ -255,9 +255,8 @@ func (a *Agent) onEvent(s *slot) func(client.Event) {
 		case client.Issued, client.Rotated:
 			a.log.Info("agent: credential "+ev.Kind.String(), "credential", ev.Credential)
 		case client.Renewed:
+			// (A broken stream and the end are logged by the client.)
 			a.log.Info("agent: lease renewed", "role", s.cfg.Role, "lease_id", ev.Credential.LeaseID, "expire_time", ev.Credential.ExpireTime)
-		case client.Disconnected:
-			a.log.Warn("agent: stream to the broker broke; reconnecting", "role", s.cfg.Role, "error", ev.Err.Error())
 		}
 		select {
 		case a.notify <- struct{}{}:
@@ -352,6 +351,9 @@ func (a *Agent) apply(ctx context.Context) error {
 			if !errors.As(err, &ee) {
 				return err
 			}
+		}
+		if ctx.Err() != nil {
+			return nil // stopped during the restart: no new command
 		}
 		return a.startChild(curs)
 	}
