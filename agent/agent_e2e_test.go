@@ -2,6 +2,8 @@ package agent_test
 
 import (
 	"context"
+	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -227,5 +229,54 @@ func TestRevocationStopsAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the revoked credential's file is still there: %v", err)
+	}
+}
+
+// MariaDB: the {{ json . }} file of a shop-orders credential holds a
+// go-sql-driver DSN that logs in and reads the granted table, across a
+// rotation; the end revokes (no user left in mysql.user).
+func TestFileModeMariaDBJSON(t *testing.T) {
+	e := newMySQLEnv(t)
+	path := filepath.Join(e.dir, "db.json")
+	cfg, err := agent.ParseConfig([]byte(e.config(fmt.Sprintf(`credentials:
+  - role: shop-orders
+    ttl: 6s
+    file: {path: %s, template: "{{ json . }}"}
+`, path))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- agent.New(cfg, agent.Options{}).Run(ctx) }()
+	users := map[string]bool{}
+	waitFor(t, 20*time.Second, "two MariaDB users, each logging in", func() bool {
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return false
+		}
+		var c struct{ Username, DSN string }
+		if err := json.Unmarshal(b, &c); err != nil || c.Username == "" || c.DSN == "" {
+			t.Fatalf("the file is not the credential's JSON (%d bytes)", len(b))
+		}
+		db, err := sql.Open("mysql", c.DSN)
+		if err != nil {
+			t.Fatal("the rendered DSN does not parse")
+		}
+		defer db.Close()
+		var n int
+		if err := db.QueryRow("SELECT count(*) FROM orders").Scan(&n); err != nil || n != 2 {
+			t.Fatalf("as %s: %d orders, %v", c.Username, n, err)
+		}
+		users[c.Username] = true
+		return len(users) >= 2
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := e.myUsers(); n != 0 {
+		t.Errorf("%d MariaDB users left after the agent stopped", n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -39,6 +41,7 @@ var (
 // after the VALID UNTIL that a late renewal was about to extend.
 type env struct {
 	t      *testing.T
+	my     *sql.DB // with newMySQLEnv: the MariaDB admin connection
 	addr   string
 	pg     *pgx.Conn
 	pgHost string
@@ -58,6 +61,18 @@ func randHex(t testing.TB, n int) string {
 }
 
 func newEnv(t *testing.T) *env {
+	t.Helper()
+	return newEnvWith(t, false)
+}
+
+// newMySQLEnv is newEnv with also role shop-orders on the throwaway
+// MariaDB (SELECT on <db>.orders), leases of 3s and at most 6s.
+func newMySQLEnv(t *testing.T) *env {
+	t.Helper()
+	return newEnvWith(t, true)
+}
+
+func newEnvWith(t *testing.T, withMySQL bool) *env {
 	t.Helper()
 	ctx := context.Background()
 	suffix := randHex(t, 4)
@@ -82,6 +97,11 @@ func newEnv(t *testing.T) *env {
 		if _, err := e.pg.Exec(ctx, q); err != nil {
 			t.Fatalf("setup %q: %v", q, err)
 		}
+	}
+
+	var myDB, myRole string
+	if withMySQL {
+		myDB, myRole = e.mysqlSetup(suffix)
 	}
 
 	ca, err := identity.NewDevCA(td)
@@ -111,7 +131,7 @@ databases:
     password_env: CREDBROKER_TEST_ADMIN_PW
     sslmode: disable
     username_prefix: %[6]s
-roles:
+%[8]sroles:
   pg-orders:
     database: main
     default_ttl: 2s
@@ -119,7 +139,7 @@ roles:
     allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
     creation_statements:
       - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}} IN ROLE %[7]s;
-`, filepath.Join(t.TempDir(), "leases.db"), pgCfg.Host, pgCfg.Port, pgCfg.Database, pgCfg.User, e.prefix, reader)),
+%[9]s`, filepath.Join(t.TempDir(), "leases.db"), pgCfg.Host, pgCfg.Port, pgCfg.Database, pgCfg.User, e.prefix, reader, myDB, myRole)),
 		builtin.Catalog())
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -155,6 +175,9 @@ roles:
 	t.Cleanup(func() {
 		if n := e.users(); n != 0 {
 			t.Errorf("%d PostgreSQL users with prefix %s left", n, e.prefix)
+		}
+		if n := e.myUsers(); withMySQL && n != 0 {
+			t.Errorf("%d MariaDB users with prefix %s left", n, e.prefix)
 		}
 	})
 	return e
@@ -285,4 +308,62 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// mysqlSetup creates database cba_<suffix> with a table orders on the
+// throwaway MariaDB, and returns the broker config's database shop and
+// role shop-orders for it.
+func (e *env) mysqlSetup(suffix string) (dbYAML, roleYAML string) {
+	t := e.t
+	myCfg, err := mysql.ParseDSN(testenv.MySQLDSN(t))
+	if err != nil {
+		t.Fatal("parse the test MariaDB DSN") // the error may quote the password
+	}
+	e.my, err = sql.Open("mysql", myCfg.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.my.Close() })
+	db := "cba_" + suffix
+	for _, q := range []string{"CREATE DATABASE " + db, "CREATE TABLE " + db + ".orders (id int)", "INSERT INTO " + db + ".orders VALUES (1), (2)"} {
+		if _, err := e.my.Exec(q); err != nil {
+			t.Fatalf("setup %q: %v", q, err)
+		}
+	}
+	t.Cleanup(func() { _, _ = e.my.Exec("DROP DATABASE " + db) })
+	host, port, err := net.SplitHostPort(myCfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDBROKER_TEST_MYSQL_ADMIN_PW", myCfg.Passwd)
+	return fmt.Sprintf(`  shop:
+    plugin: mysql
+    host: %s
+    port: %s
+    database: %s
+    username: %s
+    password_env: CREDBROKER_TEST_MYSQL_ADMIN_PW
+    sslmode: disable
+    username_prefix: %s
+    user_host: 127.0.0.1
+`, host, port, db, myCfg.User, e.prefix), fmt.Sprintf(`  shop-orders:
+    database: shop
+    default_ttl: 3s
+    max_ttl: 6s
+    allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
+    creation_statements:
+      - CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}}
+      - GRANT SELECT ON %s.orders TO {{name}}
+`, db)
+}
+
+func (e *env) myUsers() int {
+	if e.my == nil {
+		return 0
+	}
+	var n int
+	if err := e.my.QueryRow("SELECT count(*) FROM mysql.user WHERE LEFT(User, ?) = ?", len(e.prefix)+1, e.prefix+"_").Scan(&n); err != nil {
+		e.t.Fatalf("count users: %v", err)
+	}
+	return n
 }
