@@ -280,3 +280,56 @@ func TestFileModeMariaDBJSON(t *testing.T) {
 		t.Errorf("%d MariaDB users left after the agent stopped", n)
 	}
 }
+
+// When the broker restarts, the stream breaks; the agent reconnects, is
+// issued a new credential and rewrites the file with it, and /healthz
+// stays 200 meanwhile (the old credential is still valid).
+func TestFileModeReconnectsAfterBrokerRestart(t *testing.T) {
+	e := newEnv(t)
+	path := filepath.Join(e.dir, "db.env")
+	health := freeAddr(t)
+	cfg, err := agent.ParseConfig([]byte(e.config(fmt.Sprintf(`credentials:
+  - role: pg-orders
+    ttl: 6s
+    file: {path: %s, template: "user={{ .Username }}\ndsn={{ .DSN }}\n"}
+health:
+  listen: %s
+`, path, health))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- agent.New(cfg, agent.Options{}).Run(ctx) }()
+	read := func() map[string]string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		return fields(b)
+	}
+	waitFor(t, 10*time.Second, "the credential file", func() bool { return read() != nil })
+	first := read()["user"]
+
+	e.stop()
+	if code, body := get(t, "http://"+health+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz %d %q with the broker down and the lease still valid", code, body)
+	}
+	e.start()
+	var f map[string]string
+	waitFor(t, 15*time.Second, "a new credential after the restart", func() bool {
+		f = read()
+		return f["user"] != first
+	})
+	if err := login(ctx, f["dsn"]); err != nil {
+		t.Fatalf("login as the new user %s: %v", f["user"], err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := e.users(); n != 0 {
+		t.Errorf("%d users left; want the old stream's lease revoked too", n)
+	}
+}

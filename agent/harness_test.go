@@ -41,6 +41,9 @@ var (
 // after the VALID UNTIL that a late renewal was about to extend.
 type env struct {
 	t      *testing.T
+	ca     *identity.DevCA
+	cfg    *broker.Config
+	stop   func()  // the running broker's
 	my     *sql.DB // with newMySQLEnv: the MariaDB admin connection
 	addr   string
 	pg     *pgx.Conn
@@ -144,27 +147,11 @@ databases:
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = lis.Addr().String()
-	src, err := ca.Source(serverID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app, err := broker.NewApp(ctx, cfg, broker.AppOptions{Source: src, CreateStore: true, Listener: lis, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		lis.Close()
-		t.Fatalf("new app: %v", err)
-	}
-	bctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(bctx) }()
+	e.ca, e.cfg, e.addr = ca, cfg, "127.0.0.1:0"
+	e.start()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("broker: %v", err)
+		if e.stop != nil {
+			e.stop()
 		}
 		for _, q := range []string{"DROP TABLE " + table, "DROP ROLE " + reader} {
 			_, _ = e.pg.Exec(context.Background(), q)
@@ -181,6 +168,36 @@ databases:
 		}
 	})
 	return e
+}
+
+// start runs a broker on e.cfg at e.addr (the same address after a
+// restart; the lease store is kept).
+func (e *env) start() {
+	e.t.Helper()
+	lis, err := net.Listen("tcp", e.addr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.addr = lis.Addr().String()
+	src, err := e.ca.Source(serverID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	app, err := broker.NewApp(context.Background(), e.cfg, broker.AppOptions{Source: src, CreateStore: true, Listener: lis, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		lis.Close()
+		e.t.Fatalf("new app: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx) }()
+	e.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("broker: %v", err)
+		}
+		e.stop = nil
+	}
 }
 
 // config is an agent config for this broker with SVID files, then extra.
