@@ -9,12 +9,13 @@ PROTOC_GEN_GO_VERSION    := v1.36.5
 PROTOC_GEN_GO_GRPC_VER   := v1.5.1
 GRPCURL_VERSION          := v1.9.2
 
-.PHONY: all build test test-faults demo proto lint vet fmt tools clean
+.PHONY: all build test test-faults demo demo-agent proto lint vet fmt tools clean
 
 all: build
 
 build:
 	go build -o bin/credbroker ./cmd/credbroker
+	go build -o bin/credbroker-agent ./cmd/credbroker-agent
 
 ## test: every test, against throwaway databases the script starts and removes
 test:
@@ -34,6 +35,11 @@ bench:
 DB ?= postgres
 demo: $(TOOLS)/grpcurl
 	DB=$(DB) scripts/demo.sh
+
+## demo-agent: an app under `credbroker agent` (exec mode and a file) on a throwaway
+## PostgreSQL, through one rotation and a revoke (about a minute)
+demo-agent:
+	scripts/demo-agent.sh
 
 ## proto: lint and regenerate the committed protobuf code (offline, local plugins)
 proto: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc

@@ -11,6 +11,7 @@
 //	credbroker workload deregister|register ID
 //	credbroker orphans                    operator: users no lease backs
 //	credbroker roles                      operator: the configured roles
+//	credbroker agent -config FILE [-once] keep credentials fresh for an app (docs/agent.md)
 //
 // This file only wires: flags and config in, components built, Run joined
 // under signal handling.
@@ -25,10 +26,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/credbroker/credbroker/internal/agentcli"
 )
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var coded interface{ ExitCode() int }
+		if errors.As(err, &coded) {
+			os.Exit(coded.ExitCode()) // agent: the exec command's status
+		}
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)
 		}
@@ -56,6 +63,8 @@ commands:
                 database for a probe user, leaving nothing behind
   dev-certs     mint a dev CA bundle and X.509-SVIDs (see dev-certs -h)
   audit verify  check an audit log's hash chain (FILE... oldest first)
+  agent         keep credentials fresh in files or a command's environment
+                (-config FILE [-once]; docs/agent.md)
 
 operator commands (AdminService over mTLS; -h on each for the flags):
   leases list       [-role R] [-spiffe-id ID] [-state S]
@@ -70,6 +79,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command given")
+	}
+	if args[0] == "agent" {
+		return agentcli.Main(args[1:], stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
