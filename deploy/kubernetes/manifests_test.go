@@ -1,6 +1,8 @@
 package kubernetes_test
 
 import (
+	"github.com/credbroker/credbroker/agent"
+
 	"bufio"
 	"bytes"
 	"errors"
@@ -63,9 +65,9 @@ type clusterSPIFFEIDSpec struct {
 	Hint                      string                `json:"hint,omitempty"`
 }
 
-// agentConfig is the planned `credbroker agent` config (README.md, "The
-// agent's planned interface"). The agent is not built yet: this struct is
-// the interface the manifests promise it.
+// agentConfig is the part of the `credbroker agent` config the manifests
+// rely on (README.md, "The agent's config"), decoded strictly; agentConf
+// also runs the agent's own parser on it.
 type agentConfig struct {
 	Broker struct {
 		Addr     string `json:"addr"`
@@ -599,13 +601,16 @@ func agentConf(t *testing.T, m *manifests) agentConfig {
 	}
 	var a agentConfig
 	if err := unmarshalStrict([]byte(cm.Data["agent.yaml"]), &a); err != nil {
-		t.Fatalf("agent.yaml is not the planned agent config: %v", err)
+		t.Fatalf("agent.yaml is not the agent config the manifests rely on: %v", err)
+	}
+	if _, err := agent.ParseConfig([]byte(cm.Data["agent.yaml"])); err != nil {
+		t.Fatalf("agent.yaml is refused by credbroker agent: %v", err)
 	}
 	return a
 }
 
 // The app runs the agent as a native sidecar sharing an in-memory volume,
-// with the planned flags, and the agent's config points at what the pod
+// with its flags, and the agent's config points at what the pod
 // mounts and the Service serves.
 func TestAppSidecar(t *testing.T) {
 	m := load(t)
