@@ -626,8 +626,8 @@ func TestAppSidecar(t *testing.T) {
 	if agentC.StartupProbe == nil {
 		t.Error("the agent has no startup probe: the app would start before its credential is written")
 	}
-	if !slices.Equal(agentC.Args, []string{"agent", "-config", "/etc/credbroker-agent/agent.yaml"}) {
-		t.Errorf("agent args %q", agentC.Args)
+	if !slices.Equal(agentC.Command, []string{"credbroker-agent"}) || !slices.Equal(agentC.Args, []string{"-config", "/etc/credbroker-agent/agent.yaml"}) {
+		t.Errorf("agent command %q args %q, want credbroker-agent -config /etc/credbroker-agent/agent.yaml", agentC.Command, agentC.Args)
 	}
 	if !under("/etc/credbroker-agent/agent.yaml", mountPath(agentC, "agent-config")) {
 		t.Error("agent.yaml is not where the agent's ConfigMap is mounted")
