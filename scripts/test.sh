@@ -37,13 +37,22 @@ echo "== SPIRE v1.13.3 server and agent (built once into ~/.cache/credbroker, ab
 CREDBROKER_TEST_SPIRE_BIN=$(scripts/spire-tools.sh)
 export CREDBROKER_TEST_SPIRE_BIN
 
-echo "== go test -race"
+echo "== go test -race -v (each test's name and result; the whole output in .cache/test-go.log)"
 # -count=1: never report a cached pass for tests that talk to real servers.
-# plugins/mysql, the SPIRE tests and the fault suite run on their own below,
-# verbosely, so their names show.
+# plugins/mysql, the SPIRE tests and the fault suite run on their own below.
 slow='TestSPIRE|TestWatchRealSPIRE|TestFault'
 mysql_broker='TestPostgresAndMariaDBExpire|TestMariaDBIssueRenewRevoke|TestParseConfigMySQL'
-go test -race -count=1 -timeout 20m -skip "$slow|$mysql_broker" $(go list ./... | grep -v '/plugins/mysql$')
+mkdir -p .cache
+if ! go test -race -count=1 -timeout 20m -v -skip "$slow|$mysql_broker" $(go list ./... | grep -v '/plugins/mysql$') >.cache/test-go.log 2>&1; then
+	grep -E '^(--- |ok |FAIL)|^\s+[A-Za-z0-9_]+_test\.go:[0-9]+: ' .cache/test-go.log || true
+	echo "== go test failed; the end of .cache/test-go.log:"
+	tail -n 60 .cache/test-go.log
+	exit 1
+fi
+grep -E '^(--- |ok )' .cache/test-go.log
+if grep -q -- '--- SKIP' .cache/test-go.log; then
+	echo "(skipped tests above are listed with the reason they give: none may be a database, TLS or SPIRE test)"
+fi
 
 echo "== go test -race -v: SPIRE integration (real server + agent) and the reduced fault suite (make test-faults runs the full one)"
 go test -race -count=1 -timeout 15m -v -run "$slow" ./broker/ ./cmd/credbroker/ ./identity/spireregistry/ ./internal/spiretest/ |
