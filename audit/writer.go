@@ -55,6 +55,14 @@ type Options struct {
 	// Now is the clock of records written with a zero Time (time.Now when
 	// nil).
 	Now func() time.Time
+	// SyncEvery trades durability for speed. Zero (the default): Write
+	// returns once its record is fdatasynced. Positive: Write returns once
+	// its record is written to the file, which a crash of the process
+	// cannot undo (the kernel has it), and the file is fdatasynced at most
+	// SyncEvery later; a crash of the machine (power loss, kernel panic)
+	// can lose the records of the last SyncEvery. A failed sync fails the
+	// Writer as a failed write does.
+	SyncEvery time.Duration
 }
 
 // Writer appends records to the audit log, chained and durable. It must
@@ -68,6 +76,11 @@ type Writer struct {
 	now     func() time.Time
 	sync    func(*os.File) error // fdatasync; tests count the calls
 	q       *batch.Queue[Record, error]
+	// syncEvery is Options.SyncEvery; with it, dirty says the file holds
+	// records not yet synced and syncTimer is the pending sync.
+	syncEvery time.Duration
+	dirty     bool
+	syncTimer *time.Timer
 
 	mu       sync.Mutex // held by the batch that writes, by Close and Head
 	f        *os.File
@@ -91,7 +104,7 @@ func Open(ctx context.Context, opts Options) (*Writer, error) {
 	if opts.Path == "" && opts.Stdout == nil {
 		return nil, errors.New("audit: open: neither a file nor stdout given")
 	}
-	w := &Writer{path: opts.Path, stdout: opts.Stdout, maxSize: opts.MaxSize, now: opts.Now, sync: fdatasync, prev: Genesis}
+	w := &Writer{path: opts.Path, stdout: opts.Stdout, maxSize: opts.MaxSize, now: opts.Now, sync: fdatasync, prev: Genesis, syncEvery: opts.SyncEvery}
 	if w.maxSize == 0 {
 		w.maxSize = DefaultMaxSize
 	}
@@ -343,7 +356,12 @@ func (w *Writer) appendFile(lines []byte, firstSeq uint64, h head) error {
 	if err != nil {
 		return err
 	}
-	if err := w.sync(w.f); err != nil {
+	if w.syncEvery > 0 {
+		w.dirty = true
+		if w.syncTimer == nil {
+			w.syncTimer = time.AfterFunc(w.syncEvery, w.syncLater)
+		}
+	} else if err := w.sync(w.f); err != nil {
 		return err
 	}
 	if w.firstSeq == 0 {
@@ -359,6 +377,31 @@ func (w *Writer) appendFile(lines []byte, firstSeq uint64, h head) error {
 		w.headF = f
 	}
 	return headInPlace(w.headF, h)
+}
+
+// syncLater is the deferred sync of SyncEvery: it syncs what was written
+// since the last one. A failure fails the Writer (every later Write
+// returns it), as a failed sync in Write would.
+func (w *Writer) syncLater() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.syncTimer = nil
+	if err := w.syncDirty(); err != nil && w.failed == nil {
+		w.failed = fmt.Errorf("%w: %s: %w", ErrUnavailable, w.path, err)
+	}
+}
+
+// syncDirty syncs the file if records written since the last sync may
+// not be durable. w.mu is held.
+func (w *Writer) syncDirty() error {
+	if !w.dirty || w.f == nil || w.failed != nil {
+		return nil
+	}
+	if err := w.sync(w.f); err != nil {
+		return err
+	}
+	w.dirty = false
+	return nil
 }
 
 // closeHead closes the head file kept open, before writeHead replaces it
@@ -383,6 +426,9 @@ func RotatedName(path string, firstSeq uint64) string {
 // that a crash at any point leaves Open either the old file or an empty
 // one with a head to resume from.
 func (w *Writer) rotate() error {
+	if err := w.syncDirty(); err != nil {
+		return err
+	}
 	w.closeHead()
 	if err := writeHead(w.path+HeadSuffix, head{Seq: w.seq, Hash: w.prev}, true); err != nil {
 		return err
@@ -429,12 +475,16 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.closed = true
+	if w.syncTimer != nil {
+		w.syncTimer.Stop()
+		w.syncTimer = nil
+	}
 	w.closeHead()
 	if w.f == nil {
 		return nil
 	}
-	var err error
-	if w.failed == nil {
+	err := w.syncDirty()
+	if err == nil && w.failed == nil {
 		err = writeHead(w.path+HeadSuffix, head{Seq: w.seq, Hash: w.prev}, true)
 	}
 	if cerr := w.f.Close(); err == nil && cerr != nil {

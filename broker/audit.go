@@ -42,7 +42,7 @@ func openAuditor(ctx context.Context, c AuditConfig, now func() time.Time, log *
 	if !c.Enabled() {
 		return nil, nil, nil
 	}
-	opts := audit.Options{Path: c.File, MaxSize: c.MaxSize.Bytes, Now: now}
+	opts := audit.Options{Path: c.File, MaxSize: c.MaxSize.Bytes, Now: now, SyncEvery: c.SyncInterval.Duration}
 	if c.Stdout {
 		opts.Stdout = os.Stdout
 	}

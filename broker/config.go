@@ -153,6 +153,12 @@ type AuditConfig struct {
 	// FailClosed refuses issuance (UNAVAILABLE) when the issue record
 	// cannot be written. Default true when File is set.
 	FailClosed *bool `yaml:"fail_closed"`
+	// SyncInterval, when set, returns each record once it is written to
+	// File and fdatasyncs File at most this much later (audit.Options.
+	// SyncEvery): faster, and a machine crash can lose the records of the
+	// last interval. Default 0: every record is synced before the
+	// operation it records is answered.
+	SyncInterval Duration `yaml:"sync_interval"`
 }
 
 // MetricsConfig turns on the Prometheus metrics (docs/metrics.md): a

@@ -287,6 +287,10 @@ func TestParseConfigAuditRefusals(t *testing.T) {
 			"config: audit.fail_closed: needs audit.file or audit.stdout"},
 		{"directory", "audit: {file: /var/log/}",
 			`config: audit.file: want a file path, got the directory "/var/log/"`},
+		{"sync_interval without file", "audit: {stdout: true, sync_interval: 100ms}",
+			"config: audit.sync_interval: only with audit.file (stdout is not synced)"},
+		{"sync_interval too long", "audit: {file: /a.log, sync_interval: 1m}",
+			"config: audit.sync_interval: at most 10s (it bounds the records a machine crash can lose), got 1m0s"},
 		{"unknown key", "audit: {path: /a.log}", "field path not found"},
 	}
 	for _, tc := range cases {

@@ -337,6 +337,12 @@ func (a AuditConfig) validate() error {
 		return bad("fail_closed", "needs audit.file or audit.stdout")
 	case a.File != "" && strings.HasSuffix(a.File, "/"):
 		return bad("file", fmt.Sprintf("want a file path, got the directory %q", a.File))
+	case a.SyncInterval.Duration < 0:
+		return bad("sync_interval", "must not be negative")
+	case a.SyncInterval.Duration != 0 && a.File == "":
+		return bad("sync_interval", "only with audit.file (stdout is not synced)")
+	case a.SyncInterval.Duration > 10*time.Second:
+		return bad("sync_interval", fmt.Sprintf("at most 10s (it bounds the records a machine crash can lose), got %s", a.SyncInterval.Duration))
 	}
 	return nil
 }

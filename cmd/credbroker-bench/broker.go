@@ -50,6 +50,9 @@ type brokerOptions struct {
 	// Observed turns on what an operator runs in production: metrics on a
 	// loopback listener and a fail-closed audit log file in Dir.
 	Observed bool
+	// AuditSyncInterval is audit.sync_interval of an Observed broker (0:
+	// every record synced before its answer).
+	AuditSyncInterval time.Duration
 }
 
 // runningBroker is a broker.App serving on loopback with a dev CA, as
@@ -79,7 +82,7 @@ func (e *pgEnv) brokerConfig(o brokerOptions) (*broker.Config, error) {
 	}
 	observed := ""
 	if o.Observed {
-		observed = fmt.Sprintf("metrics: {listen: 127.0.0.1:0}\naudit: {file: %q, fail_closed: true}\n", o.Dir+"/audit.log")
+		observed = fmt.Sprintf("metrics: {listen: 127.0.0.1:0}\naudit: {file: %q, fail_closed: true, sync_interval: %s}\n", o.Dir+"/audit.log", o.AuditSyncInterval)
 	}
 	var roles strings.Builder
 	for _, t := range append(templates[:len(templates):len(templates)], struct {

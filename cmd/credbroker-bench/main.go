@@ -237,7 +237,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	defer func() {
 		// Whatever happened, leave no user behind.
-		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix} {
+		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix, observedFastPrefix} {
 			_ = pg.dropUsers(context.WithoutCancel(ctx), p)
 		}
 	}()
@@ -274,7 +274,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			r.report.add(Row{Scenario: name, Errors: 1, Notes: "scenario failed: " + err.Error()})
 		}
 		fmt.Fprintf(stderr, "bench: == %s done in %s\n", name, time.Since(start).Round(time.Second))
-		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix} {
+		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix, observedFastPrefix} {
 			if err := pg.dropUsers(ctx, p); err != nil {
 				return fmt.Errorf("cleanup after %s: %w", name, err)
 			}

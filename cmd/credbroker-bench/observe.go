@@ -13,9 +13,16 @@ import (
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// observedPrefix names the users of the broker with metrics and the audit
-// log on, apart from the plain broker's (brokerPrefix).
-const observedPrefix = "co"
+// observedPrefix and observedFastPrefix name the users of the brokers with
+// metrics and the audit log on, apart from the plain broker's
+// (brokerPrefix).
+const (
+	observedPrefix     = "co"
+	observedFastPrefix = "cf"
+)
+
+// fastAuditSync is audit.sync_interval of the observe-on-fast broker.
+const fastAuditSync = 100 * time.Millisecond
 
 // scrapeEvery is how often the observed broker's /metrics is read while it
 // is measured: more often than a Prometheus would (15 s is common), so that
@@ -24,28 +31,38 @@ const scrapeEvery = time.Second
 
 // observe measures what the metrics and the audit log cost issuance
 // (issue 12's target: ops/s within 5 %, p99 within 10 % of the same broker
-// with both off). Two brokers on the same database, identical but for
-// Observed: one with metrics off and no audit log, one serving /metrics
+// with both off). Three brokers on the same database, identical but for
+// Observed: one with metrics off and no audit log; one serving /metrics
 // (read every scrapeEvery while it works) and writing a fail-closed audit
 // file, each record durable (fdatasync, shared by the records of a group)
-// before the credential it records is returned. Same rounds and ABBA order
-// as issueAndRevoke; the group template.
+// before the credential it records is returned; and the same with the
+// audit file synced every fastAuditSync instead. Same rounds and ABC CBA
+// order as issueAndRevoke; the group template.
 func (r *runner) observe(ctx context.Context) error {
 	const tmpl = bareTemplate
-	offDir, onDir := r.tmpDir(), r.tmpDir()
-	off, err := r.pg.startBroker(ctx, brokerOptions{Dir: offDir, Prefix: brokerPrefix, MaxConns: 32})
-	if err != nil {
-		return err
+	sides := []struct {
+		name, note string
+		opts       brokerOptions
+	}{
+		{"observe-off", "broker-issue with metrics off and no audit log; rounds alternating with the observe-on rows",
+			brokerOptions{Prefix: brokerPrefix}},
+		{"observe-on", fmt.Sprintf("the same with /metrics read every %s and a fail-closed audit file, each record fdatasynced (group commit, overlapping the lease store's) before the credential is returned", scrapeEvery),
+			brokerOptions{Prefix: observedPrefix, Observed: true}},
+		{"observe-on-fast", fmt.Sprintf("observe-on with audit.sync_interval %s: each record written to the file before the credential is returned (a broker crash loses none), the file fdatasynced within %s (a machine crash can lose that much)", fastAuditSync, fastAuditSync),
+			brokerOptions{Prefix: observedFastPrefix, Observed: true, AuditSyncInterval: fastAuditSync}},
 	}
-	defer off.stop()
-	on, err := r.pg.startBroker(ctx, brokerOptions{Dir: onDir, Prefix: observedPrefix, MaxConns: 32, Observed: true})
-	if err != nil {
-		return err
-	}
-	defer on.stop()
-	addr := on.app.MetricsAddr()
-	if addr == nil {
-		return fmt.Errorf("the observed broker serves no metrics")
+	brokers := make([]*runningBroker, len(sides))
+	dirs := make([]string, len(sides))
+	for i, side := range sides {
+		dirs[i] = r.tmpDir()
+		o := side.opts
+		o.Dir, o.MaxConns = dirs[i], 32
+		b, err := r.pg.startBroker(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer b.stop()
+		brokers[i] = b
 	}
 
 	var scrapes, scrapeErrs atomic.Int64
@@ -61,26 +78,30 @@ func (r *runner) observe(ctx context.Context) error {
 				return
 			case <-t.C:
 			}
-			if err := scrape(scrapeCtx, "http://"+addr.String()+"/metrics"); err != nil {
-				if scrapeCtx.Err() == nil {
-					scrapeErrs.Add(1)
+			for _, b := range brokers {
+				addr := b.app.MetricsAddr()
+				if addr == nil {
+					continue
 				}
-				continue
+				if err := scrape(scrapeCtx, "http://"+addr.String()+"/metrics"); err != nil {
+					if scrapeCtx.Err() == nil {
+						scrapeErrs.Add(1)
+					}
+					continue
+				}
+				scrapes.Add(1)
 			}
-			scrapes.Add(1)
 		}
 	}()
 	defer func() { stopScraping(); <-scraped }()
 
-	issued := map[*runningBroker]int{}
+	issued := make([]int, len(sides))
 	for _, m := range issueModes {
 		n := r.sizes.issueN(m.Conc)
-		var (
-			res     [2]loadResult
-			brokers = [2]*runningBroker{off, on}
-			clients [2][]pb.CredentialServiceClient
-		)
+		res := make([]loadResult, len(sides))
+		clients := make([][]pb.CredentialServiceClient, len(sides))
 		for i, b := range brokers {
+			var err error
 			if clients[i], err = b.clients(ctx, m.Conc); err != nil {
 				return err
 			}
@@ -92,16 +113,17 @@ func (r *runner) observe(ctx context.Context) error {
 			if cold.errors > 0 {
 				return fmt.Errorf("warm-up: %w", cold.firstErr)
 			}
-			issued[b] += len(cold.lat)
+			issued[i] += len(cold.lat)
 		}
 		for round := range m.Rounds {
 			per := n / m.Rounds
 			if round == m.Rounds-1 {
 				per = n - per*(m.Rounds-1)
 			}
-			order := []int{0, 1}
+			// ABC CBA, as issueAndRevoke.
+			order := []int{0, 1, 2}
 			if round%2 == 1 {
-				order = []int{1, 0}
+				order = []int{2, 1, 0}
 			}
 			for _, i := range order {
 				res[i].merge(runLoad(ctx, per, m.Conc, func(ctx context.Context, w, _ int) error {
@@ -110,43 +132,47 @@ func (r *runner) observe(ctx context.Context) error {
 				}))
 			}
 		}
-		var rows [2]Row
-		for i, name := range []string{"off", "on"} {
-			rows[i] = Row{Scenario: "observe-" + name + " " + m.Name, Template: tmpl, N: n, Concurrency: m.Conc, Errors: res[i].errors}
+		rows := make([]Row, len(sides))
+		for i, side := range sides {
+			rows[i] = Row{Scenario: side.name + " " + m.Name, Template: tmpl, N: n, Concurrency: m.Conc, Errors: res[i].errors}
 			res[i].fill(&rows[i])
-			issued[brokers[i]] += len(res[i].lat)
+			issued[i] += len(res[i].lat)
+			note := side.note
+			if i > 0 {
+				if rows[i].Extra == nil {
+					rows[i].Extra = map[string]float64{}
+				}
+				if m.Conc == 1 {
+					rows[i].Extra["p50_to_off"] = round2(rows[i].P50ms / rows[0].P50ms)
+				}
+				rows[i].Extra["ops_to_off"] = round2(rows[i].OpsPerS / rows[0].OpsPerS)
+				rows[i].Extra["p99_to_off"] = round2(rows[i].P99ms / rows[0].P99ms)
+				note += fmt.Sprintf("; ops/s %.2fx and p99 %.2fx of observe-off (targets: ≥ 0.95, ≤ 1.10)", rows[i].Extra["ops_to_off"], rows[i].Extra["p99_to_off"])
+			}
+			rows[i].Notes = errNote(res[i], note)
+			r.report.add(rows[i])
 		}
-		rows[0].Notes = errNote(res[0], "broker-issue with metrics off and no audit log; rounds alternating with observe-on")
-		onRow := &rows[1]
-		if onRow.Extra == nil {
-			onRow.Extra = map[string]float64{}
-		}
-		if m.Conc == 1 {
-			onRow.Extra["p50_to_off"] = round2(onRow.P50ms / rows[0].P50ms)
-		}
-		onRow.Extra["ops_to_off"] = round2(onRow.OpsPerS / rows[0].OpsPerS)
-		onRow.Extra["p99_to_off"] = round2(onRow.P99ms / rows[0].P99ms)
-		onRow.Notes = errNote(res[1], fmt.Sprintf("the same with /metrics read every %s and a fail-closed audit file (each record fdatasynced, group-committed, before the credential is returned); targets: ops_to_off ≥ 0.95, p99_to_off ≤ 1.10", scrapeEvery))
-		r.report.add(rows[0])
-		r.report.add(*onRow)
 	}
 	stopScraping()
 	<-scraped
 
-	// Every issuance of the observed broker is in its audit log, and the
-	// chain verifies.
-	rep, err := audit.Verify(filepath.Join(onDir, "audit.log"))
-	if err != nil {
-		return fmt.Errorf("audit log of the observed broker: %w", err)
+	// Every issuance of the observed brokers is in their audit logs, and
+	// the chains verify.
+	for i := 1; i < len(sides); i++ {
+		rep, err := audit.Verify(filepath.Join(dirs[i], "audit.log"))
+		if err != nil {
+			return fmt.Errorf("audit log of %s: %w", sides[i].name, err)
+		}
+		if rep.Records < issued[i] {
+			return fmt.Errorf("audit log of %s: %d records for %d issuances", sides[i].name, rep.Records, issued[i])
+		}
+		r.report.add(Row{Scenario: sides[i].name + "-audit", N: rep.Records, Notes: fmt.Sprintf(
+			"records in the audit log (chain verified) for %d issuances", issued[i])})
 	}
-	if rep.Records < issued[on] {
-		return fmt.Errorf("audit log of the observed broker: %d records for %d issuances", rep.Records, issued[on])
-	}
-	r.report.add(Row{Scenario: "observe-audit", N: rep.Records, Notes: fmt.Sprintf(
-		"records in the observed broker's audit log (chain verified) for %d issuances; %d scrapes of /metrics, %d failed", issued[on], scrapes.Load(), scrapeErrs.Load())})
+	r.report.add(Row{Scenario: "observe-scrapes", N: int(scrapes.Load()), Errors: int(scrapeErrs.Load()), Notes: "scrapes of /metrics during the observe rows"})
 
-	// Leave the users to nobody: revoke both brokers' leases.
-	for _, b := range []*runningBroker{off, on} {
+	// Leave the users to nobody: revoke every broker's leases.
+	for _, b := range brokers {
 		admin, err := b.admin()
 		if err != nil {
 			return err
