@@ -198,8 +198,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 			a.runners = append(a.runners, r.Run)
 		}
 	}
-	issuer := NewIssuer(admission, a.manager, a.audit, opts.Now).withQuotas(a.manager)
-	issuer.health = a.dbHealth
+	issuer := NewIssuer(IssuerDeps{Admission: admission, Leases: a.manager, Audit: a.audit, Quotas: a.manager, Health: a.dbHealth, Now: opts.Now})
 	watch := newWatcher(watchDeps{
 		issuer: issuer,
 		admit: func(ctx context.Context, caller spiffeid.ID, role string) error {

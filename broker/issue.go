@@ -43,18 +43,29 @@ type Issuer struct {
 	requests *requests
 }
 
-// NewIssuer builds an Issuer; aud nil is no audit log, now nil is
-// time.Now.
-func NewIssuer(admission *Admission, leases leaseIssuer, aud *auditor, now func() time.Time) *Issuer {
+// IssuerDeps are what an Issuer works with. Leases is required; Audit,
+// Quotas and Health may be nil (no audit log, no quotas, no health
+// reports); Now nil is time.Now.
+type IssuerDeps struct {
+	Admission *Admission
+	Leases    leaseIssuer
+	Audit     *auditor
+	// Quotas counts live leases for the roles' quotas; nil: none enforced.
+	Quotas quotaLister
+	Health *dbHealth
+	Now    func() time.Time
+}
+
+// NewIssuer builds an Issuer from its dependencies, all given here.
+func NewIssuer(d IssuerDeps) *Issuer {
+	now := d.Now
 	if now == nil {
 		now = time.Now
 	}
-	return &Issuer{admission: admission, leases: leases, audit: aud, now: now, requests: newRequests(now, replayWindow)}
-}
-
-// withQuotas makes s enforce the roles' quotas, counting with leases.
-func (s *Issuer) withQuotas(leases quotaLister) *Issuer {
-	s.quotas = newQuotas(leases, s.now)
+	s := &Issuer{admission: d.Admission, leases: d.Leases, audit: d.Audit, health: d.Health, now: now, requests: newRequests(now, replayWindow)}
+	if d.Quotas != nil {
+		s.quotas = newQuotas(d.Quotas, now)
+	}
 	return s
 }
 
