@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -78,5 +79,66 @@ func TestSyncEveryFailure(t *testing.T) {
 			t.Fatalf("write after the failed sync: %v, want ErrUnavailable", err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWriteAll: a WriteAll's records are written next to each other, in
+// order, with one sync, while other writers write; one invalid record
+// fails the call and writes none of its records.
+func TestWriteAll(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	w := openLog(t, Options{Path: path})
+	var syncs atomic.Int64
+	w.sync = func(f *os.File) error {
+		syncs.Add(1)
+		return fdatasync(f)
+	}
+	ctx := context.Background()
+	bulk := make([]Record, 100)
+	for i := range bulk {
+		bulk[i] = rec(1000 + i)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for i := range 20 {
+			if err := w.Write(ctx, rec(i)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	if err := w.WriteAll(ctx, bulk); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := syncs.Load(); n > 21 {
+		t.Errorf("%d syncs for 1 WriteAll of 100 and 20 Writes, want at most 21", n)
+	}
+	bad := []Record{rec(5000), {Event: "no-such-event"}}
+	if err := w.WriteAll(ctx, bad); !errors.Is(err, ErrInvalidRecord) {
+		t.Fatalf("WriteAll with an invalid record: %v, want ErrInvalidRecord", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Verify(path)
+	if err != nil || rep.Records != 120 {
+		t.Fatalf("verify: %d records, %v; want 120", rep.Records, err)
+	}
+	// The bulk's records are contiguous and in order.
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := bytes.Index(b, []byte(bulk[0].LeaseID))
+	last := bytes.Index(b, []byte(bulk[99].LeaseID))
+	if first < 0 || last < 0 {
+		t.Fatal("bulk records not found by lease id")
+	}
+	if lines := bytes.Count(b[first:last], []byte("\n")); lines != 99 {
+		t.Errorf("the bulk's first and last records are %d lines apart, want 99", lines)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -75,7 +76,7 @@ type Writer struct {
 	maxSize int64
 	now     func() time.Time
 	sync    func(*os.File) error // fdatasync; tests count the calls
-	q       *batch.Queue[Record, error]
+	q       *batch.Queue[[]Record, error]
 	// syncEvery is Options.SyncEvery; with it, dirty says the file holds
 	// records not yet synced and syncTimer is the pending sync.
 	syncEvery time.Duration
@@ -272,7 +273,21 @@ func (w *Writer) Write(ctx context.Context, r Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	res, err := w.q.Do(ctx, r)
+	return w.WriteAll(ctx, []Record{r})
+}
+
+// WriteAll writes recs, in order and next to each other in the chain, in
+// one group commit (one fdatasync for all of them, shared with concurrent
+// writers), as Write does one. A record it refuses (ErrInvalidRecord)
+// fails the call and nothing of recs is written.
+func (w *Writer) WriteAll(ctx context.Context, recs []Record) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	res, err := w.q.Do(ctx, slices.Clone(recs)) // the commit numbers and times its own copies
 	if err != nil {
 		return err
 	}
@@ -281,10 +296,10 @@ func (w *Writer) Write(ctx context.Context, r Record) error {
 
 // commit is one group commit: every valid record of the batch chained
 // into one buffer, one write, one fdatasync, the head rewritten.
-func (w *Writer) commit(_ context.Context, recs []Record) []error {
+func (w *Writer) commit(_ context.Context, items [][]Record) []error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make([]error, len(recs))
+	out := make([]error, len(items))
 	fail := func(err error) []error {
 		for i := range out {
 			if out[i] == nil {
@@ -301,28 +316,37 @@ func (w *Writer) commit(_ context.Context, recs []Record) []error {
 	}
 	var buf bytes.Buffer
 	seq, prev := w.seq, w.prev
-	for i := range recs {
-		r := &recs[i]
-		if err := r.check(); err != nil {
-			out[i] = err
-			continue
+items:
+	for i, recs := range items {
+		for j := range recs {
+			if err := recs[j].check(); err != nil {
+				out[i] = err
+				continue items
+			}
 		}
-		if LooksSecret(r.Reason) {
-			r.Reason = RedactedReason
+		mark, itemSeq, itemPrev := buf.Len(), seq, prev
+		for j := range recs {
+			r := &recs[j]
+			if LooksSecret(r.Reason) {
+				r.Reason = RedactedReason
+			}
+			if r.Time.IsZero() {
+				r.Time = w.now()
+			}
+			r.Time = r.Time.UTC()
+			r.Seq, r.Prev = itemSeq+1, itemPrev
+			line, err := json.Marshal(r)
+			if err != nil {
+				// Nothing of the item: back to where it began.
+				buf.Truncate(mark)
+				out[i] = fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+				continue items
+			}
+			itemSeq, itemPrev = r.Seq, lineHash(line)
+			buf.Write(line)
+			buf.WriteByte('\n')
 		}
-		if r.Time.IsZero() {
-			r.Time = w.now()
-		}
-		r.Time = r.Time.UTC()
-		r.Seq, r.Prev = seq+1, prev
-		line, err := json.Marshal(r)
-		if err != nil {
-			out[i] = fmt.Errorf("%w: %v", ErrInvalidRecord, err)
-			continue
-		}
-		seq, prev = r.Seq, lineHash(line)
-		buf.Write(line)
-		buf.WriteByte('\n')
+		seq, prev = itemSeq, itemPrev
 	}
 	if buf.Len() == 0 {
 		return out

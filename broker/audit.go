@@ -21,6 +21,8 @@ import (
 // recordWriter is the part of audit.Writer the broker needs.
 type recordWriter interface {
 	Write(ctx context.Context, r audit.Record) error
+	// WriteAll writes records next to each other in one group commit.
+	WriteAll(ctx context.Context, rs []audit.Record) error
 }
 
 // auditor writes the broker's audit records (docs/audit.md). The zero
@@ -126,14 +128,25 @@ func (a *auditor) issueUndone(ctx context.Context, l lease.Lease, err error) {
 }
 
 // revoked writes one revoke record per lease, by whoever ended them.
+// A bulk revocation's records are written together, in one group commit
+// (one fdatasync for a thousand leases, not a thousand).
 func (a *auditor) revoked(ctx context.Context, caller string, by audit.By, ls []lease.Lease) {
+	if a == nil || a.w == nil || len(ls) == 0 {
+		return
+	}
+	rs := make([]audit.Record, 0, len(ls))
 	for _, l := range ls {
 		r := leaseRecord(audit.EventRevoke, l)
 		r.Caller, r.By = caller, by
 		if caller != l.Owner {
 			r.Reason = "owner " + l.Owner
 		}
-		a.write(ctx, r)
+		r.Reason = clip(r.Reason)
+		rs = append(rs, r)
+	}
+	// The records describe what happened even if the caller has gone.
+	if err := a.w.WriteAll(context.WithoutCancel(ctx), rs); err != nil {
+		a.log.Error("audit: records not written", "event", string(audit.EventRevoke), "by", string(by), "leases", len(rs), "error", err.Error())
 	}
 }
 

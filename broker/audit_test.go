@@ -70,6 +70,13 @@ func (s *recordSink) Write(_ context.Context, r audit.Record) error {
 	return nil
 }
 
+func (s *recordSink) WriteAll(_ context.Context, rs []audit.Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recs = append(s.recs, rs...)
+	return nil
+}
+
 // summary is what a test compares of a record.
 type summary struct {
 	Event  audit.Event
