@@ -130,7 +130,17 @@
 // CREATING records are never claimed: an issuance in flight on a live
 // replica looks the same as one whose replica died. Cleaning them up
 // (issue 10, within ~10 s) needs an issuance deadline in the row; that is a
-// migration to version 2 when the Manager is wired.
+// further migration (version 2 added the request ids) when the Manager is
+// wired.
+//
+// # Deregistrations seen by every replica
+//
+// Deny and Allow send a NOTIFY on the store's channel in the same statement
+// (delivered at commit). WatchDenied LISTENs on a connection of its own and
+// calls back on each, within milliseconds (TestWatchDenied measures it),
+// and again after every reconnection, since notifications sent while it was
+// disconnected are lost: the caller reads the whole list (Denied) each
+// time. Not wired into the broker yet (issue 10).
 //
 // # Abilities
 //

@@ -27,6 +27,10 @@ type Store struct {
 
 	// SQL built once for the schema.
 	putSQL, getSQL, deleteSQL string
+	// denyChannel is the NOTIFY channel of the denylist (WatchDenied).
+	denyChannel string
+	// connConfig opens the connections of WatchDenied.
+	connConfig *pgx.ConnConfig
 
 	observe lease.CommitObserver // nil: none
 }
@@ -111,6 +115,9 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 		putSQL:    upsertSQL(schema+".leases", "VALUES ("+placeholders(len(leaseCols))+")"),
 		getSQL:    `SELECT ` + cols + ` FROM ` + schema + `.leases WHERE id = $1`,
 		deleteSQL: `DELETE FROM ` + schema + `.leases WHERE id = $1`,
+
+		denyChannel: denyChannel(c.Schema),
+		connConfig:  pool.Config().ConnConfig,
 	}
 }
 
