@@ -142,6 +142,16 @@
 // disconnected are lost: the caller reads the whole list (Denied) each
 // time. Not wired into the broker yet (issue 10).
 //
+// # Singletons
+//
+// Lead runs a function while its store holds a named leadership, a session
+// advisory lock ("cbld" and a hash of the schema and the name) on a
+// connection of its own, checked every LeadTiming.Check: among the stores
+// on a schema one runs it at a time, and when the leader's session is lost
+// its function's context ends (ErrNotLeading) and another store takes over
+// within about LeadTiming.Retry (TestLead). For the replicas' singletons
+// (the SPIRE registry watch, the reconciler); not wired yet (issue 10).
+//
 // # Abilities
 //
 // Store is a lease.BulkPutter (COPY into a temporary table, one upsert). It

@@ -17,10 +17,11 @@ import (
 // Store is a lease.Store in a PostgreSQL schema, shared by any number of
 // brokers. Every write is one committed transaction when it returns nil.
 type Store struct {
-	pool   *pgxpool.Pool
-	schema string // quoted
-	secret string // the password, only to scrub it from errors
-	closed atomic.Bool
+	pool      *pgxpool.Pool
+	schema    string // quoted
+	rawSchema string // as configured
+	secret    string // the password, only to scrub it from errors
+	closed    atomic.Bool
 	// guard is the single-writer lock (nil for a store opened shared, by
 	// the claim tests: the primitives of the multi-replica mode to come).
 	guard *guard
@@ -116,6 +117,7 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 		getSQL:    `SELECT ` + cols + ` FROM ` + schema + `.leases WHERE id = $1`,
 		deleteSQL: `DELETE FROM ` + schema + `.leases WHERE id = $1`,
 
+		rawSchema:   c.Schema,
 		denyChannel: denyChannel(c.Schema),
 		connConfig:  pool.Config().ConnConfig,
 	}
