@@ -7,20 +7,17 @@ import (
 )
 
 // tokenKind classifies the tokens of a statement for the privilege lint.
-type tokenKind int
+// The lint's tokens (plugins.Token). Words are upper-cased; a quoted
+// identifier (`…`) is exact; '…' and "…" are strings (unless ANSI_QUOTES).
+type token = plugins.Token
 
 const (
-	tokWord        tokenKind = iota // keyword or unquoted identifier, upper-cased
-	tokQuotedIdent                  // `…`: text is the identifier
-	tokString                       // '…' or "…" (a string unless ANSI_QUOTES)
-	tokPlaceholder                  // {{name}} and the like
-	tokPunct                        // any other byte, one per token
+	tokWord        = plugins.TokWord
+	tokQuotedIdent = plugins.TokQuotedIdent
+	tokString      = plugins.TokString
+	tokPlaceholder = plugins.TokPlaceholder
+	tokPunct       = plugins.TokPunct
 )
-
-type token struct {
-	kind tokenKind
-	text string
-}
 
 // tokens splits sql into tokens as the MySQL/MariaDB lexer would under the
 // default sql_mode (backslash escapes in strings, "…" a string), dropping
@@ -61,15 +58,15 @@ func tokens(sql string) []token {
 			if j < 0 {
 				j = n - i - 2
 			}
-			out = append(out, token{kind: tokPlaceholder, text: sql[i : i+j+2]})
+			out = append(out, token{Kind: tokPlaceholder, Text: sql[i : i+j+2]})
 			i += j + 2
 		case c == '\'' || c == '"' || c == '`':
 			j, body := quoted(sql, i+1, c)
 			switch c {
 			case '`':
-				out = append(out, token{kind: tokQuotedIdent, text: body})
+				out = append(out, token{Kind: tokQuotedIdent, Text: body})
 			default:
-				out = append(out, token{kind: tokString})
+				out = append(out, token{Kind: tokString})
 			}
 			i = j
 		case c == '_' || c == '$' || c >= 0x80 || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9':
@@ -77,10 +74,10 @@ func tokens(sql string) []token {
 			for j < n && (sql[j] == '_' || sql[j] == '$' || sql[j] >= 0x80 || 'a' <= sql[j] && sql[j] <= 'z' || 'A' <= sql[j] && sql[j] <= 'Z' || '0' <= sql[j] && sql[j] <= '9') {
 				j++
 			}
-			out = append(out, token{kind: tokWord, text: strings.ToUpper(sql[i:j])})
+			out = append(out, token{Kind: tokWord, Text: strings.ToUpper(sql[i:j])})
 			i = j
 		default:
-			out = append(out, token{kind: tokPunct, text: sql[i : i+1]})
+			out = append(out, token{Kind: tokPunct, Text: sql[i : i+1]})
 			i++
 		}
 	}
@@ -134,44 +131,17 @@ var privilegedPrivileges = map[string]bool{
 
 // PrivilegedClauses implements plugins.Factory.
 func (Factory) PrivilegedClauses(creation []string) []plugins.PrivilegedClause {
-	var out []plugins.PrivilegedClause
-	for i, s := range creation {
-		for _, stmt := range splitStatements(tokens(s)) {
-			if what := privileged(stmt); what != "" {
-				out = append(out, plugins.PrivilegedClause{Statement: i + 1, What: what})
-			}
-		}
-	}
-	return out
+	return plugins.LintStatements(creation, tokens, privileged)
 }
 
-// splitStatements splits tokens at semicolons (the server refuses several
-// statements in one entry, but the lint reads them all).
-func splitStatements(toks []token) [][]token {
-	var out [][]token
-	start := 0
-	for i, t := range toks {
-		if t.kind == tokPunct && t.text == ";" {
-			if i > start {
-				out = append(out, toks[start:i])
-			}
-			start = i + 1
-		}
-	}
-	if start < len(toks) {
-		out = append(out, toks[start:])
-	}
-	return out
-}
-
-func isWord(t token, w string) bool { return t.kind == tokWord && t.text == w }
+func isWord(t token, w string) bool { return t.Kind == tokWord && t.Text == w }
 
 // privileged returns what the first privileged clause of one statement
 // does, or "".
 func privileged(stmt []token) string {
 	first := ""
-	if stmt[0].kind == tokWord {
-		first = stmt[0].text
+	if stmt[0].Kind == tokWord {
+		first = stmt[0].Text
 	}
 	hasWord := func(ws ...string) string {
 		for _, t := range stmt {
@@ -196,14 +166,14 @@ func privileged(stmt []token) string {
 		return "runs LOAD DATA/XML (file access)"
 	case "INSERT", "UPDATE", "DELETE", "REPLACE":
 		for i, t := range stmt {
-			if name, ok := identifier(t); ok && strings.EqualFold(name, "mysql") && i+1 < len(stmt) && stmt[i+1].text == "." {
+			if name, ok := identifier(t); ok && strings.EqualFold(name, "mysql") && i+1 < len(stmt) && stmt[i+1].Text == "." {
 				return "writes the grant tables (mysql.*)"
 			}
 		}
 	}
 	for i, t := range stmt {
 		if isWord(t, "INTO") && i+1 < len(stmt) && (isWord(stmt[i+1], "OUTFILE") || isWord(stmt[i+1], "DUMPFILE")) {
-			return "writes a server file (INTO " + stmt[i+1].text + ")"
+			return "writes a server file (INTO " + stmt[i+1].Text + ")"
 		}
 	}
 	return ""
@@ -228,15 +198,15 @@ func privilegedGrant(rest []token) string {
 		depth := 0
 		for _, t := range rest[:on] {
 			switch {
-			case t.kind == tokPunct && t.text == "(":
+			case t.Kind == tokPunct && t.Text == "(":
 				depth++
-			case t.kind == tokPunct && t.text == ")":
+			case t.Kind == tokPunct && t.Text == ")":
 				depth--
 			case depth > 0:
-			case t.kind == tokPunct && t.text == ",":
+			case t.Kind == tokPunct && t.Text == ",":
 				privs, cur = append(privs, strings.Join(cur, " ")), nil
-			case t.kind == tokWord:
-				cur = append(cur, t.text)
+			case t.Kind == tokWord:
+				cur = append(cur, t.Text)
 			}
 		}
 		privs = append(privs, strings.Join(cur, " "))
@@ -252,10 +222,10 @@ func privilegedGrant(rest []token) string {
 		// USAGE is no privilege: GRANT USAGE ON *.* … REQUIRE SSL or WITH
 		// MAX_… sets account options, as MariaDB templates often do.
 		usage := len(privs) == 1 && privs[0] == "USAGE"
-		if !usage && len(level) >= 3 && level[0].text == "*" && level[1].text == "." && level[2].text == "*" {
+		if !usage && len(level) >= 3 && level[0].Text == "*" && level[1].Text == "." && level[2].Text == "*" {
 			return "grants " + strings.Join(privs, ", ") + " ON *.* (every database)"
 		}
-		if len(level) >= 2 && level[1].text == "." {
+		if len(level) >= 2 && level[1].Text == "." {
 			if name, ok := identifier(level[0]); ok && strings.EqualFold(name, "mysql") {
 				return "grants " + strings.Join(privs, ", ") + " ON the mysql schema (the grant tables)"
 			}
@@ -277,9 +247,9 @@ func privilegedGrant(rest []token) string {
 
 // identifier is the name t stands for, if it is an identifier.
 func identifier(t token) (string, bool) {
-	switch t.kind {
+	switch t.Kind {
 	case tokWord, tokQuotedIdent:
-		return t.text, true
+		return t.Text, true
 	}
 	return "", false
 }

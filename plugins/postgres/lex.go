@@ -1,6 +1,10 @@
 package postgres
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/credbroker/credbroker/plugins"
+)
 
 // endsAtTopLevel reports whether PostgreSQL's lexer, reading sql, ends
 // outside any string, quoted identifier, dollar quote or comment, so that
@@ -117,21 +121,18 @@ func identChar(c byte) bool {
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // tokenKind classifies the tokens of a statement for the privilege lint.
-type tokenKind int
+// The lint's tokens (plugins.Token). Words are upper-cased; a quoted
+// identifier ("…") is exact; a string ('…', E'…', $tag$…$tag$) keeps no
+// text.
+type token = plugins.Token
 
 const (
-	tokWord        tokenKind = iota // keyword or unquoted identifier
-	tokQuotedIdent                  // "…": text is the identifier, exact
-	tokString                       // '…', E'…', $tag$…$tag$: text is empty
-	tokPlaceholder                  // {{name}} and the like
-	tokPunct                        // any other byte, one per token
+	tokWord        = plugins.TokWord
+	tokQuotedIdent = plugins.TokQuotedIdent
+	tokString      = plugins.TokString
+	tokPlaceholder = plugins.TokPlaceholder
+	tokPunct       = plugins.TokPunct
 )
-
-// token is one lexical token of a statement. Words are upper-cased.
-type token struct {
-	kind tokenKind
-	text string
-}
 
 // tokens splits sql into tokens as PostgreSQL's lexer would, dropping
 // comments and whitespace, so that a keyword inside a string literal, a
@@ -172,22 +173,22 @@ func tokens(sql string) []token {
 			if j < 0 {
 				j = n - i - 2
 			}
-			out = append(out, token{kind: tokPlaceholder, text: sql[i : i+j+2]})
+			out = append(out, token{Kind: tokPlaceholder, Text: sql[i : i+j+2]})
 			i += j + 2
 		case c == '\'':
-			escapes := len(out) > 0 && out[len(out)-1].kind == tokWord && out[len(out)-1].text == "E" && i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e')
+			escapes := len(out) > 0 && out[len(out)-1].Kind == tokWord && out[len(out)-1].Text == "E" && i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e')
 			if escapes {
 				out = out[:len(out)-1]
 			}
 			i, _ = quotedEnd(sql, i+1, '\'', escapes)
-			out = append(out, token{kind: tokString})
+			out = append(out, token{Kind: tokString})
 		case c == '"':
 			j, ok := quotedEnd(sql, i+1, '"', false)
 			body := sql[i+1:]
 			if ok {
 				body = sql[i+1 : j-1]
 			}
-			out = append(out, token{kind: tokQuotedIdent, text: strings.ReplaceAll(body, `""`, `"`)})
+			out = append(out, token{Kind: tokQuotedIdent, Text: strings.ReplaceAll(body, `""`, `"`)})
 			i = j
 		case c == '$' && i+1 < n && (sql[i+1] == '$' || identChar(sql[i+1]) && !isDigit(sql[i+1])):
 			j := i + 1
@@ -195,7 +196,7 @@ func tokens(sql string) []token {
 				j++
 			}
 			if j >= n || sql[j] != '$' {
-				out = append(out, token{kind: tokPunct, text: "$"})
+				out = append(out, token{Kind: tokPunct, Text: "$"})
 				i++
 				continue
 			}
@@ -206,16 +207,16 @@ func tokens(sql string) []token {
 			} else {
 				i = j + 1 + k + len(tag)
 			}
-			out = append(out, token{kind: tokString})
+			out = append(out, token{Kind: tokString})
 		case identChar(c):
 			j := i
 			for j < n && (identChar(sql[j]) || sql[j] == '$') {
 				j++
 			}
-			out = append(out, token{kind: tokWord, text: strings.ToUpper(sql[i:j])})
+			out = append(out, token{Kind: tokWord, Text: strings.ToUpper(sql[i:j])})
 			i = j
 		default:
-			out = append(out, token{kind: tokPunct, text: sql[i : i+1]})
+			out = append(out, token{Kind: tokPunct, Text: sql[i : i+1]})
 			i++
 		}
 	}

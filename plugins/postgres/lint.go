@@ -45,41 +45,15 @@ var fileFunctions = map[string]bool{
 
 // PrivilegedClauses implements plugins.Factory.
 func (Factory) PrivilegedClauses(creation []string) []plugins.PrivilegedClause {
-	var out []plugins.PrivilegedClause
-	for i, s := range creation {
-		for _, stmt := range splitStatements(tokens(s)) {
-			if what := privileged(stmt); what != "" {
-				out = append(out, plugins.PrivilegedClause{Statement: i + 1, What: what})
-			}
-		}
-	}
-	return out
-}
-
-// splitStatements splits tokens at top-level semicolons.
-func splitStatements(toks []token) [][]token {
-	var out [][]token
-	start := 0
-	for i, t := range toks {
-		if t.kind == tokPunct && t.text == ";" {
-			if i > start {
-				out = append(out, toks[start:i])
-			}
-			start = i + 1
-		}
-	}
-	if start < len(toks) {
-		out = append(out, toks[start:])
-	}
-	return out
+	return plugins.LintStatements(creation, tokens, privileged)
 }
 
 // privileged returns what the first privileged clause of one statement
 // does, or "".
 func privileged(stmt []token) string {
 	word := func(i int) string {
-		if i < len(stmt) && stmt[i].kind == tokWord {
-			return stmt[i].text
+		if i < len(stmt) && stmt[i].Kind == tokWord {
+			return stmt[i].Text
 		}
 		return ""
 	}
@@ -92,10 +66,10 @@ func privileged(stmt []token) string {
 		return "runs LOAD (a shared library into the server)"
 	case first == "COPY":
 		for i, t := range stmt {
-			if t.kind == tokWord && t.text == "PROGRAM" {
+			if t.Kind == tokWord && t.Text == "PROGRAM" {
 				return "runs COPY ... PROGRAM"
 			}
-			if t.kind == tokWord && (t.text == "FROM" || t.text == "TO") && i+1 < len(stmt) && stmt[i+1].kind == tokString {
+			if t.Kind == tokWord && (t.Text == "FROM" || t.Text == "TO") && i+1 < len(stmt) && stmt[i+1].Kind == tokString {
 				return "runs COPY to or from a server file"
 			}
 		}
@@ -104,14 +78,14 @@ func privileged(stmt []token) string {
 		// ALTER ROLE … SET/RESET configures a setting, RENAME TO names it:
 		// the words after are values, not attributes.
 		for i, t := range stmt[2:] {
-			if t.kind == tokWord && (t.text == "SET" || t.text == "RESET" || t.text == "RENAME") {
+			if t.Kind == tokWord && (t.Text == "SET" || t.Text == "RESET" || t.Text == "RENAME") {
 				stmt = stmt[:i+2]
 				break
 			}
 		}
 		for _, t := range stmt[2:] {
-			if t.kind == tokWord && roleAttributes[t.text] {
-				return "grants " + t.text
+			if t.Kind == tokWord && roleAttributes[t.Text] {
+				return "grants " + t.Text
 			}
 		}
 	}
@@ -127,20 +101,20 @@ func privileged(stmt []token) string {
 				return "grants EXECUTE on " + name + " (server file access)"
 			}
 		}
-		if first != "GRANT" || t.kind != tokWord || t.text != "WITH" {
+		if first != "GRANT" || t.Kind != tokWord || t.Text != "WITH" {
 			continue
 		}
 		// GRANT … WITH GRANT OPTION; GRANT role … WITH ADMIN OPTION (16+:
 		// WITH ADMIN TRUE, possibly after other options).
 		rest := stmt[i+1:]
 		for j, u := range rest {
-			if u.kind != tokWord {
+			if u.Kind != tokWord {
 				continue
 			}
-			if u.text == "GRANT" {
+			if u.Text == "GRANT" {
 				return "grants WITH GRANT OPTION (the user may grant its privileges to others)"
 			}
-			if u.text == "ADMIN" && !(j+1 < len(rest) && rest[j+1].kind == tokWord && rest[j+1].text == "FALSE") {
+			if u.Text == "ADMIN" && !(j+1 < len(rest) && rest[j+1].Kind == tokWord && rest[j+1].Text == "FALSE") {
 				return "grants WITH ADMIN OPTION (the user may grant the role to others)"
 			}
 		}
@@ -151,11 +125,11 @@ func privileged(stmt []token) string {
 // identifier is the name t stands for, if it is an identifier: unquoted
 // names fold to lower case, quoted ones are exact.
 func identifier(t token) (string, bool) {
-	switch t.kind {
+	switch t.Kind {
 	case tokWord:
-		return strings.ToLower(t.text), true
+		return strings.ToLower(t.Text), true
 	case tokQuotedIdent:
-		return t.text, true
+		return t.Text, true
 	}
 	return "", false
 }
