@@ -68,12 +68,18 @@ func (a *auditor) write(ctx context.Context, r audit.Record) {
 
 // put writes r, its reason cut to what the writer accepts.
 func (a *auditor) put(ctx context.Context, r audit.Record) error {
+	// A record describes what happened even if the caller has gone.
+	return a.w.Write(context.WithoutCancel(ctx), finished(r))
+}
+
+// finished is r as the broker writes it: its reason clipped, its result
+// "ok" unless set.
+func finished(r audit.Record) audit.Record {
 	r.Reason = clip(r.Reason)
 	if r.Result == "" {
 		r.Result = audit.ResultOK
 	}
-	// A record describes what happened even if the caller has gone.
-	return a.w.Write(context.WithoutCancel(ctx), r)
+	return r
 }
 
 // issueRecorded writes the issue record of l. With fail_closed, an error
@@ -141,8 +147,7 @@ func (a *auditor) revoked(ctx context.Context, caller string, by audit.By, ls []
 		if caller != l.Owner {
 			r.Reason = "owner " + l.Owner
 		}
-		r.Reason = clip(r.Reason)
-		rs = append(rs, r)
+		rs = append(rs, finished(r))
 	}
 	// The records describe what happened even if the caller has gone.
 	if err := a.w.WriteAll(context.WithoutCancel(ctx), rs); err != nil {
