@@ -56,6 +56,19 @@ type Config struct {
 	// holding that lease's lock (not Manager.mu): it must not call the
 	// Manager back for the same lease, and it delays that goroutine.
 	OnEnd func(l Lease, expired bool)
+
+	// For the Shared manager only (NewShared); NewManager ignores them.
+	//
+	// Lookahead is how far ahead of their expiry ACTIVE leases are claimed,
+	// so that they are revoked on time (default 1s). PollInterval is how
+	// often the store is asked for due leases (default 500ms): a lease
+	// whose claimer died is revoked by another replica within its claim's
+	// TTL (Lookahead + PollInterval + 5s) plus one poll. IssueTimeout
+	// bounds the creation of a user (default 3s); the CREATING record is
+	// held for twice as long, after which another replica may claim it and
+	// drop the user: an issuance in flight on a replica that died is
+	// cleaned up within 2×IssueTimeout plus one poll.
+	Lookahead, PollInterval, IssueTimeout time.Duration
 }
 
 const (

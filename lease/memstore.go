@@ -12,7 +12,8 @@ import (
 // operations fail on demand, to test fail-closed behaviour.
 //
 // It has none of the optional abilities (Verifier, SizeHinter,
-// BulkPutter): DeferLoad on it loads at once, as Load.
+// BulkPutter): DeferLoad on it loads at once, as Load. Shared gives views
+// of it that are a SharedStore, for the Shared manager's tests.
 type MemStore struct {
 	mu         sync.Mutex
 	leases     map[string]Lease
@@ -21,15 +22,21 @@ type MemStore struct {
 	failPut    func(Lease) error
 	failDelete func(id string) error
 	failScan   func() error
+
+	// What a SharedStore keeps besides the lease (memstore_shared.go).
+	meta map[string]*memMeta
+	now  func() time.Time // the store's clock, for claims
 }
 
 var _ Store = (*MemStore)(nil)
 
 // NewMemStore returns an empty MemStore, optionally holding leases.
 func NewMemStore(leases ...Lease) *MemStore {
-	s := &MemStore{leases: make(map[string]Lease, len(leases)), denied: map[string]time.Time{}}
+	s := &MemStore{leases: make(map[string]Lease, len(leases)), denied: map[string]time.Time{},
+		meta: map[string]*memMeta{}, now: time.Now}
 	for _, l := range leases {
 		s.leases[l.ID] = normalizeTimes(l.clone())
+		s.wroteLocked(l, 0)
 	}
 	return s
 }
@@ -91,6 +98,7 @@ func (s *MemStore) Put(ctx context.Context, l Lease) error {
 		}
 	}
 	s.leases[l.ID] = normalizeTimes(l.clone())
+	s.wroteLocked(l, 0) // a Put ends any claim
 	return nil
 }
 
@@ -107,6 +115,7 @@ func (s *MemStore) Delete(ctx context.Context, id string) error {
 		}
 	}
 	delete(s.leases, id)
+	delete(s.meta, id)
 	return nil
 }
 
