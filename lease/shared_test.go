@@ -63,7 +63,6 @@ func (env *sharedEnv) tick(t *testing.T, r int) int {
 	return n
 }
 
-
 func TestSharedNeedsSharedStore(t *testing.T) {
 	if _, err := NewShared(Config{Store: NewMemStore(), Backend: newFakeBackend()}); !errors.Is(err, errNoShared) {
 		t.Fatalf("NewShared on a plain Store: %v, want errNoShared", err)
