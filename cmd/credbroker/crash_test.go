@@ -66,6 +66,12 @@ type fixture struct {
 	cmd    *exec.Cmd
 	exited chan error
 	logf   *os.File
+	// name tells a replica of a cluster apart (its config and log files);
+	// empty for a lone broker.
+	name string
+	// body is the config without its listen: and lease_store: lines,
+	// which differ between the replicas of a cluster.
+	body string
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -166,32 +172,25 @@ func newFixtureStore(t *testing.T, dsn, extraDatabases, extraRoles, leaseStore s
 	}, identity.SVIDOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.addr = l.Addr().String()
-	l.Close()
+	f.addr = freeAddr(t)
 	if leaseStore == "" {
 		leaseStore = fmt.Sprintf("lease_store: {path: %s/leases.db}", f.dir)
 	}
 	cfg := fmt.Sprintf(`
-listen: %[1]s
 trust_domain: example.org
-svid: {cert_file: %[2]s/server.pem, key_file: %[2]s/server-key.pem, bundle_file: %[2]s/bundle.pem}
+svid: {cert_file: %[1]s/server.pem, key_file: %[1]s/server-key.pem, bundle_file: %[1]s/bundle.pem}
 admins: [spiffe://example.org/ops/admin]
-%[8]s
 revocation: {backoff_base: 200ms, backoff_max: 2s}
 databases:
   main:
     plugin: postgres
-    host: %[3]s
-    port: %[4]d
-    database: %[5]s
-    username: %[6]s
+    host: %[2]s
+    port: %[3]d
+    database: %[4]s
+    username: %[5]s
     password_env: CRASH_TEST_PG_PASSWORD
     sslmode: disable
-    username_prefix: %[7]s
+    username_prefix: %[6]s
 roles:
   reader:
     database: main
@@ -200,13 +199,11 @@ roles:
     allowed_spiffe_ids: ["spiffe://example.org/orders/*"]
     creation_statements:
       - CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};
-`, f.addr, f.dir, pgc.Host, pgc.Port, pgc.Database, pgc.User, f.prefix, leaseStore)
-	cfg = strings.Replace(cfg, "roles:\n", strings.ReplaceAll(extraDatabases, "PREFIX", f.prefix)+"roles:\n", 1) + extraRoles
-	if err := os.WriteFile(filepath.Join(f.dir, "config.yaml"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, f.dir, pgc.Host, pgc.Port, pgc.Database, pgc.User, f.prefix)
+	f.body = strings.Replace(cfg, "roles:\n", strings.ReplaceAll(extraDatabases, "PREFIX", f.prefix)+"roles:\n", 1) + extraRoles
+	f.writeConfig(leaseStore)
 	t.Setenv("CRASH_TEST_PG_PASSWORD", pgc.Password)
-	if out, err := exec.Command(binary, "init-store", "--config", filepath.Join(f.dir, "config.yaml")).CombinedOutput(); err != nil {
+	if out, err := exec.Command(binary, "init-store", "--config", f.configPath()).CombinedOutput(); err != nil {
 		t.Fatalf("init-store: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
@@ -214,6 +211,39 @@ roles:
 		f.dropLeftovers()
 	})
 	return f
+}
+
+// freeAddr is a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// writeConfig writes the broker's config file: f.body with f.addr to
+// listen on and leaseStore (a lease_store: section).
+func (f *fixture) writeConfig(leaseStore string) {
+	f.t.Helper()
+	cfg := fmt.Sprintf("listen: %s\n%s\n%s", f.addr, leaseStore, f.body)
+	if err := os.WriteFile(f.configPath(), []byte(cfg), 0o600); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// configPath and logPath are the broker's files; a replica's carry its
+// name.
+func (f *fixture) configPath() string { return filepath.Join(f.dir, "config"+f.suffix()+".yaml") }
+func (f *fixture) logPath() string    { return filepath.Join(f.dir, "broker"+f.suffix()+".log") }
+
+func (f *fixture) suffix() string {
+	if f.name == "" {
+		return ""
+	}
+	return "-" + f.name
 }
 
 // start runs the broker; failpoint names the point at which it kills itself.
@@ -245,12 +275,12 @@ func (f *fixture) startMayCrash(failpoint string) bool {
 // launch starts the broker process without waiting for it.
 func (f *fixture) launch(failpoint string) {
 	f.t.Helper()
-	logf, err := os.OpenFile(filepath.Join(f.dir, "broker.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	logf, err := os.OpenFile(f.logPath(), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	f.logf = logf
-	f.cmd = exec.Command(binary, "serve", "--config", filepath.Join(f.dir, "config.yaml"))
+	f.cmd = exec.Command(binary, "serve", "--config", f.configPath())
 	f.cmd.Env = append(os.Environ(), "CREDBROKER_FAILPOINT="+failpoint)
 	f.cmd.Stdout, f.cmd.Stderr = logf, logf
 	if err := f.cmd.Start(); err != nil {
@@ -289,7 +319,7 @@ func (f *fixture) waitHealthy() error {
 }
 
 func (f *fixture) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(f.dir, "broker.log"))
+	b, _ := os.ReadFile(f.logPath())
 	s := string(b)
 	if len(s) > 4000 {
 		s = s[len(s)-4000:]

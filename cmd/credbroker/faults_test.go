@@ -282,7 +282,7 @@ func databaseOutage(t *testing.T, engine string) {
 // with a clear message, and a missing one is never taken for "no leases".
 func TestFaultCorruptStore(t *testing.T) {
 	f := newFixture(t)
-	cfg := filepath.Join(f.dir, "config.yaml")
+	cfg := f.configPath()
 	store := filepath.Join(f.dir, "leases.db")
 	if err := os.WriteFile(store, []byte(strings.Repeat("garbage", 4096)), 0o600); err != nil {
 		t.Fatal(err)

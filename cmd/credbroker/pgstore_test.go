@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -82,7 +81,7 @@ func (f *fixture) startAfterKill() {
 // refused; migrate of a current store changes nothing.
 func TestPostgresStoreSurvivesKill(t *testing.T) {
 	f, schema := newFixturePGStore(t)
-	config := filepath.Join(f.dir, "config.yaml")
+	config := f.configPath()
 	var n int
 	if err := f.admin.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{schema}.Sanitize()+".schema_version").Scan(&n); err != nil || n != pgstore.SchemaVersion() {
 		t.Fatalf("init-store made no versioned schema: %d rows, %v", n, err)
