@@ -178,27 +178,8 @@ func TestFaultDatabaseOutage(t *testing.T) {
 
 func databaseOutage(t *testing.T, engine string) {
 	outage := envDuration("CREDBROKER_FAULT_OUTAGE", 4*time.Second)
-	// Under the checkout: the servers run as users postgres/mysql, which
-	// cannot enter the test's private temp dir. A server of its own: the
-	// test stops it.
-	script := filepath.Join(repoRoot(t), "scripts", "pg-throwaway.sh")
-	dsnVar := "CREDBROKER_TEST_PG_DSN"
-	if engine == "mariadb" {
-		script = filepath.Join(repoRoot(t), "scripts", "mariadb-throwaway.sh")
-		dsnVar = "CREDBROKER_TEST_MYSQL_DSN"
-	}
-	dir := filepath.Join(repoRoot(t), ".cache", fmt.Sprintf("%s-outage-%d", engine, os.Getpid()))
-	out, err := exec.Command(script, "start", dir).Output()
-	if err != nil {
-		t.Fatalf("start a server of our own: %v", err)
-	}
-	t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
-	dsn := ""
-	for _, line := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(line, "export "+dsnVar+"="); ok {
-			dsn = strings.Trim(v, "'")
-		}
-	}
+	srv := startOwnServer(t, engine)
+	dsn := srv.dsn
 	var f *fixture
 	role := "reader"
 	if engine == "mariadb" {
@@ -216,9 +197,7 @@ func databaseOutage(t *testing.T, engine string) {
 		l := resp.GetLease()
 		issued = append(issued, acked{l.GetId(), l.GetUsername(), l.GetExpireTime().AsTime()})
 	}
-	if err := exec.Command(script, "pause", dir).Run(); err != nil {
-		t.Fatalf("pause: %v", err)
-	}
+	srv.pause(t)
 	pausedAt := time.Now()
 	time.Sleep(time.Until(issued[len(issued)-1].expire) + 1500*time.Millisecond)
 
@@ -246,9 +225,7 @@ func databaseOutage(t *testing.T, engine string) {
 		t.Fatalf("issuance during the outage left a record: %d leases", len(resp.GetLeases()))
 	}
 	time.Sleep(time.Until(pausedAt.Add(outage)))
-	if err := exec.Command(script, "resume", dir).Run(); err != nil {
-		t.Fatalf("resume: %v", err)
-	}
+	srv.resume(t)
 	back := time.Now()
 	if engine == "postgres" {
 		// The fixture's admin connection died with the server.
@@ -299,6 +276,54 @@ func TestFaultCorruptStore(t *testing.T) {
 		t.Fatalf("serve on a missing store: err %v, output %q; want a refusal pointing to init-store", err, out)
 	}
 	recordFault(faultRow{scenario: "corrupt / missing lease store", iterations: 2})
+}
+
+// ownServer is a throwaway database server of a test's own, which the
+// test may pause and resume (scripts/pg-throwaway.sh or
+// mariadb-throwaway.sh); it is removed when the test ends.
+type ownServer struct {
+	script, dir string
+	dsn         string // holds a password: never log it
+}
+
+func startOwnServer(t *testing.T, engine string) ownServer {
+	t.Helper()
+	// Under the checkout: the servers run as users postgres/mysql, which
+	// cannot enter the test's private temp dir.
+	script := filepath.Join(repoRoot(t), "scripts", "pg-throwaway.sh")
+	dsnVar := "CREDBROKER_TEST_PG_DSN"
+	if engine == "mariadb" {
+		script = filepath.Join(repoRoot(t), "scripts", "mariadb-throwaway.sh")
+		dsnVar = "CREDBROKER_TEST_MYSQL_DSN"
+	}
+	dir := filepath.Join(repoRoot(t), ".cache", fmt.Sprintf("%s-outage-%d-%s", engine, os.Getpid(), randomSuffix(t)))
+	out, err := exec.Command(script, "start", dir).Output()
+	if err != nil {
+		t.Fatalf("start a server of our own: %v", err)
+	}
+	t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+	srv := ownServer{script: script, dir: dir}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "export "+dsnVar+"="); ok {
+			srv.dsn = strings.Trim(v, "'")
+		}
+	}
+	return srv
+}
+
+// pause stops the server, keeping its data; resume starts it again.
+func (s ownServer) pause(t *testing.T) {
+	t.Helper()
+	if err := exec.Command(s.script, "pause", s.dir).Run(); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+}
+
+func (s ownServer) resume(t *testing.T) {
+	t.Helper()
+	if err := exec.Command(s.script, "resume", s.dir).Run(); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
 }
 
 func repoRoot(t *testing.T) string {

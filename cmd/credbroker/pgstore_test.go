@@ -27,6 +27,19 @@ func newFixturePGStore(t *testing.T) (*fixture, string) {
 	if err != nil {
 		t.Fatal("parse the test DSN (not shown: it holds a password)")
 	}
+	schema := storeSchema(t, pgc)
+	// CRASH_TEST_PG_PASSWORD is set by the fixture before init-store runs.
+	store := fmt.Sprintf(`lease_store:
+  postgres: {host: %s, port: %d, database: %s, username: %s, password_env: CRASH_TEST_PG_PASSWORD, sslmode: disable, schema: %s}`,
+		pgc.Host, pgc.Port, pgc.Database, pgc.User, schema)
+	return newFixtureStore(t, dsn, "", "", store), schema
+}
+
+// storeSchema names a new schema for a lease store on the server pgc
+// reaches, dropped when t ends (after the brokers stop: register it before
+// the fixture).
+func storeSchema(t *testing.T, pgc *pgx.ConnConfig) string {
+	t.Helper()
 	schema := "cbcrash_" + randomSuffix(t)
 	t.Cleanup(func() {
 		ctx := context.Background()
@@ -40,11 +53,7 @@ func newFixturePGStore(t *testing.T) (*fixture, string) {
 			t.Errorf("drop the store's schema: %v", err)
 		}
 	})
-	// CRASH_TEST_PG_PASSWORD is set by the fixture before init-store runs.
-	store := fmt.Sprintf(`lease_store:
-  postgres: {host: %s, port: %d, database: %s, username: %s, password_env: CRASH_TEST_PG_PASSWORD, sslmode: disable, schema: %s}`,
-		pgc.Host, pgc.Port, pgc.Database, pgc.User, schema)
-	return newFixtureStore(t, dsn, "", "", store), schema
+	return schema
 }
 
 func randomSuffix(t *testing.T) string {
