@@ -39,8 +39,9 @@ export CREDBROKER_TEST_SPIRE_BIN
 
 echo "== go test -race -v (each test's name and result; the whole output in .cache/test-go.log)"
 # -count=1: never report a cached pass for tests that talk to real servers.
-# plugins/mysql, the SPIRE tests and the fault suite run on their own below.
-slow='TestSPIRE|TestWatchRealSPIRE|TestFault'
+# plugins/mysql, the SPIRE tests and the fault suite (with the HA one: three
+# broker processes on one PostgreSQL lease store) run on their own below.
+slow='TestSPIRE|TestWatchRealSPIRE|TestFault|TestHA'
 mysql_broker='TestPostgresAndMariaDBExpire|TestMariaDBIssueRenewRevoke|TestParseConfigMySQL'
 mkdir -p .cache
 if ! go test -race -count=1 -timeout 20m -v -skip "$slow|$mysql_broker" $(go list ./... | grep -v '/plugins/mysql$') >.cache/test-go.log 2>&1; then
@@ -54,9 +55,9 @@ if grep -q -- '--- SKIP' .cache/test-go.log; then
 	echo "(skipped tests above are listed with the reason they give: none may be a database, TLS or SPIRE test)"
 fi
 
-echo "== go test -race -v: SPIRE integration (real server + agent) and the reduced fault suite (make test-faults runs the full one)"
+echo "== go test -race -v: SPIRE integration (real server + agent) and the reduced fault and HA suites (make test-faults runs the full ones)"
 go test -race -count=1 -timeout 15m -v -run "$slow" ./broker/ ./cmd/credbroker/ ./identity/spireregistry/ ./internal/spiretest/ |
-	grep -E '^(--- |ok |FAIL|PASS$)|^    [a-z_]+_test\.go:[0-9]+: |^(scenario|kill|postgres|mariadb|corrupt) '
+	grep -E '^(--- |ok |FAIL|PASS$)|^    [a-z_]+_test\.go:[0-9]+: |^(scenario|kill|postgres|mariadb|corrupt|HA:) '
 
 echo "== go test -race -v: MySQL/MariaDB (plugin conformance suite and MySQL cases, broker end to end; a SKIP fails the run)"
 if ! out=$(go test -race -count=1 -timeout 10m -v ./plugins/mysql/ 2>&1 &&
