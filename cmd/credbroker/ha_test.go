@@ -328,11 +328,13 @@ func TestHAKillAtFailpoints(t *testing.T) {
 			took := waitUntil(t, 20*time.Second, point+": the others finish the dead replica's work", func() bool {
 				now := c.leases(b)
 				for id, l := range now {
-					if before[id] != nil || (point == "issue-after-activate" && l.GetState() == pb.Lease_ACTIVE) {
+					switch {
+					case before[id] != nil:
+					case point == "issue-after-activate" && l.GetState() == pb.Lease_ACTIVE:
 						activated = id
-						continue
+					default:
+						return false // the interrupted issuance's record
 					}
-					return false // the interrupted issuance's record
 				}
 				if target.id != "" && now[target.id] != nil {
 					return false // the interrupted revocation's
