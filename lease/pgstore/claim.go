@@ -121,7 +121,8 @@ func (s *Store) claimSQL(returning []string) string {
 	free := `(claim_deadline IS NULL OR claim_deadline < now())`
 	return `WITH creating AS (
 		SELECT id FROM ` + s.schema + `.leases
-		WHERE state = 'CREATING' AND ` + free + `
+		WHERE state = 'CREATING' AND coalesce(claim_deadline, '-infinity'::timestamptz) < now()
+		ORDER BY coalesce(claim_deadline, '-infinity'::timestamptz)
 		LIMIT $3
 		FOR UPDATE SKIP LOCKED
 	), due AS (

@@ -22,10 +22,25 @@ func (s *Store) Query(ctx context.Context, q lease.Query) ([]lease.Lease, error)
 	if err := s.usable(ctx); err != nil {
 		return nil, fmt.Errorf("pgstore: query: %w", err)
 	}
-	var (
-		where []string
-		args  []any
-	)
+	sql, args, ok := s.querySQL(q)
+	if !ok {
+		return nil, nil // no stored lease is in a state never stored
+	}
+	rows, err := s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, s.fail("query", err)
+	}
+	ls, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (lease.Lease, error) { return scanLease(row) })
+	if err != nil {
+		return nil, s.fail("query", err)
+	}
+	return ls, nil
+}
+
+// querySQL is Query's statement and arguments; false if q selects nothing
+// without asking (only states that are never stored).
+func (s *Store) querySQL(q lease.Query) (sql string, args []any, ok bool) {
+	var where []string
 	arg := func(v any) string {
 		args = append(args, v)
 		return fmt.Sprintf("$%d", len(args))
@@ -43,7 +58,7 @@ func (s *Store) Query(ctx context.Context, q lease.Query) ([]lease.Lease, error)
 			}
 		}
 		if len(states) == 0 {
-			return nil, nil // no stored lease is in a state never stored
+			return "", nil, false
 		}
 		where = append(where, "state = ANY("+arg(states)+"::text[])")
 	}
@@ -60,7 +75,7 @@ func (s *Store) Query(ctx context.Context, q lease.Query) ([]lease.Lease, error)
 			where = append(where, "id < "+arg(p[:len(p)-1]+string(last+1)))
 		}
 	}
-	sql := `SELECT ` + strings.Join(leaseCols, ", ") + ` FROM ` + s.schema + `.leases`
+	sql = `SELECT ` + strings.Join(leaseCols, ", ") + ` FROM ` + s.schema + `.leases`
 	if len(where) > 0 {
 		sql += ` WHERE ` + strings.Join(where, " AND ")
 	}
@@ -68,15 +83,7 @@ func (s *Store) Query(ctx context.Context, q lease.Query) ([]lease.Lease, error)
 	if q.Limit > 0 {
 		sql += ` LIMIT ` + arg(q.Limit)
 	}
-	rows, err := s.pool.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, s.fail("query", err)
-	}
-	ls, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (lease.Lease, error) { return scanLease(row) })
-	if err != nil {
-		return nil, s.fail("query", err)
-	}
-	return ls, nil
+	return sql, args, true
 }
 
 // FindRequest returns the lease owner was issued for requestID, in

@@ -87,9 +87,10 @@ CREATE UNIQUE INDEX leases_request ON {{schema}}.leases (owner, request_id) WHER
 	//     is), kept across rewrites while it stays REVOKING, for
 	//     Stats.OldestRevoking. Leases already REVOKING count from the
 	//     migration, as a restored one counts from its restore.
-	//   - leases_creating: the CREATING rows by claim deadline, so that
-	//     ClaimDue finds the issuances whose replica did not finish
-	//     (lapsed or absent claim) without a scan.
+	//   - leases_creating: the CREATING rows by claim deadline (none:
+	//     -infinity, the most overdue), so that ClaimDue reads only the
+	//     issuances whose replica did not finish (claim lapsed or absent),
+	//     not those in flight.
 	//   - ids compared byte by byte (COLLATE "C"), as Go compares strings:
 	//     Query's ID order, After and IDPrefix are Manager.List's whatever
 	//     the database's default collation, and use the primary key
@@ -99,7 +100,7 @@ CREATE UNIQUE INDEX leases_request ON {{schema}}.leases (owner, request_id) WHER
 ALTER TABLE {{schema}}.leases ADD COLUMN revoking_since timestamptz;
 UPDATE {{schema}}.leases SET revoking_since = now() WHERE state = 'REVOKING';
 ALTER TABLE {{schema}}.leases ALTER COLUMN id TYPE text COLLATE "C";
-CREATE INDEX leases_creating ON {{schema}}.leases (claim_deadline) WHERE state = 'CREATING';
+CREATE INDEX leases_creating ON {{schema}}.leases ((coalesce(claim_deadline, '-infinity'::timestamptz))) WHERE state = 'CREATING';
 CREATE INDEX leases_role ON {{schema}}.leases (role, id);
 `,
 }
