@@ -114,9 +114,9 @@ func (s *Store) ClaimDue(ctx context.Context, req lease.ClaimRequest) (lease.Cla
 }
 
 // claimSQL is ClaimDue's statement: $1 replica, $2 lookahead and $4 ttl in
-// microseconds, $3 limit. The UPDATE keeps the order of the CTE's rows
-// (CREATING, then by next_action) in its RETURNING only by the join's
-// whim, so the rows are returned in the order of pick's ord.
+// microseconds, $3 limit. An UPDATE's RETURNING has no order, so pick
+// numbers the rows as the UNION ALL yields them (CREATING first, then by
+// next_action) and the outer SELECT sorts on that number.
 func (s *Store) claimSQL(returning []string) string {
 	free := `(claim_deadline IS NULL OR claim_deadline < now())`
 	return `WITH creating AS (
