@@ -43,14 +43,16 @@ func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (
 	start := time.Now()
 	var v int64
 	err = s.pool.QueryRow(ctx, q, args...).Scan(&v)
-	s.observed(1, start, err)
+	// A taken id or request id wrote nothing: no commit to report.
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return 0, fmt.Errorf("pgstore: %s: %w", op, lease.ErrExists)
 	case errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "leases_request":
 		return 0, fmt.Errorf("pgstore: %s: owner %s has a lease for request id %q: %w", op, l.Owner, l.RequestID, lease.ErrRequestExists)
-	case err != nil:
+	}
+	s.observed(1, start, err)
+	if err != nil {
 		return 0, s.fail(op, err)
 	}
 	return v, nil
@@ -85,6 +87,7 @@ func (s *Store) ClaimDue(ctx context.Context, req lease.ClaimRequest) (lease.Cla
 		returning[i] = "l." + c
 	}
 	var out lease.Claimed
+	start := time.Now()
 	// In a transaction, so that a row that does not decode leaves nothing
 	// claimed, and so that Now is the claim's now() (the transaction's
 	// start, the same in every statement of it).
@@ -106,6 +109,9 @@ func (s *Store) ClaimDue(ctx context.Context, req lease.ClaimRequest) (lease.Cla
 		}
 		return tx.QueryRow(ctx, `SELECT now()`).Scan(&out.Now)
 	})
+	if err != nil || len(out.Leases) > 0 {
+		s.observed(len(out.Leases), start, err)
+	}
 	if err != nil {
 		return lease.Claimed{}, s.fail("claim", err)
 	}
@@ -205,11 +211,11 @@ func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64, 
 	start := time.Now()
 	var next int64
 	err = s.pool.QueryRow(ctx, q, args...).Scan(&next)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, ErrFenced) // nothing written, nothing to report
+	}
 	s.observed(1, start, err)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return 0, fmt.Errorf("pgstore: %s: %w", op, ErrFenced)
-	case err != nil:
+	if err != nil {
 		return 0, s.fail(op, err)
 	}
 	return next, nil
@@ -225,12 +231,13 @@ func (s *Store) DeleteIfVersion(ctx context.Context, id string, version int64) e
 	}
 	start := time.Now()
 	tag, err := s.pool.Exec(ctx, `DELETE FROM `+s.schema+`.leases WHERE id = $1 AND version = $2`, id, version)
-	s.observed(1, start, err)
 	if err != nil {
+		s.observed(1, start, err)
 		return s.fail(op, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("pgstore: %s: %w", op, ErrFenced)
+		return fmt.Errorf("pgstore: %s: %w", op, ErrFenced) // nothing written, nothing to report
 	}
+	s.observed(1, start, nil)
 	return nil
 }

@@ -38,12 +38,15 @@ type Store struct {
 	observe lease.CommitObserver // nil: none
 }
 
-// Option configures Open.
+// Option configures Open and OpenShared.
 type Option func(*Store)
 
 // WithCommitObserver has observe told of every lease write the store
-// commits: Put, Delete and the fenced writes are one transaction of one
-// write each, PutAll one transaction of all its leases.
+// commits: Put, Delete, Create, PutIfVersion and DeleteIfVersion are one
+// transaction of one write each, PutAll one transaction of all its leases,
+// ClaimDue one of the leases it claimed. A write that changed nothing (a
+// conditional write that conflicted, a Create of a taken id or request id,
+// a ClaimDue that found nothing due) is no commit and is not reported.
 func WithCommitObserver(observe lease.CommitObserver) Option {
 	return func(s *Store) { s.observe = observe }
 }
