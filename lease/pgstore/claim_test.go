@@ -363,3 +363,65 @@ func TestClaimLapsesOnDatabaseClock(t *testing.T) {
 		t.Errorf("a's delete after its claim lapsed = %v, want ErrFenced", err)
 	}
 }
+
+// What the rows hold for operators and for Stats: claimed_by is the
+// writer's Config.Replica while a Create or a PutIfVersion hold lasts, NULL
+// once released; revoking_since is set by every write path that makes a
+// row REVOKING and cleared by those that make it anything else.
+func TestClaimAndRevokingColumns(t *testing.T) {
+	c, rs := replicas(t, 1)
+	s := rs[0]
+	type row struct {
+		by            *string
+		holdLeft      *float64 // seconds until claim_deadline
+		revokingSince *time.Time
+	}
+	read := func(id string) row {
+		t.Helper()
+		var r row
+		if err := adminPool(t, c).QueryRow(bg, `SELECT claimed_by, extract(epoch FROM claim_deadline - now())::float8, revoking_since
+			FROM `+quoteIdent(c.Schema)+`.leases WHERE id = $1`, id).Scan(&r.by, &r.holdLeft, &r.revokingSince); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	l := testLease(t, lease.StateCreating)
+	v, err := s.Create(bg, l, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by == nil || *r.by != "a" || r.holdLeft == nil || *r.holdLeft < 30 || *r.holdLeft > 90 || r.revokingSince != nil {
+		t.Errorf("after Create: %+v, want claimed by a for about a minute, not revoking", r)
+	}
+	l.State = lease.StateActive
+	if v, err = s.PutIfVersion(bg, l, v, 0); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by != nil || r.holdLeft != nil || r.revokingSince != nil {
+		t.Errorf("after PutIfVersion without a hold: %+v, want no claim", r)
+	}
+	l.State = lease.StateRevoking
+	if _, err = s.PutIfVersion(bg, l, v, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by == nil || *r.by != "a" || r.holdLeft == nil || *r.holdLeft < 3000 || r.revokingSince == nil {
+		t.Errorf("after PutIfVersion REVOKING with a hold: %+v, want claimed by a for an hour, revoking", r)
+	}
+	l.State = lease.StateActive
+	if err := s.Put(bg, l); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by != nil || r.revokingSince != nil {
+		t.Errorf("after Put ACTIVE: %+v, want no claim, not revoking", r)
+	}
+	bulk := []lease.Lease{testLease(t, lease.StateRevoking), testLease(t, lease.StateActive)}
+	if err := s.PutAll(bg, bulk); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(bulk[0].ID); r.revokingSince == nil {
+		t.Errorf("REVOKING lease written by PutAll: %+v, want revoking_since set", r)
+	}
+	if r := read(bulk[1].ID); r.revokingSince != nil {
+		t.Errorf("ACTIVE lease written by PutAll: %+v, want revoking_since NULL", r)
+	}
+}
