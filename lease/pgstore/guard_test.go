@@ -87,9 +87,18 @@ func TestLostLockFencesWrites(t *testing.T) {
 		"Deny":   func() error { return s.Deny(bg, "spiffe://example.org/x", time.Now()) },
 		"Allow":  func() error { return s.Allow(bg, "spiffe://example.org/x") },
 		"PutIfVersion": func() error {
-			_, err := s.PutIfVersion(bg, testLease(t, lease.StateActive), 0)
+			_, err := s.PutIfVersion(bg, l, 1, 0)
 			return err
 		},
+		"Create": func() error {
+			_, err := s.Create(bg, testLease(t, lease.StateCreating), time.Minute)
+			return err
+		},
+		"ClaimDue": func() error {
+			_, err := s.ClaimDue(bg, lease.ClaimRequest{Limit: 1, TTL: time.Minute})
+			return err
+		},
+		"DeleteIfVersion": func() error { return s.DeleteIfVersion(bg, l.ID, 1) },
 	}
 	for name, write := range writes {
 		if err := write(); !errors.Is(err, lease.ErrStoreUnavailable) || !errors.Is(err, lease.ErrStoreFenced) || !strings.Contains(err.Error(), "lock is lost") {

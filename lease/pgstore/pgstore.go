@@ -22,9 +22,11 @@ type Store struct {
 	rawSchema string // as configured
 	secret    string // the password, only to scrub it from errors
 	closed    atomic.Bool
-	// guard is the single-writer lock (nil for a store opened shared, by
-	// the claim tests: the primitives of the multi-replica mode to come).
+	// guard is the single-writer lock (nil for a store opened by
+	// OpenShared).
 	guard *guard
+	// replica is Config.Replica: claimed_by of this store's claims.
+	replica string
 
 	// SQL built once for the schema.
 	putSQL, getSQL, deleteSQL string
@@ -36,12 +38,15 @@ type Store struct {
 	observe lease.CommitObserver // nil: none
 }
 
-// Option configures Open.
+// Option configures Open and OpenShared.
 type Option func(*Store)
 
 // WithCommitObserver has observe told of every lease write the store
-// commits: Put, Delete and the fenced writes are one transaction of one
-// write each, PutAll one transaction of all its leases.
+// commits: Put, Delete, Create, PutIfVersion and DeleteIfVersion are one
+// transaction of one write each, PutAll one transaction of all its leases,
+// ClaimDue one of the leases it claimed. A write that changed nothing (a
+// conditional write that conflicted, a Create of a taken id or request id,
+// a ClaimDue that found nothing due) is no commit and is not reported.
 func WithCommitObserver(observe lease.CommitObserver) Option {
 	return func(s *Store) { s.observe = observe }
 }
@@ -54,8 +59,9 @@ func (s *Store) observed(n int, start time.Time, err error) {
 }
 
 var (
-	_ lease.Store      = (*Store)(nil)
-	_ lease.BulkPutter = (*Store)(nil)
+	_ lease.Store       = (*Store)(nil)
+	_ lease.BulkPutter  = (*Store)(nil)
+	_ lease.SharedStore = (*Store)(nil)
 )
 
 // Open connects to the store described by c. It never creates or migrates
@@ -83,9 +89,26 @@ func Open(ctx context.Context, c Config, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
-// open is Open, with the single-writer lock or without it (shared: several
-// stores on one schema, for the claim tests until the multi-replica mode
-// is built).
+// OpenShared is Open without the single-writer lock: one of several
+// brokers (replicas) sharing the store, each opened with its own
+// Config.Replica. Its writes check no lock (no round trip before each):
+// the replicas coordinate through the store's versions and claims
+// (lease.SharedStore; "Claims and fencing" in the package documentation),
+// and only a manager built on them (lease.Shared) may run on it. A
+// lease.Manager, which holds every lease in memory and expires them by
+// itself, must use Open.
+func OpenShared(ctx context.Context, c Config, opts ...Option) (*Store, error) {
+	s, err := open(ctx, c, false)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// open is Open (single: with the single-writer lock) or OpenShared.
 func open(ctx context.Context, c Config, single bool) (*Store, error) {
 	c = c.withDefaults()
 	pool, err := connect(ctx, c)
@@ -113,7 +136,8 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 		pool:      pool,
 		schema:    schema,
 		secret:    c.Password,
-		putSQL:    upsertSQL(schema+".leases", "VALUES ("+placeholders(len(leaseCols))+")"),
+		replica:   c.Replica,
+		putSQL:    upsertSQL(schema+".leases", "VALUES ("+placeholders(len(leaseCols))+", "+newRevokingSince("$2::text")+")"),
 		getSQL:    `SELECT ` + cols + ` FROM ` + schema + `.leases WHERE id = $1`,
 		deleteSQL: `DELETE FROM ` + schema + `.leases WHERE id = $1`,
 
@@ -123,18 +147,37 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 	}
 }
 
-// upsertSQL inserts the leases of source (a VALUES list or a SELECT) into
-// table, replacing existing rows: an unconditional write bumps the row's
-// version and ends any claim on it (a renewed lease is no longer due; a
-// replica working on it is fenced).
+// upsertSQL inserts the leases of source (a VALUES list or a SELECT of
+// leaseCols then revoking_since) into table, replacing existing rows: an
+// unconditional write bumps the row's version and ends any claim on it (a
+// renewed lease is no longer due; a replica working on it is fenced).
 func upsertSQL(table, source string) string {
 	var set []string
 	for _, c := range leaseCols[1:] {
 		set = append(set, c+" = EXCLUDED."+c)
 	}
-	return `INSERT INTO ` + table + ` AS l (` + strings.Join(leaseCols, ", ") + `) ` + source + `
+	return `INSERT INTO ` + table + ` AS l (` + strings.Join(leaseCols, ", ") + `, revoking_since) ` + source + `
 		ON CONFLICT (id) DO UPDATE SET ` + strings.Join(set, ", ") + `,
-			version = l.version + 1, claimed_by = NULL, claim_deadline = NULL`
+			version = l.version + 1, claimed_by = NULL, claim_deadline = NULL,
+			revoking_since = ` + revokingSince("EXCLUDED.state", "l") + `
+			`
+}
+
+// revokingSince is the SQL of a written row's revoking_since, given the
+// expression of its new state and the alias of its old row: now() when it
+// becomes REVOKING, kept while it stays REVOKING, NULL otherwise. Every
+// write path uses it, so that Stats.OldestRevoking is the age of the
+// longest revocation, not of its last retry.
+func revokingSince(state, old string) string {
+	return `CASE WHEN ` + state + ` <> 'REVOKING' THEN NULL
+		WHEN ` + old + `.state = 'REVOKING' THEN coalesce(` + old + `.revoking_since, now())
+		ELSE now() END`
+}
+
+// newRevokingSince is revoking_since of an inserted row whose state is
+// the expression state.
+func newRevokingSince(state string) string {
+	return `CASE WHEN ` + state + ` = 'REVOKING' THEN now() END`
 }
 
 func placeholders(n int) string {
@@ -231,7 +274,7 @@ func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"pgstore_bulk"}, leaseCols, pgx.CopyFromRows(rows)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, upsertSQL(s.schema+".leases", `SELECT `+strings.Join(leaseCols, ", ")+` FROM pgstore_bulk`))
+		_, err := tx.Exec(ctx, upsertSQL(s.schema+".leases", `SELECT `+strings.Join(leaseCols, ", ")+`, `+newRevokingSince("state")+` FROM pgstore_bulk`))
 		return err
 	})
 	s.observed(len(rows), start, err)
