@@ -10,7 +10,7 @@ import (
 )
 
 // replicas opens n stores on one new schema, as n brokers of the
-// multi-replica mode do (OpenShared), named "a", "b", ...
+// multi-replica mode do (Open), named "a", "b", ...
 func replicas(t *testing.T, n int) (Config, []*Store) {
 	t.Helper()
 	c := testConfig(t)
@@ -21,9 +21,9 @@ func replicas(t *testing.T, n int) (Config, []*Store) {
 	for i := range ss {
 		rc := c
 		rc.Replica = string(rune('a' + i))
-		s, err := OpenShared(bg, rc)
+		s, err := Open(bg, rc)
 		if err != nil {
-			t.Fatalf("OpenShared: %v", err)
+			t.Fatalf("Open: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
 		ss[i] = s

@@ -1,11 +1,8 @@
-// Package pgstore is a lease.Store in PostgreSQL (issue 10), and a
-// lease.SharedStore: several brokers (replicas) can share one store. It
-// passes lease/leasetest's Run and RunShared on a real server with
-// password auth. The broker uses it when its config has
-// lease_store.postgres, for ONE broker per store as long as it runs the
-// lease.Manager (which holds every lease in memory): Open takes a
-// single-writer lock (below). OpenShared opens it without the lock, for a
-// manager built on the SharedStore methods (lease.Shared, being wired).
+// Package pgstore is a lease.Store in PostgreSQL, and a lease.SharedStore:
+// any number of brokers (replicas) share one store, each running
+// lease.Shared on it. It passes lease/leasetest's Run and RunShared on a
+// real server with password auth. The broker uses it when its config has
+// lease_store.postgres.
 //
 // # Schema
 //
@@ -27,70 +24,28 @@
 // SchemaVersion is 3: 1 made the tables, 2 added the request ids, 3 what
 // shared stores need (revoking_since, the CREATING and role indexes, the
 // "C" ids). Init creates the schema at SchemaVersion (credbroker
-// init-store); Open and OpenShared refuse a missing store (lease.ErrStoreMissing: run init-store) and a
-// store at another version (ErrSchemaOlder: run `credbroker migrate`;
+// init-store); Open refuses a missing store (lease.ErrStoreMissing: run
+// init-store) and a store at another version (ErrSchemaOlder: run `credbroker migrate`;
 // ErrSchemaNewer: upgrade the broker), and never migrates by itself.
 // Migrate applies the missing migrations in order, in one transaction,
 // serialized between replicas by an advisory lock.
 //
-// # One broker per store (Open)
+// # Replicas and migrations
 //
-// The lease.Manager holds every lease in memory and expires them by
-// itself: two Managers on one store would each expire and revoke what the
-// other renewed. So a store opened by Open is single-writer, as the bbolt
-// file is under its file lock (a store opened by OpenShared takes no lock
-// and its writes check none):
+// Open is one replica's store. Replicas coordinate through the row
+// versions and claims below, never through a lock, so a store takes no
+// lock for its writes and any number may be open on one schema.
 //
-//   - Open takes a session-level advisory lock, pg_try_advisory_lock with
-//     two keys (a constant, and a hash of the schema name), on one
-//     connection of its own held for the store's life, outside the pool.
-//     If another session holds it, Open fails with
-//     lease.ErrStoreUnavailable, saying another broker holds the store (and
-//     which PostgreSQL session) and that HA mode is not available yet.
-//   - The server releases the lock with its session: on Close (which also
-//     unlocks explicitly, so the lock is free when Close returns), and when
-//     the connection dies or the broker is killed (kill -9: the server sees
-//     the socket close).
-//   - Every write (Put, PutAll, Delete, Deny, Allow, Create, ClaimDue,
-//     PutIfVersion, DeleteIfVersion) first checks the lock: a round trip
-//     on the lock's connection (a ping; serialized, under a ctx of its own
-//     so that a cancelled call does not close the connection and free the
-//     lock), bounded by ConnectTimeout. A session that answers still holds
-//     the lock, as the server frees session locks only with the session or
-//     on request. If the ping fails, the lock is taken as lost for good:
-//     this and every later write fail with lease.ErrStoreUnavailable (the
-//     broker answers UNAVAILABLE and must be restarted), since the server
-//     may already have let another broker in. Reads are not checked: they
-//     change nothing.
-//   - That error also wraps lease.ErrStoreFenced, on which the Manager
-//     stops dropping users: without it a revocation "drops anyway" when
-//     the store fails (so that an outage does not delay it), and the
-//     expiry loop of a broker that lost the lock would drop the user of a
-//     lease just renewed through the broker that took the store over.
-//
-// The check costs one round trip per write, serialized on the lock's
-// connection: on the 2-core test machine 16 concurrent Puts take 184 µs
-// each against 98 µs on a store opened without the lock, a ceiling of
-// ~5,000 writes a second, far above what issuance needs (two writes per
-// credential, ~250 credentials a second there). Concurrent writers could
-// share one ping (any ping that starts after a writer arrives would do);
-// not worth its code while OpenShared is the way to several writers.
-//
-// Why a ping and not a check in the write's own statement: it needs no
-// change to any statement or to the schema, and it is as strong. Neither
-// makes the check and the write atomic (pg_locks and pg_stat_activity are
-// not transactional): one write that passed its check just before the lock
-// session ended may commit just after another broker opened the store.
-// That window is one statement long, and the other broker's Open must
-// first connect, lock and check the schema. Fencing each row by the writer
-// (the version column below) is what the multi-replica mode will rely on.
-//
-// Migrate refuses to run while a broker holds the lock of a schema it would
-// change (stop the broker first); Init of a current store is harmless and
-// allowed. Replicas opened by OpenShared hold no lock, so Migrate cannot
-// see them: stop them before migrating (a replica on the old version keeps
-// writing the old columns; one started on the new version refuses the old
-// schema, ErrSchemaOlder).
+// Each open store holds one lock only, the serving lock, in SHARED mode:
+// pg_try_advisory_lock_shared with two keys (a constant, and a hash of the
+// schema name), on a connection of its own, for the store's life (Close
+// unlocks it; the server frees it when the connection ends, on a crash or
+// kill -9). Migrate takes it exclusively for its transaction, so it
+// refuses to change the tables while any broker serves them ("stop every
+// broker on it before migrating"), and Open refuses to start a broker
+// while a migration runs. The lock fences nothing: a store whose lock
+// connection died goes on working (only that protection of Migrate is
+// lost). Init of a current store is harmless and allowed at any time.
 //
 // # Durability and errors
 //
@@ -155,9 +110,8 @@
 //     timeout, or a slow revocation is repeated by another replica (a
 //     second DROP of a user, harmless; the slower one is then fenced).
 //
-// A CREATING row written by Put (a lease.Manager's begin) has no claim:
-// ClaimDue takes it at once. Only Create's rows are held, so a store must
-// not mix a Manager's writes with a Shared manager's.
+// A CREATING row written by Put has no claim: ClaimDue takes it at once.
+// Only Create's rows are held (lease.Shared's issuance).
 //
 // Every write also keeps revoking_since: now() when the row becomes
 // REVOKING, kept while it stays REVOKING (retries, claims), NULL
@@ -171,7 +125,7 @@
 // calls back on each, within milliseconds (TestWatchDenied measures it),
 // and again after every reconnection, since notifications sent while it was
 // disconnected are lost: the caller reads the whole list (Denied) each
-// time. Not wired into the broker yet (issue 10).
+// time. The broker reloads its denylist on each (broker/replicas.go).
 //
 // # Singletons
 //
@@ -180,8 +134,10 @@
 // connection of its own, checked every LeadTiming.Check: among the stores
 // on a schema one runs it at a time, and when the leader's session is lost
 // its function's context ends (ErrNotLeading) and another store takes over
-// within about LeadTiming.Retry (TestLead). For the replicas' singletons
-// (the SPIRE registry watch, the reconciler); not wired yet (issue 10).
+// within about LeadTiming.Retry plus 2×LeadTiming.Check (TestLead): a new
+// leader waits that long before running the function, so that the old one
+// has noticed. The broker runs its singletons (the SPIRE registry sweep,
+// the reconciler) under it.
 //
 // # Queries
 //
@@ -197,6 +153,6 @@
 // Store is a lease.SharedStore and a lease.BulkPutter (COPY into a
 // temporary table, one upsert). It is no lease.Verifier: Open reads no
 // lease, so that a replica starts in constant time whatever the store
-// holds, and Manager.DeferLoad loads synchronously. It is no lease.SizeHinter: an exact count is a scan of the
-// table, and the suite (rightly) wants an exact one.
+// holds. It is no lease.SizeHinter: an exact count is a scan of the table,
+// and the suite (rightly) wants an exact one.
 package pgstore

@@ -84,7 +84,7 @@ func TestCommitObserverShared(t *testing.T) {
 		mu      sync.Mutex
 		commits []int
 	)
-	s, err := OpenShared(bg, c, WithCommitObserver(func(n int, took time.Duration, err error) {
+	s, err := Open(bg, c, WithCommitObserver(func(n int, took time.Duration, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -93,7 +93,7 @@ func TestCommitObserverShared(t *testing.T) {
 		commits = append(commits, n)
 	}))
 	if err != nil {
-		t.Fatalf("OpenShared: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
 	defer s.Close()
 

@@ -22,9 +22,10 @@ type Store struct {
 	rawSchema string // as configured
 	secret    string // the password, only to scrub it from errors
 	closed    atomic.Bool
-	// guard is the single-writer lock (nil for a store opened by
-	// OpenShared).
-	guard *guard
+	// serving is the lock that keeps Migrate away while the store is open.
+	serving *serving
+	// connectTimeout bounds the release of serving at Close.
+	connectTimeout time.Duration
 	// replica is Config.Replica: claimed_by of this store's claims.
 	replica string
 
@@ -38,7 +39,7 @@ type Store struct {
 	observe lease.CommitObserver // nil: none
 }
 
-// Option configures Open and OpenShared.
+// Option configures Open.
 type Option func(*Store)
 
 // WithCommitObserver has observe told of every lease write the store
@@ -64,52 +65,23 @@ var (
 	_ lease.SharedStore = (*Store)(nil)
 )
 
-// Open connects to the store described by c. It never creates or migrates
-// anything: a schema without a store is lease.ErrStoreMissing (run
-// `credbroker init-store`, Init), one at another version ErrSchemaOlder
-// (run `credbroker migrate`, Migrate) or ErrSchemaNewer (upgrade the
-// broker). A server that cannot be reached is lease.ErrStoreUnavailable.
+// Open connects to the store described by c, as one of any number of
+// brokers (replicas) sharing it, each with its own Config.Replica: they
+// coordinate through the store's versions and claims (lease.SharedStore;
+// "Claims and fencing" in the package documentation), so only a manager
+// built on them (lease.Shared) may run on it, never a lease.Manager, which
+// holds every lease in memory and expires them by itself.
 //
-// Open takes the store's single-writer lock for the store's life (see "One
-// broker per store" in the package documentation): while another broker
-// holds it, Open fails with lease.ErrStoreUnavailable saying so. Writes
-// fail with lease.ErrStoreUnavailable once the lock is lost.
+// It never creates or migrates anything: a schema without a store is
+// lease.ErrStoreMissing (run `credbroker init-store`, Init), one at
+// another version ErrSchemaOlder (run `credbroker migrate`, Migrate) or
+// ErrSchemaNewer (upgrade the broker). A server that cannot be reached is
+// lease.ErrStoreUnavailable. The store holds the serving lock, shared,
+// until Close, so that Migrate refuses to run under it.
 //
-// Open does not read the leases: the store is no lease.Verifier, so
-// Manager.DeferLoad loads synchronously (a bad row fails Load with
-// lease.ErrStoreCorrupt before anything is served).
+// Open does not read the leases: a replica starts in constant time,
+// whatever the store holds.
 func Open(ctx context.Context, c Config, opts ...Option) (*Store, error) {
-	s, err := open(ctx, c, true)
-	if err != nil {
-		return nil, err
-	}
-	for _, o := range opts {
-		o(s)
-	}
-	return s, nil
-}
-
-// OpenShared is Open without the single-writer lock: one of several
-// brokers (replicas) sharing the store, each opened with its own
-// Config.Replica. Its writes check no lock (no round trip before each):
-// the replicas coordinate through the store's versions and claims
-// (lease.SharedStore; "Claims and fencing" in the package documentation),
-// and only a manager built on them (lease.Shared) may run on it. A
-// lease.Manager, which holds every lease in memory and expires them by
-// itself, must use Open.
-func OpenShared(ctx context.Context, c Config, opts ...Option) (*Store, error) {
-	s, err := open(ctx, c, false)
-	if err != nil {
-		return nil, err
-	}
-	for _, o := range opts {
-		o(s)
-	}
-	return s, nil
-}
-
-// open is Open (single: with the single-writer lock) or OpenShared.
-func open(ctx context.Context, c Config, single bool) (*Store, error) {
 	c = c.withDefaults()
 	pool, err := connect(ctx, c)
 	if err != nil {
@@ -120,11 +92,12 @@ func open(ctx context.Context, c Config, single bool) (*Store, error) {
 		return nil, fmt.Errorf("pgstore: open: %w", redactErr(err, c.Password))
 	}
 	s := newStore(pool, c)
-	if single {
-		if s.guard, err = lockWriter(ctx, c); err != nil {
-			pool.Close()
-			return nil, redactErr(err, c.Password)
-		}
+	if s.serving, err = holdServing(ctx, c); err != nil {
+		pool.Close()
+		return nil, redactErr(err, c.Password)
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	return s, nil
 }
@@ -144,6 +117,8 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 		rawSchema:   c.Schema,
 		denyChannel: denyChannel(c.Schema),
 		connConfig:  pool.Config().ConnConfig,
+
+		connectTimeout: c.ConnectTimeout,
 	}
 }
 
@@ -197,17 +172,8 @@ func (s *Store) usable(ctx context.Context) error {
 	return ctxErr(ctx)
 }
 
-// writable is usable for a write: it also checks that the single-writer
-// lock is still held, so that a broker that lost it writes nothing more.
-func (s *Store) writable(ctx context.Context) error {
-	if err := s.usable(ctx); err != nil {
-		return err
-	}
-	if s.guard != nil {
-		return redactErr(s.guard.check(ctx), s.secret)
-	}
-	return nil
-}
+// writable is usable, for a write.
+func (s *Store) writable(ctx context.Context) error { return s.usable(ctx) }
 
 // fail wraps err of operation op: data that does not decode is
 // lease.ErrStoreCorrupt (and unavailable, as the store cannot answer),
@@ -366,8 +332,8 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.pool.Close()
-	if s.guard != nil {
-		s.guard.release()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.connectTimeout)
+	defer cancel()
+	s.serving.release(ctx)
 	return nil
 }

@@ -170,14 +170,16 @@ func upgrade(ctx context.Context, pool *pgxpool.Pool, c Config, create bool) err
 			return fmt.Errorf("schema %s is at version %d, this broker needs %d: %w; run `credbroker migrate`", c.Schema, v, SchemaVersion(), ErrSchemaOlder)
 		}
 		if v > 0 && v < SchemaVersion() {
-			// A broker serving the old schema holds the single-writer lock;
-			// migrating under it would change the tables it writes.
+			// Every broker serving the old schema holds the serving lock
+			// (shared); migrating under them would change the tables they
+			// write. Taken exclusively, it also keeps new brokers out until
+			// the migration commits.
 			var free bool
-			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, writerKey1, writerKey2(c.Schema)).Scan(&free); err != nil {
+			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, servingKey1, servingKey2(c.Schema)).Scan(&free); err != nil {
 				return unavailable(err)
 			}
 			if !free {
-				return fmt.Errorf("schema %s: a broker is serving this store: %w; stop it before migrating", c.Schema, lease.ErrStoreUnavailable)
+				return fmt.Errorf("schema %s: a broker is serving this store: %w; stop every broker on it before migrating", c.Schema, lease.ErrStoreUnavailable)
 			}
 		}
 		for i := v; i < SchemaVersion(); i++ {

@@ -308,8 +308,8 @@ func TestMigrateToShared(t *testing.T) {
 	insert(revoking)
 	migrations = full
 
-	_, err := OpenShared(bg, c)
-	wantErr(t, "OpenShared of a version 2 store", err, ErrSchemaOlder, "credbroker migrate")
+	_, err := Open(bg, c)
+	wantErr(t, "Open of a version 2 store", err, ErrSchemaOlder, "credbroker migrate")
 	before := time.Now()
 	if err := Migrate(bg, c); err != nil {
 		t.Fatalf("Migrate: %v", err)
@@ -317,7 +317,7 @@ func TestMigrateToShared(t *testing.T) {
 	if got := storedVersions(t, c); len(got) != 3 || got[2] != 3 {
 		t.Errorf("schema_version = %v, want [1 2 3]", got)
 	}
-	s, err := OpenShared(bg, c)
+	s, err := Open(bg, c)
 	if err != nil {
 		t.Fatal(err)
 	}

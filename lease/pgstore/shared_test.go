@@ -10,7 +10,7 @@ import (
 
 // TestSharedConformance runs the lease.SharedStore suite on a real
 // PostgreSQL with password auth: each subtest's replicas are stores opened
-// with OpenShared on one schema of its own, on the database's clock (real
+// with Open on one schema of its own, on the database's clock (real
 // time, the test machine's: short holds are slept through).
 func TestSharedConformance(t *testing.T) {
 	serverConfig(t) // skip, with the reason, before any subtest
@@ -23,9 +23,9 @@ func TestSharedConformance(t *testing.T) {
 			return func(t *testing.T, replica string) lease.SharedStore {
 				rc := c
 				rc.Replica = replica
-				s, err := OpenShared(bg, rc)
+				s, err := Open(bg, rc)
 				if err != nil {
-					t.Fatalf("OpenShared: %v", err)
+					t.Fatalf("Open: %v", err)
 				}
 				return s
 			}
