@@ -3,6 +3,7 @@ package main_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -49,6 +50,8 @@ type cluster struct {
 	t        *testing.T
 	replicas []*fixture
 	proxies  []*tcpproxy.Proxy // replicas[i] reaches the store through proxies[i]
+	storeCfg *pgx.ConnConfig   // the store's server, directly
+	schema   string
 }
 
 // newCluster makes n replicas on the test PostgreSQL (the data server),
@@ -66,7 +69,7 @@ func newCluster(t *testing.T, n int, storeDSN string) *cluster {
 	}
 	schema := storeSchema(t, spc)
 	t.Setenv("CRASH_TEST_STORE_PASSWORD", spc.Password)
-	c := &cluster{t: t}
+	c := &cluster{t: t, storeCfg: spc, schema: schema}
 	target := net.JoinHostPort(spc.Host, strconv.Itoa(int(spc.Port)))
 	for range n {
 		p, err := tcpproxy.Listen(target)
@@ -93,6 +96,8 @@ func newCluster(t *testing.T, n int, storeDSN string) *cluster {
 			haIssueTimeout, haClaimInterval, haClaimLookahead)
 	}
 	first := newFixtureStore(t, dataDSN, "", "", section(0))
+	first.name = replicaName(0)
+	first.writeConfig(section(0))
 	c.replicas = append(c.replicas, first)
 	for i := 1; i < n; i++ {
 		r := &fixture{t: t, dir: first.dir, addr: freeAddr(t), prefix: first.prefix, admin: first.admin,
@@ -129,6 +134,28 @@ func (c *cluster) leases(r *fixture) map[string]*pb.Lease {
 		out[l.GetId()] = l
 	}
 	return out
+}
+
+// claimedBy is the replica whose claim on lease id holds now, read from
+// the store directly ("" if none).
+func (c *cluster) claimedBy(id string) string {
+	c.t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.ConnectConfig(ctx, c.storeCfg)
+	if err != nil {
+		c.t.Fatalf("connect to the store: %v", err)
+	}
+	defer conn.Close(ctx)
+	var by *string
+	err = conn.QueryRow(ctx, "SELECT claimed_by FROM "+pgx.Identifier{c.schema}.Sanitize()+
+		".leases WHERE id = $1 AND claim_deadline > now()", id).Scan(&by)
+	if errors.Is(err, pgx.ErrNoRows) || by == nil {
+		return ""
+	}
+	if err != nil {
+		c.t.Fatalf("read the claim on %s: %v", id, err)
+	}
+	return *by
 }
 
 // validUntil is the data server's expiry of user u (pg_authid.rolvaliduntil).
@@ -320,6 +347,19 @@ func TestHAKillAtFailpoints(t *testing.T) {
 				}
 			}
 			victim.waitKilled()
+			if point == "issue-after-intent" || point == "issue-after-create-user" {
+				creating := 0
+				for id, l := range c.leases(b) {
+					if before[id] == nil && l.GetState() == pb.Lease_CREATING {
+						creating++
+					}
+				}
+				unbacked := len(b.unbackedUsers())
+				if creating != 1 || (point == "issue-after-create-user") != (unbacked == 1) {
+					t.Fatalf("%s: at the kill, %d new CREATING records and %d users without an active lease; want 1 and %v",
+						point, creating, unbacked, point == "issue-after-create-user")
+				}
+			}
 
 			// What the dead replica left is finished by the others: no
 			// record but the acknowledged ones (and an issuance activated
@@ -389,7 +429,9 @@ func TestHAExpiryExactlyOnce(t *testing.T) {
 	pgLog := testenv.PostgresLog(t)
 	logStart := fileSize(t, pgLog)
 
-	const ttl = 3 * time.Second // the role's minimum is 1 s
+	// Each lease's ttl (at least the role's minimum, 1 s) ends at the same
+	// moment, however long the issuance takes.
+	at := time.Now().Add(5 * time.Second)
 	expiry := map[string]time.Time{}
 	var mu sync.Mutex
 	var g errgroup.Group
@@ -397,9 +439,9 @@ func TestHAExpiryExactlyOnce(t *testing.T) {
 	for i := range haExpiring {
 		r := c.replicas[i%len(c.replicas)]
 		g.Go(func() error {
-			resp, err := r.issue(ttl)
+			resp, err := r.issue(time.Until(at))
 			if err != nil {
-				return fmt.Errorf("issue through %s: %w", r.name, err)
+				return fmt.Errorf("issue through %s: %w\n%s", r.name, err, r.logTail())
 			}
 			mu.Lock()
 			expiry[resp.GetLease().GetUsername()] = resp.GetLease().GetExpireTime().AsTime()
@@ -601,6 +643,7 @@ func TestHAPartitionedReplica(t *testing.T) {
 	a, b, cr := c.replicas[0], c.replicas[1], c.replicas[2]
 	rounds := haRounds(12)
 	row := faultRow{scenario: "HA: replica cut off from store, renewed elsewhere", iterations: rounds}
+	claimedByA := 0
 	for round := range rounds {
 		cut, mode := c.proxies[0].Cut, "cut"
 		if round%2 == 1 {
@@ -612,10 +655,24 @@ func TestHAPartitionedReplica(t *testing.T) {
 		}
 		l := resp.GetLease()
 		oldExp := l.GetExpireTime().AsTime()
-		// a claims leases expiring within its lookahead: cut it off
-		// inside that window.
-		time.Sleep(time.Until(oldExp.Add(-haClaimLookahead / 2)))
+		// The replicas claim a lease once it expires within their
+		// lookahead. Silence b and c then, so that a claims it, and cut a
+		// off before the lease is due (if a has not claimed it by then,
+		// the round goes on all the same).
+		time.Sleep(time.Until(oldExp.Add(-haClaimLookahead - 100*time.Millisecond)))
+		c.proxies[1].Blackhole()
+		c.proxies[2].Blackhole()
+		var by string
+		for time.Until(oldExp) > 400*time.Millisecond && by == "" {
+			by = c.claimedBy(l.GetId())
+			time.Sleep(20 * time.Millisecond)
+		}
 		cut()
+		c.proxies[1].Restore()
+		c.proxies[2].Restore()
+		if by == "a" {
+			claimedByA++
+		}
 		// Past the old expiry and the claim's TTL, and long enough after
 		// for the checks below.
 		restoreAt := oldExp.Add(claimTTL + time.Second)
@@ -639,8 +696,10 @@ func TestHAPartitionedReplica(t *testing.T) {
 		took := waitUntil(t, 5*time.Second, "the renewed lease revoked at its new expiry", func() bool {
 			return !cr.userSet()[l.GetUsername()] && c.leases(b)[l.GetId()] == nil
 		})
-		t.Logf("round %d (a %s): the lease renewed through b outlived a's claim; revoked %s after its new expiry", round, mode, took.Round(time.Millisecond))
+		t.Logf("round %d (a %s, claimed by %q when cut off): the lease renewed through b survived; revoked %s after its new expiry",
+			round, mode, by, took.Round(time.Millisecond))
 		row.maxCleanup = max(row.maxCleanup, took)
 	}
+	t.Logf("a had claimed the lease when cut off in %d of %d rounds", claimedByA, rounds)
 	recordFault(row)
 }
