@@ -301,6 +301,12 @@ func TestHAKillAtFailpoints(t *testing.T) {
 	issuePoints := []string{"issue-after-intent", "issue-after-create-user", "issue-after-activate"}
 	revokePoints := []string{"lease-after-revoking-written", "lease-after-drop"}
 	points := append(issuePoints, revokePoints...)
+	if os.Getenv("CREDBROKER_FAULT_ITERATIONS") == "" {
+		// make test: a revocation is taken over once its hold lapses
+		// (the backend timeout, 10 s, plus 2 s), so one revocation point;
+		// make test-faults runs both.
+		points = points[:len(points)-1]
+	}
 	rounds := haRounds(10)
 	c := newCluster(t, 3, "")
 	c.start()
