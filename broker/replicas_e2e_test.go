@@ -2,7 +2,9 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os/user"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/spiretest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -166,4 +170,69 @@ func TestReplicasReconcilerSingleton(t *testing.T) {
 	if !other.droppedBy(user) {
 		t.Fatal("orphan four was not dropped by the new leader's reconciler")
 	}
+}
+
+// Two replicas with a SPIRE registry watch (real server and agent): both
+// poll SPIRE, so both refuse a workload whose entry is deleted, but only
+// the one leading "spire-sweep" revokes; the sweep moves to the other when
+// the leader stops.
+func TestSPIREReplicasSweepSingleton(t *testing.T) {
+	const poll = time.Second
+	ctx := context.Background()
+	storeYAML, _, _ := pgLeaseStore(t)
+	sp := spiretest.Start(t, spiretest.Options{TrustDomain: td.Name()})
+	sp.CreateEntry(t, serverID.String(), []string{"unix:uid:0"}, true, []string{"localhost"})
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientEntry := sp.CreateEntry(t, ordersID.String(), []string{"unix:uid:" + nobody.Uid}, false, nil)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	brokerSrc, err := identity.NewWorkloadAPISource(wctx, sp.WorkloadAPIAddr())
+	if err != nil {
+		t.Fatalf("broker SVID from the Workload API: %v", err)
+	}
+	t.Cleanup(func() { brokerSrc.Close() })
+
+	a := newEnvWith(t, envExtra{leaseStore: storeYAML, top: fmt.Sprintf(`
+registry:
+  spire_server_address: %s
+  spire_server_id: %s
+  poll_interval: %s
+`, sp.ServerAddr(), sp.ServerID(), poll)}, broker.ShareStore, func(o *broker.AppOptions) { o.Source = brokerSrc })
+	b := a.replica()
+	waitFor(t, 10*time.Second, "a replica to lead the SPIRE sweep", func() bool { return a.leads("spire-sweep")+b.leads("spire-sweep") > 0 })
+	leader, other := a, b
+	if b.leads("spire-sweep") > 0 {
+		leader, other = b, a
+	}
+	dir := t.TempDir()
+	sp.FetchX509(t, "nobody", dir)
+	onLeader := pb.NewCredentialServiceClient(spireClient(t, leader.addr, dir))
+	onOther := pb.NewCredentialServiceClient(spireClient(t, other.addr, dir))
+	if !other.admitted(onOther) {
+		t.Fatal("the replica that does not lead refuses a registered workload")
+	}
+	resp, err := onLeader.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
+	if err != nil {
+		t.Fatalf("issue on the leader: %v", err)
+	}
+
+	sp.DeleteEntry(t, clientEntry)
+	waitFor(t, 3*poll+5*time.Second, "the leader to revoke the deleted workload's lease", func() bool {
+		return !leader.userExists(resp.GetCredential().GetUsername())
+	})
+	waitFor(t, 3*poll+5*time.Second, "the other replica to refuse the deleted workload", func() bool { return !other.admitted(onOther) })
+	if strings.Contains(other.log.String(), "SPIRE entry gone") {
+		t.Error("the replica that does not lead revoked leases")
+	}
+	if other.leads("spire-sweep") != 0 {
+		t.Fatal("both replicas led the SPIRE sweep")
+	}
+
+	leader.stop()
+	leader.stop = nil
+	took := waitFor(t, 10*time.Second, "the other replica to take the SPIRE sweep over", func() bool { return other.leads("spire-sweep") == 1 })
+	t.Logf("leader stopped → SPIRE sweep led by the other after %s", took.Round(time.Millisecond))
 }
