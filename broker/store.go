@@ -30,7 +30,7 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 		if a.metrics != nil {
 			storeOpts = append(storeOpts, pgstore.WithCommitObserver(a.metrics.storeCommit))
 		}
-		store, err = openPostgresStore(ctx, *p, opts.CreateStore, storeOpts...)
+		store, err = openPostgresStore(ctx, *p, opts.CreateStore, opts.sharedStore, storeOpts...)
 	} else {
 		var storeOpts []boltstore.Option
 		if !opts.CreateStore {
@@ -48,7 +48,7 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 	if err != nil {
 		return fmt.Errorf("lease store: %w", err)
 	}
-	a.store = store
+	a.store, a.base = store, store
 	if opts.WrapStore != nil {
 		a.store = opts.WrapStore(store)
 	}
@@ -56,7 +56,10 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 	return nil
 }
 
-func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create bool, opts ...pgstore.Option) (*pgstore.Store, error) {
+// openPostgresStore opens (and with create, first initializes) the store p
+// names. shared opens it without its single-writer lock, for several
+// replicas (AppOptions.sharedStore).
+func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create, shared bool, opts ...pgstore.Option) (*pgstore.Store, error) {
 	c, err := p.StoreConfig()
 	if err != nil {
 		return nil, err
@@ -65,6 +68,9 @@ func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create bool, 
 		if err := pgstore.Init(ctx, c); err != nil {
 			return nil, err
 		}
+	}
+	if shared {
+		return pgstore.OpenShared(ctx, c, opts...)
 	}
 	return pgstore.Open(ctx, c, opts...)
 }
