@@ -89,10 +89,6 @@ type AppOptions struct {
 	CreateStore bool
 	// WrapStore, if set, wraps the lease store (fault injection in tests).
 	WrapStore func(lease.Store) lease.Store
-	// sharedStore opens a PostgreSQL store without its single-writer lock,
-	// so that several Apps share it as replicas (tests, until the
-	// multi-replica mode opens it so).
-	sharedStore bool
 }
 
 // legacyDenylistSuffix names, after the lease store's path, the file where

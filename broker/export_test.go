@@ -6,7 +6,3 @@ package broker
 func (a *App) CloseAuditLog() error {
 	return a.audit.w.(interface{ Close() error }).Close()
 }
-
-// ShareStore opens the App's PostgreSQL lease store without its
-// single-writer lock, so that several Apps share it as replicas.
-func ShareStore(o *AppOptions) { o.sharedStore = true }

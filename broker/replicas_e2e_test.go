@@ -19,7 +19,7 @@ import (
 )
 
 // replica starts another App on e's config and PostgreSQL store (opened
-// shared, as e's must be: broker.ShareStore), with a log and an address of
+// shared, as e's), with a log and an address of
 // its own. It stops when t ends, before e, unless the test stopped it
 // (stop set to nil).
 func (e *env) replica() *env {
@@ -60,7 +60,7 @@ func (e *env) admitted(client pb.CredentialServiceClient) bool {
 // by the other again.
 func TestReplicasSeeDeregistrations(t *testing.T) {
 	storeYAML, _, _ := pgLeaseStore(t)
-	a := newEnvWith(t, envExtra{leaseStore: storeYAML}, broker.ShareStore)
+	a := newEnvWith(t, envExtra{leaseStore: storeYAML})
 	b := a.replica()
 	ctx := context.Background()
 	onB := b.creds(ordersID)
@@ -139,7 +139,7 @@ func (e *env) droppedBy(user string) bool {
 // orphans are all dropped by the leader's reconciler, none by the other's.
 func TestReplicasReconcilerSingleton(t *testing.T) {
 	storeYAML, _, _ := pgLeaseStore(t)
-	a := newEnvWith(t, envExtra{leaseStore: storeYAML, top: "reconciler: {enabled: true, interval: 1s}"}, broker.ShareStore)
+	a := newEnvWith(t, envExtra{leaseStore: storeYAML, top: "reconciler: {enabled: true, interval: 1s}"})
 	b := a.replica()
 	waitFor(t, 10*time.Second, "a replica to lead the reconciler", func() bool { return a.leads("reconciler")+b.leads("reconciler") > 0 })
 	leader, other := a, b
@@ -200,7 +200,7 @@ registry:
   spire_server_address: %s
   spire_server_id: %s
   poll_interval: %s
-`, sp.ServerAddr(), sp.ServerID(), poll)}, broker.ShareStore, func(o *broker.AppOptions) { o.Source = brokerSrc })
+`, sp.ServerAddr(), sp.ServerID(), poll)}, func(o *broker.AppOptions) { o.Source = brokerSrc })
 	b := a.replica()
 	waitFor(t, 10*time.Second, "a replica to lead the SPIRE sweep", func() bool { return a.leads("spire-sweep")+b.leads("spire-sweep") > 0 })
 	leader, other := a, b

@@ -30,7 +30,7 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 		if a.metrics != nil {
 			storeOpts = append(storeOpts, pgstore.WithCommitObserver(a.metrics.storeCommit))
 		}
-		store, err = openPostgresStore(ctx, *p, opts.CreateStore, opts.sharedStore, storeOpts...)
+		store, err = openPostgresStore(ctx, *p, opts.CreateStore, storeOpts...)
 	} else {
 		var storeOpts []boltstore.Option
 		if !opts.CreateStore {
@@ -57,9 +57,8 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 }
 
 // openPostgresStore opens (and with create, first initializes) the store p
-// names. shared opens it without its single-writer lock, for several
-// replicas (AppOptions.sharedStore).
-func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create, shared bool, opts ...pgstore.Option) (*pgstore.Store, error) {
+// names, as one of the replicas sharing it.
+func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create bool, opts ...pgstore.Option) (*pgstore.Store, error) {
 	c, err := p.StoreConfig()
 	if err != nil {
 		return nil, err
@@ -68,9 +67,6 @@ func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create, share
 		if err := pgstore.Init(ctx, c); err != nil {
 			return nil, err
 		}
-	}
-	if shared {
-		return pgstore.OpenShared(ctx, c, opts...)
 	}
 	return pgstore.Open(ctx, c, opts...)
 }
