@@ -51,6 +51,9 @@ type App struct {
 	metricsServer *metricsServer
 	// dbHealth reports each database in the health service.
 	dbHealth *dbHealth
+	// base is the store as opened, before AppOptions.WrapStore: the one
+	// whose optional abilities (deniedWatcher, leader) are looked for.
+	base lease.Store
 }
 
 // LeaseManager is what an App's lease manager does: lease.Manager with a
@@ -193,10 +196,24 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	if err != nil {
 		return nil, err
 	}
+	// A PostgreSQL store may be shared by several replicas (replicas.go):
+	// deregistrations made through another are followed, and the
+	// singletons run under a leadership. A bbolt store has neither ability.
+	if w, ok := a.base.(deniedWatcher); ok {
+		reg.shared = true
+		a.runners = append(a.runners, func(ctx context.Context) error { return reg.follow(ctx, w, a.log) })
+	}
+	lead, _ := a.base.(leader)
 	revoker := bulkRevoker{leases: a.manager}
 	var refresh func(context.Context) error // nil without a SPIRE watch
 	if cfg.Registry.SPIREServerAddress != "" {
 		sweep := newRegistrySweep(reg, a.manager, revoker, a.audit, a.metrics, a.log)
+		if lead != nil {
+			// Every replica polls SPIRE (admission needs the listing);
+			// one revokes what the listing no longer holds.
+			sweep.shared = true
+			a.runners = append(a.runners, singleton(lead, "spire-sweep", a.log, sweep.lead))
+		}
 		watch, err := newRegistryWatch(cfg.Registry, a.source, sweep, a.health, a.log)
 		if err != nil {
 			return nil, err
@@ -216,7 +233,13 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		audit:     a.audit,
 	})
 	if cfg.Reconciler.Enabled {
-		a.runners = append(a.runners, a.reconciler.Run)
+		// ListOrphans and Reconcile (an operator's explicit call) stay
+		// served by every replica; the periodic drops by one.
+		run := a.reconciler.Run
+		if lead != nil {
+			run = singleton(lead, "reconciler", a.log, run)
+		}
+		a.runners = append(a.runners, run)
 	}
 
 	var admins []spiffeid.ID

@@ -35,6 +35,9 @@ needs), and none starts a goroutine when it is built.
 	              lifted, leases of owners no longer registered revoked
 	spire.go      registryWatch: polls the SPIRE server, hands listings to the sweep,
 	              reports itself in the health service (credbroker.registry)
+	replicas.go   several replicas on one PostgreSQL store: deregistrations
+	              followed (registry.follow on WatchDenied), singletons run on
+	              one replica (singleton on Lead); see Replicas below
 	dbhealth.go   dbHealth: one health service per database
 	              (credbroker.database.<name>), from a periodic Ping and issuance
 	rotate.go     adminRotation: the broker's own admin password rotated
@@ -97,6 +100,33 @@ the server unreachable (UNAVAILABLE), the role's statements rejected
 (INVALID_ARGUMENT). Anything toStatus does not recognise is a bare
 "internal error".
 
+# Replicas
+
+With a PostgreSQL lease store, several brokers may share it (issue 10).
+NewApp looks for two abilities on the store (deniedWatcher, leader; a bbolt
+store has neither and nothing below applies):
+
+  - Every replica follows the deregistrations: on each NOTIFY of the
+    store's Deny or Allow, and after each reconnection, it reads the whole
+    list and replaces its copy, so a workload deregistered through one
+    replica is refused by all within a second (milliseconds in practice),
+    and re-admitted when registered again. deny and allow write through to
+    the store even when the copy says there is nothing to do: it may lag.
+  - The SPIRE watch feeds admission and sweeps. Every replica runs the
+    watch, since admission on each needs the last listing (and its
+    rate-limited refresh); lifting re-registrations is idempotent, so any
+    replica may. Only the replica leading "spire-sweep" revokes the leases
+    of workloads the listing lacks, under its leadership's context, and a
+    new leader sweeps the last listing at once.
+  - The periodic reconciler (when enabled) runs under "reconciler" on one
+    replica; ListOrphans and Reconcile, explicit operator calls, stay
+    served by every replica.
+
+Leaderships use pgstore.Lead with Check 1s and Retry 2s (leadTiming): a
+singleton moves to another replica within about 2 s of its leader's
+session ending, and a leader cut off from PostgreSQL stops within about a
+second plus its check's timeout.
+
 # Lifecycle
 
 NewApp builds every component, in dependency order: SVID source, metrics
@@ -107,7 +137,8 @@ watch (with a registry section), admission (given the watch's refresh),
 reconciler, issuer, watcher, server, gRPC server, listener. It starts no goroutine. App.Run runs the components that
 have a Run (SVID file reloader, metrics server, database health pings, lease
 manager, SPIRE watch, scheduled admin password rotations, watcher, reconciler if
-enabled) and the gRPC server under one errgroup; when its context ends it
+enabled; with a PostgreSQL store also the deregistrations' follower and the
+sweep's leadership, the reconciler under its own) and the gRPC server under one errgroup; when its context ends it
 stops serving, waits for all of them and closes the store and the pools.
 */
 package broker

@@ -40,9 +40,18 @@ var (
 //     deregistration.
 type registry struct {
 	store lease.Store // where the deregistrations are kept
+	// shared: other replicas change the deregistrations in the store too
+	// (follow keeps the copy in memory theirs), so deny and allow write
+	// through even when the copy says there is nothing to change: it may
+	// lag behind a change made elsewhere.
+	shared bool
 
 	mu     sync.RWMutex
 	denied map[string]time.Time // SPIFFE ID → when it was deregistered
+	// gen counts this replica's writes of deregistrations (to the store or
+	// to denied), so that a reload from the store that began before one of
+	// them does not undo it.
+	gen uint64
 	// spire is the last complete listing of SPIRE entries (ID → newest
 	// entry creation time); nil while there is none or no watch is set.
 	spire map[string]time.Time
@@ -127,13 +136,16 @@ func (r *registry) allowed(id string) error {
 func (r *registry) deny(ctx context.Context, id string, at time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.denied[id]; ok {
+	if _, ok := r.denied[id]; ok && !r.shared {
 		return nil
 	}
 	if err := r.store.Deny(ctx, id, at); err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
-	r.denied[id] = at
+	r.gen++
+	if _, ok := r.denied[id]; !ok {
+		r.denied[id] = at
+	}
 	return nil
 }
 
@@ -141,14 +153,16 @@ func (r *registry) deny(ctx context.Context, id string, at time.Time) error {
 func (r *registry) allow(ctx context.Context, id string) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.denied[id]; !ok {
+	_, was := r.denied[id]
+	if !was && !r.shared {
 		return false, nil
 	}
 	if err := r.store.Allow(ctx, id); err != nil {
 		return false, fmt.Errorf("registry: %w", err)
 	}
+	r.gen++
 	delete(r.denied, id)
-	return true, nil
+	return was, nil
 }
 
 // observe installs a complete SPIRE listing. It lifts deregistrations of IDs
@@ -166,6 +180,7 @@ func (r *registry) observe(ctx context.Context, at time.Time, ids map[string]tim
 	for id, at := range r.denied {
 		if created, ok := ids[id]; ok && created.After(at) {
 			delete(r.denied, id)
+			r.gen++
 			reRegistered = append(reRegistered, id)
 			if err := r.store.Allow(ctx, id); err != nil {
 				errs = append(errs, err)
@@ -176,6 +191,14 @@ func (r *registry) observe(ctx context.Context, at time.Time, ids map[string]tim
 		return reRegistered, false, fmt.Errorf("registry: %w", err)
 	}
 	return reRegistered, false, nil
+}
+
+// listing is the last complete SPIRE listing (ID → newest entry creation
+// time), nil while there is none. The map is never changed once installed.
+func (r *registry) listing() map[string]time.Time {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.spire
 }
 
 // registered reports whether the last SPIRE listing contains id; ok is

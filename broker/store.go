@@ -48,7 +48,7 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 	if err != nil {
 		return fmt.Errorf("lease store: %w", err)
 	}
-	a.store = store
+	a.store, a.base = store, store
 	if opts.WrapStore != nil {
 		a.store = opts.WrapStore(store)
 	}
@@ -56,6 +56,8 @@ func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error
 	return nil
 }
 
+// openPostgresStore opens (and with create, first initializes) the store p
+// names, as one of the replicas sharing it.
 func openPostgresStore(ctx context.Context, p PostgresStoreConfig, create bool, opts ...pgstore.Option) (*pgstore.Store, error) {
 	c, err := p.StoreConfig()
 	if err != nil {

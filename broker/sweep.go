@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/credbroker/credbroker/audit"
@@ -27,6 +28,14 @@ type registrySweep struct {
 	log      *slog.Logger
 	audit    *auditor // nil: no audit log
 	metrics  *metrics // nil: metrics off
+
+	// shared: several replicas on one store, each applying its own
+	// listings. Only the one leading "spire-sweep" revokes (lead), under
+	// its leadership's context; the others only learn the listing (for
+	// their admission) and lift re-registrations, which is idempotent.
+	shared  bool
+	mu      sync.Mutex
+	leadCtx context.Context // while this replica leads; nil otherwise
 }
 
 // aud and met may be nil (no audit log, metrics off).
@@ -50,6 +59,44 @@ func (s *registrySweep) observe(ctx context.Context, at time.Time, ids map[strin
 		s.log.Info("audit: workload registered again in SPIRE", "spiffe_id", id)
 		s.audit.write(ctx, audit.Record{Event: audit.EventRegister, Reason: "workload " + id + " registered again in SPIRE"})
 	}
+	if s.shared {
+		if ctx = s.leading(); ctx == nil {
+			return // another replica revokes
+		}
+	}
+	s.revokeGone(ctx, ids)
+}
+
+// leading is the context of this replica's leadership of the sweep, nil
+// when it does not lead.
+func (s *registrySweep) leading() context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leadCtx
+}
+
+// lead is the "spire-sweep" singleton (shared store): while it runs, the
+// listings this replica applies revoke. Taking over, it sweeps the last
+// listing at once, so that a workload gone while no replica led loses its
+// leases now, not a poll later.
+func (s *registrySweep) lead(ctx context.Context) error {
+	s.mu.Lock()
+	s.leadCtx = ctx
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.leadCtx = nil
+		s.mu.Unlock()
+	}()
+	if ids := s.registry.listing(); ids != nil {
+		s.revokeGone(ctx, ids)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// revokeGone revokes every lease whose owner ids does not contain.
+func (s *registrySweep) revokeGone(ctx context.Context, ids map[string]time.Time) {
 	owners, err := s.owners.Owners(ctx, lease.StateActive)
 	if err != nil {
 		s.log.Error("registry: cannot list leases; nothing revoked", "error", err)

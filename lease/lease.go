@@ -84,8 +84,9 @@ var (
 	// ErrStoreMissing: a store that must exist (boltstore.WithMustExist)
 	// does not. A store that vanished is lost leases, never "no leases".
 	ErrStoreMissing = errors.New("lease store does not exist")
-	// ErrStoreFenced: this process may no longer write the store (it lost
-	// the store's single-writer lock, lease/pgstore): another broker may
+	// ErrStoreFenced: this process may no longer write the store (a store
+	// with a single-writer lock that it lost; none of this repository's
+	// stores has one since lease/pgstore became shared): another broker may
 	// hold it and own the leases. Errors that wrap it also wrap
 	// ErrStoreUnavailable. The Manager then acts on no lease: a revocation
 	// drops no user, as the lease may have been renewed through the other.

@@ -26,6 +26,7 @@ const (
 	maxClaimBackoff       = 5 * time.Second
 	statsMaxAge           = 2 * time.Second
 	statsTimeout          = 2 * time.Second
+	storeTimeout          = 10 * time.Second
 	maxConflictRetries    = 8
 	sharedMaxSleep        = time.Second
 	sharedMinSleep        = 10 * time.Millisecond
@@ -139,6 +140,13 @@ func NewShared(cfg Config) (*Shared, error) {
 
 func (m *Shared) now() time.Time { return UTC(m.cfg.Now()) }
 
+// bounded bounds one store call: a store cut off without a reset (packets
+// dropped) must not hold a revocation slot, an RPC or the expiry loop for
+// the minutes TCP takes to give up.
+func (m *Shared) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, storeTimeout)
+}
+
 // dropHold is how long a REVOKING write keeps the lease claimed: the drop
 // is bounded by BackendTimeout, so no other replica starts a second drop
 // while this one may still run.
@@ -204,7 +212,10 @@ func (m *Shared) Issue(ctx context.Context, l Lease, create CreateFunc) (Lease, 
 		failpoint.Hit(FailpointAfterCreateUser)
 		act := l
 		act.State = StateActive
-		if _, err = m.store.PutIfVersion(ctx, act, version, 0); err == nil {
+		sctx, scancel := m.bounded(ctx)
+		_, err = m.store.PutIfVersion(sctx, act, version, 0)
+		scancel()
+		if err == nil {
 			m.log.LogAttrs(ctx, slog.LevelInfo, "lease: activated", append(leaseAttrs(act),
 				slog.Time("expire_time", act.ExpireTime))...)
 			failpoint.Hit(FailpointAfterActivate)
@@ -281,7 +292,9 @@ func (m *Shared) Renew(ctx context.Context, id string, increment time.Duration) 
 		if err != nil {
 			return Lease{}, fmt.Errorf("lease: renew %s: extend: %w", id, err)
 		}
-		_, err = m.store.PutIfVersion(ctx, l, v.Version, 0)
+		sctx, scancel := m.bounded(ctx)
+		_, err = m.store.PutIfVersion(sctx, l, v.Version, 0)
+		scancel()
 		if errors.Is(err, ErrConflict) {
 			continue // written meanwhile: read it again
 		}
@@ -295,7 +308,9 @@ func (m *Shared) Renew(ctx context.Context, id string, increment time.Duration) 
 
 // get reads a lease with its version, wrapping store errors.
 func (m *Shared) get(ctx context.Context, op, id string) (Versioned, error) {
-	v, err := m.store.GetVersion(ctx, id)
+	sctx, cancel := m.bounded(ctx)
+	defer cancel()
+	v, err := m.store.GetVersion(sctx, id)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Versioned{}, ErrNotFound
@@ -371,7 +386,9 @@ func (m *Shared) revoke(ctx context.Context, v Versioned, expired bool) (Lease, 
 	wasCreating := l.State == StateCreating
 	l.State = StateRevoking
 	l.Expired = l.Expired || expired
-	version, err := m.store.PutIfVersion(ctx, l, v.Version, m.dropHold())
+	sctx, scancel := m.bounded(ctx)
+	version, err := m.store.PutIfVersion(sctx, l, v.Version, m.dropHold())
+	scancel()
 	switch {
 	case errors.Is(err, ErrConflict):
 		return l, errRevokeConflict
@@ -399,7 +416,10 @@ func (m *Shared) revoke(ctx context.Context, v Versioned, expired bool) (Lease, 
 		l.Attempts++
 		l.LastError = err.Error()
 		wait := backoff(l.Attempts, m.cfg.BackoffBase, m.cfg.BackoffMax)
-		if _, perr := m.store.PutIfVersion(context.WithoutCancel(ctx), l, version, wait); perr != nil {
+		sctx, scancel := m.bounded(context.WithoutCancel(ctx))
+		_, perr := m.store.PutIfVersion(sctx, l, version, wait)
+		scancel()
+		if perr != nil {
 			// Only the attempt count and error text are lost: the record
 			// is REVOKING, claimed until the drop's hold lapses.
 			m.log.LogAttrs(ctx, slog.LevelWarn, "lease: failed attempt not recorded",
@@ -410,7 +430,10 @@ func (m *Shared) revoke(ctx context.Context, v Versioned, expired bool) (Lease, 
 	failpoint.Hit(FailpointAfterDrop)
 
 	// The user is gone; record it even if the caller gave up meanwhile.
-	if err := m.store.DeleteIfVersion(context.WithoutCancel(ctx), l.ID, version); err != nil {
+	sctx, scancel = m.bounded(context.WithoutCancel(ctx))
+	err = m.store.DeleteIfVersion(sctx, l.ID, version)
+	scancel()
+	if err != nil {
 		if errors.Is(err, ErrConflict) {
 			// Another replica took the revocation over after this drop
 			// began; it deletes the record and reports the end.
@@ -452,7 +475,9 @@ func (m *Shared) FindRequest(ctx context.Context, owner, requestID string) (Leas
 	if requestID == "" {
 		return Lease{}, fmt.Errorf("lease: find request: empty request id: %w", ErrInvalid)
 	}
-	l, err := m.store.FindRequest(ctx, owner, requestID)
+	sctx, cancel := m.bounded(ctx)
+	defer cancel()
+	l, err := m.store.FindRequest(sctx, owner, requestID)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Lease{}, ErrNotFound
@@ -570,7 +595,9 @@ func (m *Shared) claim(ctx context.Context) (int, error) {
 	}
 	window := (m.cfg.Lookahead + m.cfg.PollInterval).Seconds()
 	limit := max(1, min(room, int(math.Ceil(m.cfg.RevokeRate*window))))
-	c, err := m.store.ClaimDue(ctx, ClaimRequest{Lookahead: m.cfg.Lookahead, Limit: limit, TTL: m.claimTTL()})
+	sctx, cancel := m.bounded(ctx)
+	defer cancel()
+	c, err := m.store.ClaimDue(sctx, ClaimRequest{Lookahead: m.cfg.Lookahead, Limit: limit, TTL: m.claimTTL()})
 	if err != nil {
 		return 0, err
 	}
