@@ -115,7 +115,7 @@ func TestFaultKillAnywhere(t *testing.T) {
 		f.start("")
 		present := f.allLeases()
 		for id, a := range live {
-			if time.Now().Before(a.expire.Add(-500*time.Millisecond)) && !present[id] {
+			if time.Now().Before(a.expire.Add(-500*time.Millisecond)) && present[id] == nil {
 				t.Errorf("iteration %d (%s): acknowledged live lease %s is missing after restart", i, point, id)
 				row.lost++
 				delete(live, id)
@@ -339,15 +339,19 @@ func (f *fixture) issueRole(ctx context.Context, role string, ttl time.Duration)
 		&pb.IssueCredentialRequest{Role: role, Ttl: durationpb.New(ttl)})
 }
 
-func (f *fixture) allLeases() map[string]bool {
+// allLeases lists every lease of the store (through this broker, for a
+// replica), by ID.
+func (f *fixture) allLeases() map[string]*pb.Lease {
 	f.t.Helper()
-	resp, err := pb.NewAdminServiceClient(f.conn("admin")).ListLeases(context.Background(), &pb.AdminListLeasesRequest{PageSize: 1000})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := pb.NewAdminServiceClient(f.conn("admin")).ListLeases(ctx, &pb.AdminListLeasesRequest{PageSize: 1000})
 	if err != nil {
-		f.t.Fatal(err)
+		f.t.Fatalf("list leases%s: %v", f.suffix(), err)
 	}
-	out := map[string]bool{}
+	out := map[string]*pb.Lease{}
 	for _, l := range resp.GetLeases() {
-		out[l.GetId()] = true
+		out[l.GetId()] = l
 	}
 	return out
 }
