@@ -21,7 +21,8 @@ build:
 test:
 	scripts/test.sh
 
-## test-faults: the full fault suite (50 kill -9 iterations, 30 s database outage) and its table
+## test-faults: the full fault suite (50 kill -9 iterations, 30 s database outage; three replicas on one
+## PostgreSQL store: kills at failpoints, a 20 s store outage, a partition) and its table
 test-faults:
 	scripts/test-faults.sh
 

@@ -24,8 +24,9 @@ import (
 
 // The fault suite drives the real broker binary against a real PostgreSQL.
 // make test runs it with few iterations; make test-faults with the full
-// count (CREDBROKER_FAULT_ITERATIONS=50, CREDBROKER_FAULT_OUTAGE=30s) and
-// prints the summary table at the end.
+// count (CREDBROKER_FAULT_ITERATIONS=50, CREDBROKER_FAULT_OUTAGE=30s; the
+// HA tests' CREDBROKER_FAULT_STORE_OUTAGE=20s) and prints the summary
+// table at the end.
 
 type faultRow struct {
 	scenario   string
