@@ -34,7 +34,7 @@ type App struct {
 	runners  []func(context.Context) error
 	store    lease.Store
 	dbs      map[string]*Database
-	manager  *lease.Manager
+	manager  leaseManager
 	grpc     *grpc.Server
 	health   *health.Server
 	listener net.Listener
@@ -52,6 +52,25 @@ type App struct {
 	// dbHealth reports each database in the health service.
 	dbHealth *dbHealth
 }
+
+// LeaseManager is what an App's lease manager does: lease.Manager with a
+// bbolt store (every lease in memory), lease.Shared with a PostgreSQL
+// store that several replicas share.
+type LeaseManager interface {
+	Leases
+	Issue(ctx context.Context, l lease.Lease, create lease.CreateFunc) (lease.Lease, error)
+	FindRequest(ctx context.Context, owner, requestID string) (lease.Lease, error)
+	Owners(ctx context.Context, s lease.State) ([]string, error)
+	Stats() lease.Stats
+	Run(ctx context.Context) error
+}
+
+type leaseManager = LeaseManager
+
+var (
+	_ LeaseManager = (*lease.Manager)(nil)
+	_ LeaseManager = (*lease.Shared)(nil)
+)
 
 // AppOptions are the parts a test (or cmd) may inject.
 type AppOptions struct {
@@ -124,7 +143,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 	// Streams of WatchCredential learn from the same end path that their
 	// lease ended.
 	ends := newLeaseEnds()
-	a.manager, err = lease.NewManager(lease.Config{
+	lcfg := lease.Config{
 		OnEnd:             chainOnEnd(auditEnd, metricsEnd, ends.ended),
 		Store:             a.store,
 		Backend:           backend{dbs: a.dbs, metrics: a.metrics},
@@ -134,18 +153,32 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		RevokeRate:        cfg.Revocation.RatePerSec,
 		BackoffBase:       cfg.Revocation.BackoffBase.Duration,
 		BackoffMax:        cfg.Revocation.BackoffMax.Duration,
-	})
-	if err != nil {
-		return nil, err
 	}
-	// The store's records are all checked here (a store that would not load
-	// refuses the start), but restored in Run, so that a broker holding a
-	// million leases serves within a second of starting: new credentials are
-	// issued at once, and whatever needs the old leases (Get, List, Renew,
-	// Revoke, the registry sweep, the reconciler) waits for the restore. A
-	// restore that fails all the same ends Run with its error.
-	if err := a.manager.DeferLoad(ctx); err != nil {
-		return nil, fmt.Errorf("restore leases: %w", err)
+	if p := cfg.LeaseStore.Postgres; p != nil {
+		// Replicas share the store: no lease is held in memory, due ones
+		// are claimed from the store (lease.Shared).
+		lcfg.IssueTimeout = p.IssueTimeout.Duration
+		lcfg.PollInterval = p.ClaimInterval.Duration
+		lcfg.Lookahead = p.ClaimLookahead.Duration
+		if a.manager, err = lease.NewShared(lcfg); err != nil {
+			return nil, err
+		}
+	} else {
+		m, err := lease.NewManager(lcfg)
+		if err != nil {
+			return nil, err
+		}
+		// The store's records are all checked here (a store that would
+		// not load refuses the start), but restored in Run, so that a
+		// broker holding a million leases serves within a second of
+		// starting: new credentials are issued at once, and whatever needs
+		// the old leases (Get, List, Renew, Revoke, the registry sweep,
+		// the reconciler) waits for the restore. A restore that fails all
+		// the same ends Run with its error.
+		if err := m.DeferLoad(ctx); err != nil {
+			return nil, fmt.Errorf("restore leases: %w", err)
+		}
+		a.manager = m
 	}
 	a.runners = append(a.runners, a.manager.Run)
 	a.metrics.watchLeases(a.manager.Stats, clock(opts.Now))
@@ -375,7 +408,7 @@ func (a *App) Reconcile(ctx context.Context) int {
 }
 
 // Manager exposes the lease manager (tests, admin tooling).
-func (a *App) Manager() *lease.Manager { return a.manager }
+func (a *App) Manager() LeaseManager { return a.manager }
 
 // Run serves until ctx ends, then stops accepting calls, lets running calls
 // finish for a short grace period, waits for every component and closes the

@@ -71,9 +71,9 @@ type LeaseStoreConfig struct {
 }
 
 // PostgresStoreConfig is a lease store in a PostgreSQL schema
-// (lease/pgstore). One broker per store until the multi-replica (HA) mode
-// is built: a second broker on the same schema is refused at start. The
-// password is only ever a reference, as for the databases.
+// (lease/pgstore), shared by every broker (replica) configured with it:
+// each serves every call, and they split the expiry work (lease.Shared).
+// The password is only ever a reference, as for the databases.
 type PostgresStoreConfig struct {
 	Host           string   `yaml:"host"`
 	Port           int      `yaml:"port"`
@@ -85,6 +85,18 @@ type PostgresStoreConfig struct {
 	MaxConnections int      `yaml:"max_connections"`
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	Schema         string   `yaml:"schema"`
+
+	// Several replicas share the store (lease.Shared). Replica names this
+	// broker in the store's claims (default host:pid). IssueTimeout bounds
+	// the creation of a user (default 3s); an issuance left by a replica
+	// that died is cleaned up by another within twice that plus one claim
+	// interval. ClaimInterval is how often each replica asks the store for
+	// due leases (default 500ms); ClaimLookahead how far ahead of their
+	// expiry leases are claimed (default 1s).
+	Replica        string   `yaml:"replica"`
+	IssueTimeout   Duration `yaml:"issue_timeout"`
+	ClaimInterval  Duration `yaml:"claim_interval"`
+	ClaimLookahead Duration `yaml:"claim_lookahead"`
 
 	// Password exists only so that an inline secret is refused with a
 	// message that says what to do instead.
@@ -426,6 +438,15 @@ func (c *Config) applyDefaults() {
 		if p.Schema == "" {
 			p.Schema = pgstore.DefaultSchema
 		}
+		if p.IssueTimeout.Duration == 0 {
+			p.IssueTimeout.Duration = 3 * time.Second
+		}
+		if p.ClaimInterval.Duration == 0 {
+			p.ClaimInterval.Duration = 500 * time.Millisecond
+		}
+		if p.ClaimLookahead.Duration == 0 {
+			p.ClaimLookahead.Duration = time.Second
+		}
 	}
 	for name, d := range c.Databases {
 		if d.SSLMode == "" {
@@ -479,6 +500,7 @@ func (p PostgresStoreConfig) storeConfig() pgstore.Config {
 		MaxConns:       int32(p.MaxConnections),
 		ConnectTimeout: p.ConnectTimeout.Duration,
 		Schema:         p.Schema,
+		Replica:        p.Replica,
 	}
 }
 

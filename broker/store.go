@@ -11,14 +11,14 @@ import (
 	"github.com/credbroker/credbroker/lease/pgstore"
 )
 
-// The lease store is a bbolt file (lease_store.path) or a PostgreSQL schema
-// (lease_store.postgres). Both are created only by `credbroker init-store`
-// and refused by serve when missing; the PostgreSQL one is also versioned
-// (`credbroker migrate`) and held by one broker at a time (pgstore's
-// single-writer lock) until the multi-replica mode is built.
+// The lease store is a bbolt file (lease_store.path), held by one broker,
+// or a PostgreSQL schema (lease_store.postgres) that several brokers
+// (replicas) share, each running lease.Shared. Both are created only by
+// `credbroker init-store` and refused by serve when missing; the PostgreSQL
+// one is also versioned (`credbroker migrate`).
 
 // openStore opens the lease store. A bbolt store checks every record here;
-// a PostgreSQL one checks its schema version and takes its writer lock.
+// a PostgreSQL one checks its schema version.
 func (a *App) openStore(ctx context.Context, cfg *Config, opts AppOptions) error {
 	var (
 		store lease.Store

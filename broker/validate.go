@@ -52,6 +52,9 @@ func (c *Config) Validate() error {
 	}
 	if p := c.LeaseStore.Postgres; p != nil {
 		durations["lease_store.postgres.connect_timeout"] = p.ConnectTimeout
+		durations["lease_store.postgres.issue_timeout"] = p.IssueTimeout
+		durations["lease_store.postgres.claim_interval"] = p.ClaimInterval
+		durations["lease_store.postgres.claim_lookahead"] = p.ClaimLookahead
 	}
 	for name, r := range c.Roles {
 		durations["roles."+name+".default_ttl"] = r.DefaultTTL
@@ -310,6 +313,14 @@ func (s LeaseStoreConfig) validate() error {
 		return bad(key+".max_connections", "want 1..1000, got %d", p.MaxConnections)
 	case !pgSchemaRE.MatchString(p.Schema):
 		return bad(key+".schema", "must match %s", pgSchemaRE)
+	case p.IssueTimeout.Duration < 100*time.Millisecond || p.IssueTimeout.Duration > time.Minute:
+		return bad(key+".issue_timeout", "want 100ms..1m, got %s", p.IssueTimeout.Duration)
+	case p.ClaimInterval.Duration < 10*time.Millisecond || p.ClaimInterval.Duration > 30*time.Second:
+		return bad(key+".claim_interval", "want 10ms..30s, got %s", p.ClaimInterval.Duration)
+	case p.ClaimLookahead.Duration > time.Minute:
+		return bad(key+".claim_lookahead", "want at most 1m, got %s", p.ClaimLookahead.Duration)
+	case len(p.Replica) > 200:
+		return bad(key+".replica", "at most 200 characters")
 	}
 	switch p.SSLMode {
 	case "disable", "allow", "prefer", "require", "verify-ca", "verify-full":

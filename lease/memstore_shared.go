@@ -28,7 +28,9 @@ func (s *MemStore) SetClock(now func() time.Time) {
 
 // Shared returns a view of s as the SharedStore of the replica named
 // replica: several views of one MemStore are the replicas of one shared
-// store. Closing a view closes s.
+// store. Closing a view leaves s and the other views open (as one
+// replica's stopping leaves the shared store to the others); the view's
+// later calls still reach s.
 func (s *MemStore) Shared(replica string) SharedStore {
 	return &memReplica{MemStore: s, name: replica}
 }
@@ -39,6 +41,9 @@ type memReplica struct {
 }
 
 var _ SharedStore = (*memReplica)(nil)
+
+// Close is a no-op: see Shared.
+func (r *memReplica) Close() error { return nil }
 
 // wroteLocked records a write of l: the version bumped, the claim set to
 // this replica until now+hold (hold > 0) or ended, the REVOKING time kept.

@@ -236,7 +236,11 @@ func restoreChild(args []string, stdout io.Writer) error {
 	b.serve(ctx)
 	defer b.stop()
 	srv := &childBroker{addr: b.addr, ca: ca}
-	restored := b.app.Manager().Restored()
+	m, ok := b.app.Manager().(*lease.Manager)
+	if !ok {
+		return fmt.Errorf("restore: the broker's lease manager is %T, want *lease.Manager (a bbolt store)", b.app.Manager())
+	}
+	restored := m.Restored()
 
 	// Serving: the first health check over mTLS that answers SERVING.
 	cc, err := srv.dial()

@@ -17,6 +17,10 @@
 // What a store cannot do (be reopened, be corrupted, be missing) the
 // harness says with a reason, and the subtests that need it are skipped
 // with that reason; without either, they fail.
+//
+// A lease.SharedStore (lease/pgstore) must pass RunShared too, with a
+// SharedHarness that opens several stores (replicas) on one backing store
+// and says how to let time pass on the stores' clock (shared.go).
 package leasetest
 
 import (

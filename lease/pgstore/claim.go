@@ -8,149 +8,214 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/credbroker/credbroker/lease"
 )
 
-// Claim is a due lease that one replica may work on until Deadline. See
-// "Claims and fencing" in the package documentation.
-type Claim struct {
-	Lease lease.Lease
-	// Version is the row's version after the claim: the version the
-	// claimer's PutIfVersion and DeleteIfVersion must give.
-	Version int64
-	// Deadline is when the claim lapses, on the database's clock: after it
-	// another replica may claim the lease. The claimer must not rely on it
-	// against its own clock; the version fences it anyway.
-	Deadline time.Time
-}
+// codeUniqueViolation is the SQLSTATE of a duplicate key.
+const codeUniqueViolation = "23505"
 
-// ClaimRequest says what ClaimDue claims.
-type ClaimRequest struct {
-	// Replica names the claimer (stored in claimed_by, for operators).
-	Replica string
-	// Lookahead claims the leases due within it of the database's now, so
-	// that a replica can revoke them on time; 0 claims only what is due.
-	Lookahead time.Duration
-	// Limit bounds the batch. Required.
-	Limit int
-	// TTL is how long the claim holds. It must exceed Lookahead plus the
-	// time a revocation may take, or another replica may claim the lease
-	// while it is being revoked (it would drop the user a second time,
-	// which is harmless, and the slower one is fenced).
-	TTL time.Duration
-}
-
-// ClaimDue claims, in one transaction and on the database's clock, up to
-// req.Limit leases that need a replica: ACTIVE ones expiring within
-// req.Lookahead and REVOKING ones, whose claim (if any) has lapsed, the
-// most overdue first. Rows another replica is claiming at the same moment
-// are skipped (FOR UPDATE SKIP LOCKED), so each lease goes to one replica.
-// Each claimed row's version is bumped, which fences whoever worked on it
-// before. CREATING leases are never claimed (see doc.go).
-func (s *Store) ClaimDue(ctx context.Context, req ClaimRequest) ([]Claim, error) {
-	if err := s.writable(ctx); err != nil {
-		return nil, fmt.Errorf("pgstore: claim: %w", err)
-	}
-	switch {
-	case req.Replica == "":
-		return nil, errors.New("pgstore: claim: replica is required")
-	case req.Limit < 1:
-		return nil, fmt.Errorf("pgstore: claim: limit %d must be positive", req.Limit)
-	case req.TTL <= 0 || req.Lookahead < 0:
-		return nil, fmt.Errorf("pgstore: claim: ttl %s must be positive, lookahead %s not negative", req.TTL, req.Lookahead)
-	}
-	returning := make([]string, len(leaseCols))
-	for i, c := range leaseCols {
-		returning[i] = "l." + c
-	}
-	q := `WITH due AS (
-		SELECT id FROM ` + s.schema + `.leases
-		WHERE state IN ('ACTIVE', 'REVOKING')
-			AND next_action <= now() + $2 * interval '1 microsecond'
-			AND (claim_deadline IS NULL OR claim_deadline < now())
-		ORDER BY next_action
-		LIMIT $3
-		FOR UPDATE SKIP LOCKED
-	)
-	UPDATE ` + s.schema + `.leases AS l
-	SET claimed_by = $1, claim_deadline = now() + $4 * interval '1 microsecond', version = l.version + 1
-	FROM due WHERE l.id = due.id
-	RETURNING ` + strings.Join(returning, ", ") + `, l.version, l.claim_deadline`
-	var claims []Claim
-	// In a transaction, so that a row that does not decode leaves nothing
-	// claimed.
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, q, req.Replica, req.Lookahead.Microseconds(), req.Limit, req.TTL.Microseconds())
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var c Claim
-			if c.Lease, err = scanLease(rows, &c.Version, &c.Deadline); err != nil {
-				return err
-			}
-			c.Deadline = c.Deadline.UTC()
-			claims = append(claims, c)
-		}
-		return rows.Err()
-	})
-	if err != nil {
-		return nil, s.fail("claim", err)
-	}
-	return claims, nil
-}
-
-// GetVersion is Get with the row's version, for a later PutIfVersion or
-// DeleteIfVersion (a renew: read, check, write only if nobody wrote since).
-func (s *Store) GetVersion(ctx context.Context, id string) (lease.Lease, int64, error) {
-	if err := s.usable(ctx); err != nil {
-		return lease.Lease{}, 0, fmt.Errorf("pgstore: get %s: %w", id, err)
-	}
-	var v int64
-	l, err := scanLease(s.pool.QueryRow(ctx, `SELECT `+strings.Join(leaseCols, ", ")+`, version FROM `+s.schema+`.leases WHERE id = $1`, id), &v)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return lease.Lease{}, 0, fmt.Errorf("pgstore: get %s: %w", id, lease.ErrNotFound)
-	case err != nil:
-		return lease.Lease{}, 0, s.fail("get "+id, err)
-	}
-	return l, v, nil
-}
-
-// PutIfVersion stores l only if its row is still at version (0: only if
-// there is no row with its ID), in one statement, and returns the row's
-// new version. A row changed, claimed or deleted since is left alone and
-// the error wraps ErrFenced. A claim on the row is kept: the claimer goes
-// on working under it, with the new version.
-func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64) (int64, error) {
-	op := fmt.Sprintf("put %s at version %d", l.ID, version)
+// Create inserts l, which must be CREATING, claimed by this store's
+// replica until the database's now plus hold (lease.SharedStore): the
+// replica issuing it has that long to finish before another claims the
+// issuance and cleans it up. An existing ID is an error wrapping
+// lease.ErrExists; an existing owner and request id (the leases_request
+// unique index, which Put also meets, as an unavailable store) one
+// wrapping lease.ErrRequestExists.
+func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (int64, error) {
+	op := "create " + l.ID
 	if err := s.writable(ctx); err != nil {
 		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	if l.State != lease.StateCreating || hold <= 0 {
+		return 0, fmt.Errorf("pgstore: %s: state %s, hold %s: need CREATING and a positive hold: %w", op, l.State, hold, lease.ErrInvalid)
 	}
 	args, err := leaseArgs(l)
 	if err != nil {
 		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
 	}
-	var q string
-	if version == 0 {
-		q = `INSERT INTO ` + s.schema + `.leases (` + strings.Join(leaseCols, ", ") + `)
-			VALUES (` + placeholders(len(leaseCols)) + `) ON CONFLICT (id) DO NOTHING RETURNING version`
-	} else {
-		set := make([]string, 0, len(leaseCols))
-		for i, c := range leaseCols[1:] {
-			set = append(set, fmt.Sprintf("%s = $%d", c, i+2))
-		}
-		args = append(args, version)
-		q = `UPDATE ` + s.schema + `.leases SET ` + strings.Join(set, ", ") + `, version = version + 1
-			WHERE id = $1 AND version = $` + fmt.Sprint(len(args)) + ` RETURNING version`
-	}
-	var next int64
-	switch err := s.pool.QueryRow(ctx, q, args...).Scan(&next); {
+	args = append(args, s.replica, hold.Microseconds())
+	n := len(leaseCols)
+	q := `INSERT INTO ` + s.schema + `.leases (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)
+		VALUES (` + placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond')`, n+1, n+2) + `
+		ON CONFLICT (id) DO NOTHING RETURNING version`
+	start := time.Now()
+	var v int64
+	err = s.pool.QueryRow(ctx, q, args...).Scan(&v)
+	// A taken id or request id wrote nothing: no commit to report.
+	var pgErr *pgconn.PgError
+	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return 0, fmt.Errorf("pgstore: %s: %w", op, ErrFenced)
+		return 0, fmt.Errorf("pgstore: %s: %w", op, lease.ErrExists)
+	case errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "leases_request":
+		return 0, fmt.Errorf("pgstore: %s: owner %s has a lease for request id %q: %w", op, l.Owner, l.RequestID, lease.ErrRequestExists)
+	}
+	s.observed(1, start, err)
+	if err != nil {
+		return 0, s.fail(op, err)
+	}
+	return v, nil
+}
+
+// ClaimDue claims, in one transaction and on the database's clock, up to
+// req.Limit leases that need a replica and whose claim is absent or has
+// lapsed: CREATING ones first (an issuance whose replica did not finish
+// within its hold), then REVOKING ones, then ACTIVE ones expiring within
+// req.Lookahead, by expiry. Rows another replica is claiming at the same
+// moment are skipped (FOR UPDATE SKIP LOCKED), so each lease goes to one
+// replica. Each claimed row's version is bumped, which fences whoever
+// worked on it before, and it is claimed by this store's replica for
+// req.TTL.
+//
+// The two kinds of rows are two locking selects, each on its partial index
+// (leases_creating by claim deadline, leases_due by next_action), joined
+// with UNION ALL under the batch's LIMIT: the second is read only as far
+// as the first leaves room, so no more rows are locked than claimed.
+func (s *Store) ClaimDue(ctx context.Context, req lease.ClaimRequest) (lease.Claimed, error) {
+	if err := s.writable(ctx); err != nil {
+		return lease.Claimed{}, fmt.Errorf("pgstore: claim: %w", err)
+	}
+	switch {
+	case req.Limit < 1:
+		return lease.Claimed{}, fmt.Errorf("pgstore: claim: limit %d must be positive: %w", req.Limit, lease.ErrInvalid)
+	case req.TTL <= 0 || req.Lookahead < 0:
+		return lease.Claimed{}, fmt.Errorf("pgstore: claim: ttl %s must be positive, lookahead %s not negative: %w", req.TTL, req.Lookahead, lease.ErrInvalid)
+	}
+	returning := make([]string, len(leaseCols))
+	for i, c := range leaseCols {
+		returning[i] = "l." + c
+	}
+	var out lease.Claimed
+	start := time.Now()
+	// In a transaction, so that a row that does not decode leaves nothing
+	// claimed, and so that Now is the claim's now() (the transaction's
+	// start, the same in every statement of it).
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, s.claimSQL(returning), s.replica, req.Lookahead.Microseconds(), req.Limit, req.TTL.Microseconds())
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var c lease.Versioned
+			if c.Lease, err = scanLease(rows, &c.Version); err != nil {
+				return err
+			}
+			out.Leases = append(out.Leases, c)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT now()`).Scan(&out.Now)
+	})
+	if err != nil || len(out.Leases) > 0 {
+		s.observed(len(out.Leases), start, err)
+	}
+	if err != nil {
+		return lease.Claimed{}, s.fail("claim", err)
+	}
+	out.Now = out.Now.UTC()
+	return out, nil
+}
+
+// claimSQL is ClaimDue's statement: $1 replica, $2 lookahead and $4 ttl in
+// microseconds, $3 limit. An UPDATE's RETURNING has no order, so pick
+// numbers the rows as the UNION ALL yields them (CREATING first, then by
+// next_action) and the outer SELECT sorts on that number.
+func (s *Store) claimSQL(returning []string) string {
+	free := `(claim_deadline IS NULL OR claim_deadline < now())`
+	return `WITH creating AS (
+		SELECT id FROM ` + s.schema + `.leases
+		WHERE state = 'CREATING' AND coalesce(claim_deadline, '-infinity'::timestamptz) < now()
+		ORDER BY coalesce(claim_deadline, '-infinity'::timestamptz)
+		LIMIT $3
+		FOR UPDATE SKIP LOCKED
+	), due AS (
+		SELECT id, next_action FROM ` + s.schema + `.leases
+		WHERE state IN ('ACTIVE', 'REVOKING')
+			AND next_action <= now() + $2 * interval '1 microsecond'
+			AND ` + free + `
+		ORDER BY next_action
+		LIMIT $3
+		FOR UPDATE SKIP LOCKED
+	), pick AS (
+		SELECT id, row_number() OVER () AS ord FROM (
+			(SELECT id FROM creating)
+			UNION ALL
+			(SELECT id FROM due)
+			LIMIT $3
+		) AS p
+	), claimed AS (
+		UPDATE ` + s.schema + `.leases AS l
+		SET claimed_by = $1, claim_deadline = now() + $4 * interval '1 microsecond', version = l.version + 1
+		FROM pick WHERE l.id = pick.id
+		RETURNING ` + strings.Join(returning, ", ") + `, l.version, pick.ord
+	)
+	SELECT ` + strings.Join(leaseCols, ", ") + `, version FROM claimed ORDER BY ord`
+}
+
+// GetVersion is Get with the row's version, for a later PutIfVersion or
+// DeleteIfVersion (a renew: read, check, write only if nobody wrote since).
+func (s *Store) GetVersion(ctx context.Context, id string) (lease.Versioned, error) {
+	if err := s.usable(ctx); err != nil {
+		return lease.Versioned{}, fmt.Errorf("pgstore: get %s: %w", id, err)
+	}
+	var v lease.Versioned
+	var err error
+	v.Lease, err = scanLease(s.pool.QueryRow(ctx, `SELECT `+strings.Join(leaseCols, ", ")+`, version FROM `+s.schema+`.leases WHERE id = $1`, id), &v.Version)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return lease.Versioned{}, fmt.Errorf("pgstore: get %s: %w", id, lease.ErrNotFound)
 	case err != nil:
+		return lease.Versioned{}, s.fail("get "+id, err)
+	}
+	return v, nil
+}
+
+// PutIfVersion stores l only if its row is still at version, in one
+// statement, and returns the row's new version. A row changed, claimed or
+// deleted since is left alone and the error wraps lease.ErrConflict
+// (ErrFenced); version 0 never matches (Create inserts). hold > 0 leaves
+// the row claimed by this store's replica until the database's now plus
+// hold; hold == 0 ends any claim.
+func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64, hold time.Duration) (int64, error) {
+	op := fmt.Sprintf("put %s at version %d", l.ID, version)
+	if err := s.writable(ctx); err != nil {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	if hold < 0 {
+		return 0, fmt.Errorf("pgstore: %s: hold %s is negative: %w", op, hold, lease.ErrInvalid)
+	}
+	args, err := leaseArgs(l)
+	if err != nil {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	set := make([]string, 0, len(leaseCols))
+	for i, c := range leaseCols[1:] {
+		set = append(set, fmt.Sprintf("%s = $%d", c, i+2))
+	}
+	n := len(args)
+	var claimedBy *string
+	if hold > 0 {
+		claimedBy = &s.replica
+	}
+	args = append(args, version, claimedBy, hold.Microseconds())
+	// The SET's right-hand sides read the row before the update, as
+	// revokingSince needs.
+	q := `UPDATE ` + s.schema + `.leases AS l SET ` + strings.Join(set, ", ") + `, version = l.version + 1,
+			claimed_by = $` + fmt.Sprint(n+2) + `,
+			claim_deadline = CASE WHEN $` + fmt.Sprint(n+3) + `::bigint > 0 THEN now() + $` + fmt.Sprint(n+3) + ` * interval '1 microsecond' END,
+			revoking_since = ` + revokingSince("$2::text", "l") + `
+		WHERE id = $1 AND version = $` + fmt.Sprint(n+1) + ` RETURNING version`
+	start := time.Now()
+	var next int64
+	err = s.pool.QueryRow(ctx, q, args...).Scan(&next)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, ErrFenced) // nothing written, nothing to report
+	}
+	s.observed(1, start, err)
+	if err != nil {
 		return 0, s.fail(op, err)
 	}
 	return next, nil
@@ -158,18 +223,21 @@ func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64) 
 
 // DeleteIfVersion deletes the lease with id only if its row is still at
 // version. A row changed, claimed or already deleted since is an error
-// wrapping ErrFenced.
+// wrapping lease.ErrConflict (ErrFenced).
 func (s *Store) DeleteIfVersion(ctx context.Context, id string, version int64) error {
 	op := fmt.Sprintf("delete %s at version %d", id, version)
 	if err := s.writable(ctx); err != nil {
 		return fmt.Errorf("pgstore: %s: %w", op, err)
 	}
+	start := time.Now()
 	tag, err := s.pool.Exec(ctx, `DELETE FROM `+s.schema+`.leases WHERE id = $1 AND version = $2`, id, version)
 	if err != nil {
+		s.observed(1, start, err)
 		return s.fail(op, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("pgstore: %s: %w", op, ErrFenced)
+		return fmt.Errorf("pgstore: %s: %w", op, ErrFenced) // nothing written, nothing to report
 	}
+	s.observed(1, start, nil)
 	return nil
 }

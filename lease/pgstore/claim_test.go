@@ -10,8 +10,7 @@ import (
 )
 
 // replicas opens n stores on one new schema, as n brokers of the
-// multi-replica mode would: shared, without the single-writer lock that
-// Open takes until that mode is built.
+// multi-replica mode do (Open), named "a", "b", ...
 func replicas(t *testing.T, n int) (Config, []*Store) {
 	t.Helper()
 	c := testConfig(t)
@@ -20,9 +19,11 @@ func replicas(t *testing.T, n int) (Config, []*Store) {
 	}
 	ss := make([]*Store, n)
 	for i := range ss {
-		s, err := open(bg, c, false)
+		rc := c
+		rc.Replica = string(rune('a' + i))
+		s, err := Open(bg, rc)
 		if err != nil {
-			t.Fatalf("open shared: %v", err)
+			t.Fatalf("Open: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
 		ss[i] = s
@@ -43,13 +44,13 @@ func putLeases(t *testing.T, s *Store, n int, st lease.State, expire time.Time) 
 	return ls
 }
 
-func claim(t *testing.T, s *Store, req ClaimRequest) []Claim {
+func claim(t *testing.T, s *Store, req lease.ClaimRequest) []lease.Versioned {
 	t.Helper()
 	cs, err := s.ClaimDue(bg, req)
 	if err != nil {
 		t.Fatalf("ClaimDue: %v", err)
 	}
-	return cs
+	return cs.Leases
 }
 
 // Two replicas claim in a race until nothing is left: each due lease
@@ -61,7 +62,12 @@ func TestClaimDueEachOnce(t *testing.T) {
 	due := append(putLeases(t, rs[0], 60, lease.StateActive, now.Add(-time.Minute)),
 		putLeases(t, rs[0], 10, lease.StateRevoking, now.Add(time.Hour))...)
 	putLeases(t, rs[0], 10, lease.StateActive, now.Add(time.Hour))
-	putLeases(t, rs[0], 10, lease.StateCreating, now.Add(-time.Minute))
+	// CREATING leases claimed by their issuer for an hour.
+	for range 10 {
+		if _, err := rs[0].Create(bg, testLease(t, lease.StateCreating), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	var (
 		mu  sync.Mutex
@@ -72,11 +78,12 @@ func TestClaimDueEachOnce(t *testing.T) {
 		name := []string{"a", "b"}[i]
 		wg.Go(func() {
 			for {
-				cs, err := r.ClaimDue(bg, ClaimRequest{Replica: name, Limit: 7, TTL: time.Minute})
+				claimed, err := r.ClaimDue(bg, lease.ClaimRequest{Limit: 7, TTL: time.Minute})
 				if err != nil {
 					t.Errorf("ClaimDue: %v", err)
 					return
 				}
+				cs := claimed.Leases
 				if len(cs) == 0 {
 					return
 				}
@@ -107,30 +114,38 @@ func TestClaimDueEachOnce(t *testing.T) {
 	t.Logf("claims per replica: %v", n)
 }
 
-// REVOKING leases come first, then ACTIVE ones by expiry; Lookahead takes
-// the leases about to expire, on the database's clock.
+// CREATING leases whose issuer's claim is absent or lapsed come first,
+// then REVOKING ones, then ACTIVE ones by expiry; Lookahead takes the
+// leases about to expire, on the database's clock.
 func TestClaimDueOrderAndLookahead(t *testing.T) {
-	_, rs := replicas(t, 1)
+	c, rs := replicas(t, 1)
 	now := time.Now()
 	soon := putLeases(t, rs[0], 1, lease.StateActive, now.Add(30*time.Second))[0]
 	late := putLeases(t, rs[0], 1, lease.StateActive, now.Add(-time.Second))[0]
 	early := putLeases(t, rs[0], 1, lease.StateActive, now.Add(-time.Hour))[0]
 	revoking := putLeases(t, rs[0], 1, lease.StateRevoking, now.Add(time.Hour))[0]
+	creating := putLeases(t, rs[0], 1, lease.StateCreating, now.Add(time.Hour))[0] // by Put: never claimed
 
-	cs := claim(t, rs[0], ClaimRequest{Replica: "a", Limit: 10, TTL: time.Minute})
+	cs := claim(t, rs[0], lease.ClaimRequest{Limit: 10, TTL: time.Minute})
 	var order []string
 	for _, c := range cs {
 		order = append(order, c.Lease.ID)
 	}
-	if want := []string{revoking.ID, early.ID, late.ID}; !equal(order, want) {
-		t.Errorf("claimed %v, want %v (REVOKING, then by expiry; not the one due in 30s)", order, want)
+	if want := []string{creating.ID, revoking.ID, early.ID, late.ID}; !equal(order, want) {
+		t.Errorf("claimed %v, want %v (CREATING, REVOKING, then by expiry; not the one due in 30s)", order, want)
 	}
-	cs = claim(t, rs[0], ClaimRequest{Replica: "a", Limit: 10, TTL: time.Minute, Lookahead: time.Minute})
+	cs = claim(t, rs[0], lease.ClaimRequest{Limit: 10, TTL: time.Minute, Lookahead: time.Minute})
 	if len(cs) != 1 || cs[0].Lease.ID != soon.ID {
 		t.Fatalf("with a minute of lookahead: %d claims, want the lease due in 30s", len(cs))
 	}
-	if d := time.Until(cs[0].Deadline); d < 30*time.Second || d > 2*time.Minute {
-		t.Errorf("claim deadline in %s, want about a minute", d)
+	var by string
+	var d time.Duration
+	if err := adminPool(t, c).QueryRow(bg, `SELECT claimed_by, extract(epoch FROM claim_deadline - now()) * 1e9
+		FROM `+quoteIdent(c.Schema)+`.leases WHERE id = $1`, soon.ID).Scan(&by, &d); err != nil {
+		t.Fatal(err)
+	}
+	if by != "a" || d < 30*time.Second || d > 2*time.Minute {
+		t.Errorf("claimed by %q until %s from now, want by a for about a minute", by, d)
 	}
 	if !equalLease(cs[0].Lease, soon) {
 		t.Errorf("claimed %+v, want %+v", cs[0].Lease, soon.Normalized())
@@ -143,31 +158,31 @@ func TestClaimLapses(t *testing.T) {
 	c, rs := replicas(t, 2)
 	a, b := rs[0], rs[1]
 	l := putLeases(t, a, 1, lease.StateActive, time.Now().Add(-time.Second))[0]
-	ca := claim(t, a, ClaimRequest{Replica: "a", Limit: 10, TTL: time.Hour})
+	ca := claim(t, a, lease.ClaimRequest{Limit: 10, TTL: time.Hour})
 	if len(ca) != 1 {
 		t.Fatalf("a claimed %d leases, want 1", len(ca))
 	}
-	if cb := claim(t, b, ClaimRequest{Replica: "b", Limit: 10, TTL: time.Hour}); len(cb) != 0 {
+	if cb := claim(t, b, lease.ClaimRequest{Limit: 10, TTL: time.Hour}); len(cb) != 0 {
 		t.Fatalf("b claimed %d leases under a's claim", len(cb))
 	}
 	// a's claim lapses (its deadline moved into the past rather than
 	// waiting an hour: on the database's clock either way).
 	exec(t, c, `UPDATE `+quoteIdent(c.Schema)+`.leases SET claim_deadline = now() - interval '1 second' WHERE id = $1`, l.ID)
-	cb := claim(t, b, ClaimRequest{Replica: "b", Limit: 10, TTL: time.Hour})
+	cb := claim(t, b, lease.ClaimRequest{Limit: 10, TTL: time.Hour})
 	if len(cb) != 1 || cb[0].Version <= ca[0].Version {
 		t.Fatalf("b after a's claim lapsed: %+v", cb)
 	}
 	// a comes back: fenced, whatever it tries.
 	revoking := ca[0].Lease
 	revoking.State = lease.StateRevoking
-	if _, err := a.PutIfVersion(bg, revoking, ca[0].Version); !errors.Is(err, ErrFenced) {
+	if _, err := a.PutIfVersion(bg, revoking, ca[0].Version, 0); !errors.Is(err, ErrFenced) {
 		t.Errorf("a's PutIfVersion after losing its claim = %v, want ErrFenced", err)
 	}
 	if err := a.DeleteIfVersion(bg, l.ID, ca[0].Version); !errors.Is(err, ErrFenced) {
 		t.Errorf("a's DeleteIfVersion after losing its claim = %v, want ErrFenced", err)
 	}
 	// b works under its claim.
-	v, err := b.PutIfVersion(bg, revoking, cb[0].Version)
+	v, err := b.PutIfVersion(bg, revoking, cb[0].Version, 0)
 	if err != nil {
 		t.Fatalf("b's PutIfVersion: %v", err)
 	}
@@ -187,12 +202,12 @@ func TestRenewFencesClaimer(t *testing.T) {
 		renew func(t *testing.T, s *Store, l lease.Lease)
 	}{
 		{"PutIfVersion", func(t *testing.T, s *Store, l lease.Lease) {
-			got, v, err := s.GetVersion(bg, l.ID)
+			got, err := s.GetVersion(bg, l.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got.ExpireTime = time.Now().Add(time.Hour)
-			if _, err := s.PutIfVersion(bg, got, v); err != nil {
+			got.Lease.ExpireTime = time.Now().Add(time.Hour)
+			if _, err := s.PutIfVersion(bg, got.Lease, got.Version, 0); err != nil {
 				t.Fatalf("renew: %v", err)
 			}
 		}},
@@ -207,14 +222,14 @@ func TestRenewFencesClaimer(t *testing.T) {
 			_, rs := replicas(t, 2)
 			a, b := rs[0], rs[1]
 			l := putLeases(t, a, 1, lease.StateActive, time.Now().Add(-time.Second))[0]
-			ca := claim(t, a, ClaimRequest{Replica: "a", Limit: 1, TTL: time.Hour})
+			ca := claim(t, a, lease.ClaimRequest{Limit: 1, TTL: time.Hour})
 			if len(ca) != 1 {
 				t.Fatalf("a claimed %d", len(ca))
 			}
 			tt.renew(t, b, l)
 			revoking := ca[0].Lease
 			revoking.State, revoking.Expired = lease.StateRevoking, true
-			if _, err := a.PutIfVersion(bg, revoking, ca[0].Version); !errors.Is(err, ErrFenced) {
+			if _, err := a.PutIfVersion(bg, revoking, ca[0].Version, 0); !errors.Is(err, ErrFenced) {
 				t.Errorf("a's revoke after b's renew = %v, want ErrFenced", err)
 			}
 			if err := a.DeleteIfVersion(bg, l.ID, ca[0].Version); !errors.Is(err, ErrFenced) {
@@ -234,21 +249,21 @@ func TestRevokeFencesStaleRenew(t *testing.T) {
 	_, rs := replicas(t, 2)
 	a, b := rs[0], rs[1]
 	l := putLeases(t, a, 1, lease.StateActive, time.Now().Add(-time.Second))[0]
-	read, v, err := b.GetVersion(bg, l.ID)
+	read, err := b.GetVersion(bg, l.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := claim(t, a, ClaimRequest{Replica: "a", Limit: 1, TTL: time.Hour})
+	ca := claim(t, a, lease.ClaimRequest{Limit: 1, TTL: time.Hour})
 	if len(ca) != 1 {
 		t.Fatalf("a claimed %d", len(ca))
 	}
 	revoking := ca[0].Lease
 	revoking.State = lease.StateRevoking
-	if _, err := a.PutIfVersion(bg, revoking, ca[0].Version); err != nil {
+	if _, err := a.PutIfVersion(bg, revoking, ca[0].Version, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	read.ExpireTime = time.Now().Add(time.Hour)
-	if _, err := b.PutIfVersion(bg, read, v); !errors.Is(err, ErrFenced) {
+	read.Lease.ExpireTime = time.Now().Add(time.Hour)
+	if _, err := b.PutIfVersion(bg, read.Lease, read.Version, 0); !errors.Is(err, ErrFenced) {
 		t.Errorf("stale renew = %v, want ErrFenced", err)
 	}
 	if got, err := b.Get(bg, l.ID); err != nil || got.State != lease.StateRevoking {
@@ -256,20 +271,23 @@ func TestRevokeFencesStaleRenew(t *testing.T) {
 	}
 }
 
-// Version 0 creates: a second create of the same ID is fenced.
-func TestPutIfVersionCreates(t *testing.T) {
+// Create inserts once, at version 1; version 0 never matches a row.
+func TestCreateAndVersions(t *testing.T) {
 	_, rs := replicas(t, 1)
 	l := testLease(t, lease.StateCreating)
-	v, err := rs[0].PutIfVersion(bg, l, 0)
+	v, err := rs[0].Create(bg, l, time.Minute)
 	if err != nil || v != 1 {
-		t.Fatalf("create = %d, %v; want version 1", v, err)
+		t.Fatalf("Create = %d, %v; want version 1", v, err)
 	}
-	if _, err := rs[0].PutIfVersion(bg, l, 0); !errors.Is(err, ErrFenced) {
-		t.Errorf("second create = %v, want ErrFenced", err)
+	if _, err := rs[0].Create(bg, l, time.Minute); !errors.Is(err, lease.ErrExists) {
+		t.Errorf("second Create = %v, want ErrExists", err)
 	}
-	got, gv, err := rs[0].GetVersion(bg, l.ID)
-	if err != nil || gv != 1 || !equalLease(got, l) {
-		t.Errorf("GetVersion = %+v, %d, %v", got, gv, err)
+	if _, err := rs[0].PutIfVersion(bg, l, 0, 0); !errors.Is(err, ErrFenced) {
+		t.Errorf("PutIfVersion at version 0 = %v, want ErrFenced", err)
+	}
+	got, err := rs[0].GetVersion(bg, l.ID)
+	if err != nil || got.Version != 1 || !equalLease(got.Lease, l) {
+		t.Errorf("GetVersion = %+v, %v", got, err)
 	}
 	if err := rs[0].DeleteIfVersion(bg, l.ID, 1); err != nil {
 		t.Errorf("DeleteIfVersion: %v", err)
@@ -281,18 +299,17 @@ func TestPutIfVersionCreates(t *testing.T) {
 
 func TestClaimRequestChecked(t *testing.T) {
 	_, rs := replicas(t, 1)
-	for _, req := range []ClaimRequest{
-		{Limit: 1, TTL: time.Second},
-		{Replica: "a", TTL: time.Second},
-		{Replica: "a", Limit: 1},
-		{Replica: "a", Limit: 1, TTL: time.Second, Lookahead: -time.Second},
+	for _, req := range []lease.ClaimRequest{
+		{TTL: time.Second},
+		{Limit: 1},
+		{Limit: 1, TTL: time.Second, Lookahead: -time.Second},
 	} {
 		if _, err := rs[0].ClaimDue(bg, req); err == nil {
 			t.Errorf("ClaimDue(%+v) succeeded", req)
 		}
 	}
 	rs[0].Close()
-	if _, err := rs[0].ClaimDue(bg, ClaimRequest{Replica: "a", Limit: 1, TTL: time.Second}); !errors.Is(err, lease.ErrStoreUnavailable) {
+	if _, err := rs[0].ClaimDue(bg, lease.ClaimRequest{Limit: 1, TTL: time.Second}); !errors.Is(err, lease.ErrStoreUnavailable) {
 		t.Errorf("ClaimDue after Close = %v, want ErrStoreUnavailable", err)
 	}
 }
@@ -321,16 +338,16 @@ func TestClaimLapsesOnDatabaseClock(t *testing.T) {
 	_, rs := replicas(t, 2)
 	a, b := rs[0], rs[1]
 	l := putLeases(t, a, 1, lease.StateRevoking, time.Now())[0]
-	ca := claim(t, a, ClaimRequest{Replica: "a", Limit: 1, TTL: 2 * time.Second})
+	ca := claim(t, a, lease.ClaimRequest{Limit: 1, TTL: 2 * time.Second})
 	if len(ca) != 1 {
 		t.Fatalf("a claimed %d", len(ca))
 	}
-	if cb := claim(t, b, ClaimRequest{Replica: "b", Limit: 1, TTL: time.Hour}); len(cb) != 0 {
+	if cb := claim(t, b, lease.ClaimRequest{Limit: 1, TTL: time.Hour}); len(cb) != 0 {
 		t.Fatalf("b claimed %d leases under a's fresh claim", len(cb))
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		cb := claim(t, b, ClaimRequest{Replica: "b", Limit: 1, TTL: time.Hour})
+		cb := claim(t, b, lease.ClaimRequest{Limit: 1, TTL: time.Hour})
 		if len(cb) == 1 {
 			if cb[0].Lease.ID != l.ID || cb[0].Version <= ca[0].Version {
 				t.Errorf("b claimed %s at version %d after a's %d", cb[0].Lease.ID, cb[0].Version, ca[0].Version)
@@ -344,5 +361,67 @@ func TestClaimLapsesOnDatabaseClock(t *testing.T) {
 	}
 	if err := a.DeleteIfVersion(bg, l.ID, ca[0].Version); !errors.Is(err, ErrFenced) {
 		t.Errorf("a's delete after its claim lapsed = %v, want ErrFenced", err)
+	}
+}
+
+// What the rows hold for operators and for Stats: claimed_by is the
+// writer's Config.Replica while a Create or a PutIfVersion hold lasts, NULL
+// once released; revoking_since is set by every write path that makes a
+// row REVOKING and cleared by those that make it anything else.
+func TestClaimAndRevokingColumns(t *testing.T) {
+	c, rs := replicas(t, 1)
+	s := rs[0]
+	type row struct {
+		by            *string
+		holdLeft      *float64 // seconds until claim_deadline
+		revokingSince *time.Time
+	}
+	read := func(id string) row {
+		t.Helper()
+		var r row
+		if err := adminPool(t, c).QueryRow(bg, `SELECT claimed_by, extract(epoch FROM claim_deadline - now())::float8, revoking_since
+			FROM `+quoteIdent(c.Schema)+`.leases WHERE id = $1`, id).Scan(&r.by, &r.holdLeft, &r.revokingSince); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	l := testLease(t, lease.StateCreating)
+	v, err := s.Create(bg, l, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by == nil || *r.by != "a" || r.holdLeft == nil || *r.holdLeft < 30 || *r.holdLeft > 90 || r.revokingSince != nil {
+		t.Errorf("after Create: %+v, want claimed by a for about a minute, not revoking", r)
+	}
+	l.State = lease.StateActive
+	if v, err = s.PutIfVersion(bg, l, v, 0); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by != nil || r.holdLeft != nil || r.revokingSince != nil {
+		t.Errorf("after PutIfVersion without a hold: %+v, want no claim", r)
+	}
+	l.State = lease.StateRevoking
+	if _, err = s.PutIfVersion(bg, l, v, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by == nil || *r.by != "a" || r.holdLeft == nil || *r.holdLeft < 3000 || r.revokingSince == nil {
+		t.Errorf("after PutIfVersion REVOKING with a hold: %+v, want claimed by a for an hour, revoking", r)
+	}
+	l.State = lease.StateActive
+	if err := s.Put(bg, l); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(l.ID); r.by != nil || r.revokingSince != nil {
+		t.Errorf("after Put ACTIVE: %+v, want no claim, not revoking", r)
+	}
+	bulk := []lease.Lease{testLease(t, lease.StateRevoking), testLease(t, lease.StateActive)}
+	if err := s.PutAll(bg, bulk); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(bulk[0].ID); r.revokingSince == nil {
+		t.Errorf("REVOKING lease written by PutAll: %+v, want revoking_since set", r)
+	}
+	if r := read(bulk[1].ID); r.revokingSince != nil {
+		t.Errorf("ACTIVE lease written by PutAll: %+v, want revoking_since NULL", r)
 	}
 }

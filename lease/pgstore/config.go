@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,6 +49,11 @@ type Config struct {
 	// database can hold several stores, or the store can share a database
 	// with other applications.
 	Schema string
+	// Replica names this broker among those sharing the store: stored in
+	// claimed_by by Create, PutIfVersion and ClaimDue, so that an operator
+	// sees who works on a lease. Default: the host name and the process
+	// id ("host:pid"), unique among live brokers.
+	Replica string
 }
 
 func (c Config) withDefaults() Config {
@@ -62,7 +69,21 @@ func (c Config) withDefaults() Config {
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
+	if c.Replica == "" {
+		c.Replica = defaultReplica()
+	}
 	return c
+}
+
+// defaultReplica is "host:pid": two brokers on one host differ by pid, and
+// a restarted broker does not inherit its predecessor's claims by name
+// (claims are fenced by version anyway; the name is for operators).
+func defaultReplica() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return host + ":" + strconv.Itoa(os.Getpid())
 }
 
 // Check reports what is wrong with c without connecting (credbroker
@@ -83,7 +104,7 @@ func (c Config) Check() error {
 	case len(c.Schema) > 63 || strings.ContainsRune(c.Schema, 0):
 		return fmt.Errorf("pgstore: schema name %q: at most 63 bytes, no NUL", c.Schema)
 	}
-	for _, s := range []string{c.Host, c.Database, c.Username, c.SSLMode} {
+	for _, s := range []string{c.Host, c.Database, c.Username, c.SSLMode, c.Replica} {
 		if strings.ContainsRune(s, 0) {
 			return errors.New("pgstore: a connection setting contains a NUL byte")
 		}

@@ -44,7 +44,7 @@ func ctxErr(ctx context.Context) error {
 // sentinels are the errors a scrubbed error still matches.
 var sentinels = []error{
 	lease.ErrStoreUnavailable, lease.ErrStoreCorrupt, lease.ErrStoreMissing, lease.ErrStoreFenced, lease.ErrNotFound,
-	lease.ErrInvalid, ErrSchemaOlder, ErrSchemaNewer, ErrFenced,
+	lease.ErrInvalid, lease.ErrConflict, lease.ErrExists, lease.ErrRequestExists, ErrSchemaOlder, ErrSchemaNewer,
 	context.Canceled, context.DeadlineExceeded,
 }
 

@@ -4,51 +4,49 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"sync"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/credbroker/credbroker/lease"
 )
 
-// writerKey1 is the first key of the single-writer advisory lock (the
-// second is writerKey2 of the schema): "cbwr". The two-key form keeps it
-// apart from the one-key locks of Init and Migrate.
-const writerKey1 int32 = 0x63627772
+// servingKey1 is the first key of the serving lock (the second is
+// servingKey2 of the schema): "cbwr". The two-key form keeps it apart from
+// the one-key locks of Init and Migrate.
+const servingKey1 int32 = 0x63627772
 
-// writerKey2 derives the second key of the single-writer lock from the
-// schema name. Two schemas whose names collide share a lock: the second
-// broker is refused, never let in.
-func writerKey2(schema string) int32 {
+// servingKey2 derives the second key of the serving lock from the schema
+// name. Two schemas whose names collide share a lock: a migration of one
+// waits for the brokers of both, never the other way round.
+func servingKey2(schema string) int32 {
 	h := fnv.New32a()
 	h.Write([]byte("credbroker-store:" + schema))
 	return int32(h.Sum32() & 0x7fffffff)
 }
 
-// WriterLockKeys returns the two keys of the single-writer advisory lock of
-// the store in schema, to find the session holding it:
+// ServingLockKeys returns the two keys of the serving lock of the store in
+// schema, to find the brokers serving it:
 //
 //	SELECT pid FROM pg_locks WHERE locktype = 'advisory'
 //		AND classid = <key1> AND objid = <key2> AND objsubid = 2
-func WriterLockKeys(schema string) (key1, key2 int32) {
-	return writerKey1, writerKey2(schema)
+func ServingLockKeys(schema string) (key1, key2 int32) {
+	return servingKey1, servingKey2(schema)
 }
 
-// guard is the single-writer lock of a store opened by Open: a session
-// advisory lock held by one connection of its own for the store's life
-// (see "One broker per store" in the package documentation).
-type guard struct {
-	mu      sync.Mutex
-	conn    *pgx.Conn
-	key2    int32
-	timeout time.Duration
-	lost    error // sticky: once lost, the lock is never taken back
+// serving is the lock every open store holds for its life: a session
+// advisory lock in SHARED mode, on a connection of its own, so that any
+// number of brokers (replicas) hold it together while Migrate, which
+// needs it exclusively, refuses to change the tables under them (see
+// "Replicas and migrations" in the package documentation). It fences
+// nothing: the row versions do.
+type serving struct {
+	conn *pgx.Conn
+	key2 int32
 }
 
-// lockWriter takes the single-writer lock of c.Schema on a connection of
-// its own. Another session holding it is lease.ErrStoreUnavailable.
-func lockWriter(ctx context.Context, c Config) (*guard, error) {
+// holdServing takes the serving lock of c.Schema, shared, on a connection
+// of its own. It fails only while a migration holds it exclusively.
+func holdServing(ctx context.Context, c Config) (*serving, error) {
 	pc, err := c.poolConfig()
 	if err != nil {
 		return nil, err
@@ -57,68 +55,26 @@ func lockWriter(ctx context.Context, c Config) (*guard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: connect %s:%d: %w: %w", c.Host, c.Port, lease.ErrStoreUnavailable, err)
 	}
-	g := &guard{conn: conn, key2: writerKey2(c.Schema), timeout: c.ConnectTimeout}
+	g := &serving{conn: conn, key2: servingKey2(c.Schema)}
 	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, writerKey1, g.key2).Scan(&ok); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1, $2)`, servingKey1, g.key2).Scan(&ok); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("pgstore: writer lock: %w", unavailable(err))
+		return nil, fmt.Errorf("pgstore: serving lock: %w", unavailable(err))
 	}
 	if !ok {
-		var holder string
-		// Best effort, for the operator: which session holds it.
-		_ = conn.QueryRow(ctx, `SELECT format('pid %s, %s', l.pid, coalesce(a.client_addr::text, 'local'))
-			FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-			WHERE l.locktype = 'advisory' AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid
-				AND l.objsubid = 2 AND l.granted`, writerKey1, g.key2).Scan(&holder)
 		conn.Close(context.WithoutCancel(ctx))
-		if holder != "" {
-			holder = " (PostgreSQL session " + holder + ")"
-		}
-		return nil, fmt.Errorf("pgstore: another broker holds the store in schema %s%s: %w; "+
-			"several brokers on one store (multi-replica, HA mode) is not available yet: run one broker per store",
-			c.Schema, holder, lease.ErrStoreUnavailable)
+		return nil, fmt.Errorf("pgstore: schema %s is being migrated: %w; start the broker when `credbroker migrate` has finished",
+			c.Schema, lease.ErrStoreUnavailable)
 	}
 	return g, nil
 }
 
-// check returns nil if the lock is still held, by a round trip on its
-// connection: the server ends a session's advisory locks only with the
-// session, so a session that answers still holds it. A connection that
-// does not answer within the timeout is taken as lost (fail closed): the
-// server may already have ended it and let another broker in. The round
-// trip is made under a ctx of its own, as a caller's cancellation would
-// close the connection and with it the lock.
-func (g *guard) check(ctx context.Context) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.lost != nil {
-		return g.lost
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
-	defer cancel()
-	if err := g.conn.Ping(pctx); err != nil {
-		g.lost = fmt.Errorf("%w: %w: the store's single-writer lock is lost (its connection failed: %w); "+
-			"another broker may hold the store now: this one writes nothing more, restart it", lease.ErrStoreUnavailable, lease.ErrStoreFenced, err)
-		g.conn.Close(pctx)
-		return g.lost
-	}
-	return nil
-}
-
-// release unlocks and closes the lock's connection. The unlock is explicit
-// so that the lock is free when release returns (closing the connection
-// alone frees it only when the server has ended the session).
-func (g *guard) release() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
-	defer cancel()
-	if g.lost == nil {
-		_, _ = g.conn.Exec(ctx, `SELECT pg_advisory_unlock($1, $2)`, writerKey1, g.key2)
-		g.lost = fmt.Errorf("%w: closed", lease.ErrStoreUnavailable)
-	}
+// release unlocks and closes the lock's connection; the unlock is explicit
+// so that the lock is free when release returns.
+func (g *serving) release(ctx context.Context) {
+	_, _ = g.conn.Exec(ctx, `SELECT pg_advisory_unlock_shared($1, $2)`, servingKey1, g.key2)
 	g.conn.Close(ctx)
 }
 
 // pid is the server process of the lock's session (tests).
-func (g *guard) pid() uint32 { return g.conn.PgConn().PID() }
+func (g *serving) pid() uint32 { return g.conn.PgConn().PID() }

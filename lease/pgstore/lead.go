@@ -55,10 +55,12 @@ var ErrNotLeading = errors.New("pgstore: leadership lost")
 // ends.
 //
 // The database decides who leads: a leader cut off from it keeps running
-// fn until its next check fails, while the server frees the lock only when
-// it sees the session gone. Work done under a leadership must therefore be
-// safe to overlap for that long (the lease writes are fenced by row
-// versions anyway).
+// fn until its next check fails (within Check), while the server frees the
+// lock only when it sees the session gone; a new leader waits 2×Check
+// before running fn, so that the old one has stopped. Clocks and pauses
+// can still stretch that (a leader paused longer than the wait), so work
+// done under a leadership must be safe to overlap briefly (the lease
+// writes are fenced by row versions anyway).
 func (s *Store) Lead(ctx context.Context, name string, timing LeadTiming, fn func(ctx context.Context) error) error {
 	timing = timing.withDefaults()
 	key2 := leadKey2(s.rawSchema, name)
@@ -89,6 +91,17 @@ func (s *Store) leadOnce(ctx context.Context, key2 int32, timing LeadTiming, fn 
 	var got bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, leadKey1, key2).Scan(&got); err != nil || !got {
 		return false, err
+	}
+	// The previous leader may not know yet that it lost the lock: it
+	// learns at its next check, within Check. Waiting twice that before
+	// running fn keeps two leaders from overlapping when the server ended
+	// the previous leader's session (a kill, pg_terminate_backend); a
+	// leader cut off from the server stopped long before the server frees
+	// its lock.
+	select {
+	case <-ctx.Done():
+		return false, nil
+	case <-time.After(2 * timing.Check):
 	}
 	fctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)

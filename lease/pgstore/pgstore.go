@@ -22,9 +22,12 @@ type Store struct {
 	rawSchema string // as configured
 	secret    string // the password, only to scrub it from errors
 	closed    atomic.Bool
-	// guard is the single-writer lock (nil for a store opened shared, by
-	// the claim tests: the primitives of the multi-replica mode to come).
-	guard *guard
+	// serving is the lock that keeps Migrate away while the store is open.
+	serving *serving
+	// connectTimeout bounds the release of serving at Close.
+	connectTimeout time.Duration
+	// replica is Config.Replica: claimed_by of this store's claims.
+	replica string
 
 	// SQL built once for the schema.
 	putSQL, getSQL, deleteSQL string
@@ -40,8 +43,11 @@ type Store struct {
 type Option func(*Store)
 
 // WithCommitObserver has observe told of every lease write the store
-// commits: Put, Delete and the fenced writes are one transaction of one
-// write each, PutAll one transaction of all its leases.
+// commits: Put, Delete, Create, PutIfVersion and DeleteIfVersion are one
+// transaction of one write each, PutAll one transaction of all its leases,
+// ClaimDue one of the leases it claimed. A write that changed nothing (a
+// conditional write that conflicted, a Create of a taken id or request id,
+// a ClaimDue that found nothing due) is no commit and is not reported.
 func WithCommitObserver(observe lease.CommitObserver) Option {
 	return func(s *Store) { s.observe = observe }
 }
@@ -54,39 +60,28 @@ func (s *Store) observed(n int, start time.Time, err error) {
 }
 
 var (
-	_ lease.Store      = (*Store)(nil)
-	_ lease.BulkPutter = (*Store)(nil)
+	_ lease.Store       = (*Store)(nil)
+	_ lease.BulkPutter  = (*Store)(nil)
+	_ lease.SharedStore = (*Store)(nil)
 )
 
-// Open connects to the store described by c. It never creates or migrates
-// anything: a schema without a store is lease.ErrStoreMissing (run
-// `credbroker init-store`, Init), one at another version ErrSchemaOlder
-// (run `credbroker migrate`, Migrate) or ErrSchemaNewer (upgrade the
-// broker). A server that cannot be reached is lease.ErrStoreUnavailable.
+// Open connects to the store described by c, as one of any number of
+// brokers (replicas) sharing it, each with its own Config.Replica: they
+// coordinate through the store's versions and claims (lease.SharedStore;
+// "Claims and fencing" in the package documentation), so only a manager
+// built on them (lease.Shared) may run on it, never a lease.Manager, which
+// holds every lease in memory and expires them by itself.
 //
-// Open takes the store's single-writer lock for the store's life (see "One
-// broker per store" in the package documentation): while another broker
-// holds it, Open fails with lease.ErrStoreUnavailable saying so. Writes
-// fail with lease.ErrStoreUnavailable once the lock is lost.
+// It never creates or migrates anything: a schema without a store is
+// lease.ErrStoreMissing (run `credbroker init-store`, Init), one at
+// another version ErrSchemaOlder (run `credbroker migrate`, Migrate) or
+// ErrSchemaNewer (upgrade the broker). A server that cannot be reached is
+// lease.ErrStoreUnavailable. The store holds the serving lock, shared,
+// until Close, so that Migrate refuses to run under it.
 //
-// Open does not read the leases: the store is no lease.Verifier, so
-// Manager.DeferLoad loads synchronously (a bad row fails Load with
-// lease.ErrStoreCorrupt before anything is served).
+// Open does not read the leases: a replica starts in constant time,
+// whatever the store holds.
 func Open(ctx context.Context, c Config, opts ...Option) (*Store, error) {
-	s, err := open(ctx, c, true)
-	if err != nil {
-		return nil, err
-	}
-	for _, o := range opts {
-		o(s)
-	}
-	return s, nil
-}
-
-// open is Open, with the single-writer lock or without it (shared: several
-// stores on one schema, for the claim tests until the multi-replica mode
-// is built).
-func open(ctx context.Context, c Config, single bool) (*Store, error) {
 	c = c.withDefaults()
 	pool, err := connect(ctx, c)
 	if err != nil {
@@ -97,11 +92,12 @@ func open(ctx context.Context, c Config, single bool) (*Store, error) {
 		return nil, fmt.Errorf("pgstore: open: %w", redactErr(err, c.Password))
 	}
 	s := newStore(pool, c)
-	if single {
-		if s.guard, err = lockWriter(ctx, c); err != nil {
-			pool.Close()
-			return nil, redactErr(err, c.Password)
-		}
+	if s.serving, err = holdServing(ctx, c); err != nil {
+		pool.Close()
+		return nil, redactErr(err, c.Password)
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	return s, nil
 }
@@ -113,28 +109,50 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 		pool:      pool,
 		schema:    schema,
 		secret:    c.Password,
-		putSQL:    upsertSQL(schema+".leases", "VALUES ("+placeholders(len(leaseCols))+")"),
+		replica:   c.Replica,
+		putSQL:    upsertSQL(schema+".leases", "VALUES ("+placeholders(len(leaseCols))+", "+newRevokingSince("$2::text")+")"),
 		getSQL:    `SELECT ` + cols + ` FROM ` + schema + `.leases WHERE id = $1`,
 		deleteSQL: `DELETE FROM ` + schema + `.leases WHERE id = $1`,
 
 		rawSchema:   c.Schema,
 		denyChannel: denyChannel(c.Schema),
 		connConfig:  pool.Config().ConnConfig,
+
+		connectTimeout: c.ConnectTimeout,
 	}
 }
 
-// upsertSQL inserts the leases of source (a VALUES list or a SELECT) into
-// table, replacing existing rows: an unconditional write bumps the row's
-// version and ends any claim on it (a renewed lease is no longer due; a
-// replica working on it is fenced).
+// upsertSQL inserts the leases of source (a VALUES list or a SELECT of
+// leaseCols then revoking_since) into table, replacing existing rows: an
+// unconditional write bumps the row's version and ends any claim on it (a
+// renewed lease is no longer due; a replica working on it is fenced).
 func upsertSQL(table, source string) string {
 	var set []string
 	for _, c := range leaseCols[1:] {
 		set = append(set, c+" = EXCLUDED."+c)
 	}
-	return `INSERT INTO ` + table + ` AS l (` + strings.Join(leaseCols, ", ") + `) ` + source + `
+	return `INSERT INTO ` + table + ` AS l (` + strings.Join(leaseCols, ", ") + `, revoking_since) ` + source + `
 		ON CONFLICT (id) DO UPDATE SET ` + strings.Join(set, ", ") + `,
-			version = l.version + 1, claimed_by = NULL, claim_deadline = NULL`
+			version = l.version + 1, claimed_by = NULL, claim_deadline = NULL,
+			revoking_since = ` + revokingSince("EXCLUDED.state", "l") + `
+			`
+}
+
+// revokingSince is the SQL of a written row's revoking_since, given the
+// expression of its new state and the alias of its old row: now() when it
+// becomes REVOKING, kept while it stays REVOKING, NULL otherwise. Every
+// write path uses it, so that Stats.OldestRevoking is the age of the
+// longest revocation, not of its last retry.
+func revokingSince(state, old string) string {
+	return `CASE WHEN ` + state + ` <> 'REVOKING' THEN NULL
+		WHEN ` + old + `.state = 'REVOKING' THEN coalesce(` + old + `.revoking_since, now())
+		ELSE now() END`
+}
+
+// newRevokingSince is revoking_since of an inserted row whose state is
+// the expression state.
+func newRevokingSince(state string) string {
+	return `CASE WHEN ` + state + ` = 'REVOKING' THEN now() END`
 }
 
 func placeholders(n int) string {
@@ -154,17 +172,8 @@ func (s *Store) usable(ctx context.Context) error {
 	return ctxErr(ctx)
 }
 
-// writable is usable for a write: it also checks that the single-writer
-// lock is still held, so that a broker that lost it writes nothing more.
-func (s *Store) writable(ctx context.Context) error {
-	if err := s.usable(ctx); err != nil {
-		return err
-	}
-	if s.guard != nil {
-		return redactErr(s.guard.check(ctx), s.secret)
-	}
-	return nil
-}
+// writable is usable, for a write.
+func (s *Store) writable(ctx context.Context) error { return s.usable(ctx) }
 
 // fail wraps err of operation op: data that does not decode is
 // lease.ErrStoreCorrupt (and unavailable, as the store cannot answer),
@@ -231,7 +240,7 @@ func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"pgstore_bulk"}, leaseCols, pgx.CopyFromRows(rows)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, upsertSQL(s.schema+".leases", `SELECT `+strings.Join(leaseCols, ", ")+` FROM pgstore_bulk`))
+		_, err := tx.Exec(ctx, upsertSQL(s.schema+".leases", `SELECT `+strings.Join(leaseCols, ", ")+`, `+newRevokingSince("state")+` FROM pgstore_bulk`))
 		return err
 	})
 	s.observed(len(rows), start, err)
@@ -323,8 +332,8 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.pool.Close()
-	if s.guard != nil {
-		s.guard.release()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.connectTimeout)
+	defer cancel()
+	s.serving.release(ctx)
 	return nil
 }

@@ -21,15 +21,18 @@ var (
 	// ErrSchemaNewer: the stored schema was made by a newer broker; upgrade
 	// this one.
 	ErrSchemaNewer = errors.New("store schema is newer than this broker")
-	// ErrFenced: a conditional write (PutIfVersion, DeleteIfVersion) found
-	// the lease changed, claimed or deleted by someone else since the
-	// version it was given: the caller must not act on what it read.
-	ErrFenced = errors.New("lease changed by another replica")
+	// ErrFenced is lease.ErrConflict, under the name the claim tests and
+	// doc.go use: a conditional write (PutIfVersion, DeleteIfVersion)
+	// found the lease changed, claimed or deleted by someone else since
+	// the version it was given, so the caller must not act on what it
+	// read. One error, so that the Shared manager tests for one sentinel
+	// whatever the store.
+	ErrFenced = lease.ErrConflict
 )
 
 // migrations[i] takes the schema from version i to version i+1, inside one
-// transaction; {{schema}} is the quoted schema name. Version 2 is one more
-// entry: never edit a released one.
+// transaction; {{schema}} is the quoted schema name. Each version is one
+// more entry: never edit a released one.
 var migrations = []string{
 	// 1: leases, deregistrations.
 	`
@@ -78,6 +81,27 @@ CREATE TABLE {{schema}}.deregistrations (
 	`
 ALTER TABLE {{schema}}.leases ADD COLUMN request_id text NOT NULL DEFAULT '';
 CREATE UNIQUE INDEX leases_request ON {{schema}}.leases (owner, request_id) WHERE request_id <> '';
+`,
+	// 3: what several replicas sharing the store need (lease.SharedStore).
+	//   - revoking_since: when the lease became REVOKING (NULL unless it
+	//     is), kept across rewrites while it stays REVOKING, for
+	//     Stats.OldestRevoking. Leases already REVOKING count from the
+	//     migration, as a restored one counts from its restore.
+	//   - leases_creating: the CREATING rows by claim deadline (none:
+	//     -infinity, the most overdue), so that ClaimDue reads only the
+	//     issuances whose replica did not finish (claim lapsed or absent),
+	//     not those in flight.
+	//   - ids compared byte by byte (COLLATE "C"), as Go compares strings:
+	//     Query's ID order, After and IDPrefix are Manager.List's whatever
+	//     the database's default collation, and use the primary key
+	//     (rebuilt; the rows are not rewritten).
+	//   - leases_role: a role's leases in ID order (Query by role, paged).
+	`
+ALTER TABLE {{schema}}.leases ADD COLUMN revoking_since timestamptz;
+UPDATE {{schema}}.leases SET revoking_since = now() WHERE state = 'REVOKING';
+ALTER TABLE {{schema}}.leases ALTER COLUMN id TYPE text COLLATE "C";
+CREATE INDEX leases_creating ON {{schema}}.leases ((coalesce(claim_deadline, '-infinity'::timestamptz))) WHERE state = 'CREATING';
+CREATE INDEX leases_role ON {{schema}}.leases (role, id);
 `,
 }
 
@@ -146,14 +170,16 @@ func upgrade(ctx context.Context, pool *pgxpool.Pool, c Config, create bool) err
 			return fmt.Errorf("schema %s is at version %d, this broker needs %d: %w; run `credbroker migrate`", c.Schema, v, SchemaVersion(), ErrSchemaOlder)
 		}
 		if v > 0 && v < SchemaVersion() {
-			// A broker serving the old schema holds the single-writer lock;
-			// migrating under it would change the tables it writes.
+			// Every broker serving the old schema holds the serving lock
+			// (shared); migrating under them would change the tables they
+			// write. Taken exclusively, it also keeps new brokers out until
+			// the migration commits.
 			var free bool
-			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, writerKey1, writerKey2(c.Schema)).Scan(&free); err != nil {
+			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, servingKey1, servingKey2(c.Schema)).Scan(&free); err != nil {
 				return unavailable(err)
 			}
 			if !free {
-				return fmt.Errorf("schema %s: a broker is serving this store: %w; stop it before migrating", c.Schema, lease.ErrStoreUnavailable)
+				return fmt.Errorf("schema %s: a broker is serving this store: %w; stop every broker on it before migrating", c.Schema, lease.ErrStoreUnavailable)
 			}
 		}
 		for i := v; i < SchemaVersion(); i++ {

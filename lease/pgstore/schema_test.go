@@ -256,8 +256,8 @@ func TestMigrateToRequestIDs(t *testing.T) {
 	if err := Migrate(bg, c); err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
-	if got := storedVersions(t, c); len(got) != 2 || got[1] != 2 {
-		t.Errorf("schema_version = %v, want [1 2]", got)
+	if got := storedVersions(t, c); len(got) != SchemaVersion() || got[1] != 2 {
+		t.Errorf("schema_version = %v, want 1 to %d", got, SchemaVersion())
 	}
 	s := mustOpen(t, c)
 	if got, err := s.Get(bg, old.ID); err != nil || got.RequestID != "" || got.Username != old.Username {
@@ -283,5 +283,69 @@ func TestMigrateToRequestIDs(t *testing.T) {
 	other.Owner = "spiffe://example.org/other"
 	if err := s.Put(bg, other); err != nil {
 		t.Errorf("another owner's lease with the same request id: %v", err)
+	}
+}
+
+// Version 3 (shared stores): a store made at version 2 with leases in it is
+// refused until migrated; Migrate keeps the leases, counts the REVOKING
+// ones from the migration (revoking_since), compares ids bytewise, and the
+// store then serves as a lease.SharedStore.
+func TestMigrateToShared(t *testing.T) {
+	c := testConfig(t)
+	full := migrations
+	withMigrations(t, full[:2])
+	if err := Init(bg, c); err != nil {
+		t.Fatalf("Init at version 2: %v", err)
+	}
+	insert := func(l lease.Lease) {
+		exec(t, c, `INSERT INTO `+quoteIdent(c.Schema)+`.leases (id, state, owner, role, database, username, expire_time, max_expire_time, request_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, l.ID, l.State.String(), l.Owner, l.Role, l.Database, l.Username,
+			l.ExpireTime.Truncate(time.Microsecond), l.MaxExpireTime.Truncate(time.Microsecond), l.RequestID)
+	}
+	active, revoking := testLease(t, lease.StateActive), testLease(t, lease.StateRevoking)
+	active.RequestID = "req-1"
+	insert(active)
+	insert(revoking)
+	migrations = full
+
+	_, err := Open(bg, c)
+	wantErr(t, "Open of a version 2 store", err, ErrSchemaOlder, "credbroker migrate")
+	before := time.Now()
+	if err := Migrate(bg, c); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if got := storedVersions(t, c); len(got) != 3 || got[2] != 3 {
+		t.Errorf("schema_version = %v, want [1 2 3]", got)
+	}
+	s, err := Open(bg, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, l := range []lease.Lease{active, revoking} {
+		if got, err := s.Get(bg, l.ID); err != nil || got.State != l.State || got.Username != l.Username {
+			t.Errorf("lease of version 2 after Migrate = %+v, %v", got, err)
+		}
+	}
+	if got, err := s.FindRequest(bg, active.Owner, "req-1"); err != nil || got.ID != active.ID {
+		t.Errorf("FindRequest after Migrate = %+v, %v", got, err)
+	}
+	st, err := s.Stats(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ByState[lease.StateRevoking] != 1 || st.ByState[lease.StateActive] != 1 ||
+		st.OldestRevoking.Before(before.Add(-time.Minute)) || st.OldestRevoking.After(time.Now().Add(time.Minute)) {
+		t.Errorf("Stats after Migrate = %+v, want the REVOKING lease counted from the migration", st)
+	}
+	var collation string
+	var indexes int
+	if err := adminPool(t, c).QueryRow(bg, `SELECT collation_name FROM information_schema.columns
+		WHERE table_schema = $1 AND table_name = 'leases' AND column_name = 'id'`, c.Schema).Scan(&collation); err != nil || collation != "C" {
+		t.Errorf("id collation = %q, %v; want C", collation, err)
+	}
+	if err := adminPool(t, c).QueryRow(bg, `SELECT count(*) FROM pg_indexes
+		WHERE schemaname = $1 AND indexname IN ('leases_creating', 'leases_role')`, c.Schema).Scan(&indexes); err != nil || indexes != 2 {
+		t.Errorf("indexes of version 3: %d, %v; want 2", indexes, err)
 	}
 }
