@@ -197,7 +197,8 @@ func (u cpuUse) cores(d time.Duration) float64 {
 
 // fill puts the figures in row's extras and returns them as a note, e.g.
 // "cpu 97% busy (1.94 of 2 cores): bench process 1.21, data pg 0.55, store
-// pg 0.18, rest of the machine 0.00". The bench process is the in-process
+// pg 0.18, rest of the machine 0.00 cores; CPU per op: …", the per-op
+// figures from row's ops/s (fill it first). The bench process is the in-process
 // brokers and their clients together; the rest is whatever else ran.
 func (u cpuUse) fill(m *cpuMeter, row *Row) string {
 	if row.Extra == nil {
@@ -228,5 +229,17 @@ func (u cpuUse) fill(m *cpuMeter, row *Row) string {
 		row.Extra["rest_cores"] = rest
 		note += fmt.Sprintf(", rest of the machine %.2f", rest)
 	}
-	return note + " cores"
+	note += " cores"
+	if row.OpsPerS > 0 {
+		// Where each operation's CPU went: on a saturated machine,
+		// throughput is the cores left to the bench over this sum.
+		perOp := func(d time.Duration) float64 { return round2(u.cores(d) / row.OpsPerS * 1000) }
+		note += fmt.Sprintf("; CPU per op: bench process %.2f ms", perOp(u.self))
+		for i, name := range m.names {
+			if i < len(u.servers) && u.servers[i] >= 0 {
+				note += fmt.Sprintf(", %s %.2f", name, perOp(u.servers[i]))
+			}
+		}
+	}
+	return note
 }
