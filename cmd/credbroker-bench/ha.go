@@ -7,6 +7,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/lease/pgstore"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -243,7 +244,7 @@ func haWhat(replicas int) string {
 
 func storePoolLabel() string {
 	if haStoreConns == 0 {
-		return "pgstore's default"
+		return fmt.Sprintf("%d (pgstore's default)", pgstore.DefaultMaxConns)
 	}
 	return fmt.Sprint(haStoreConns)
 }
