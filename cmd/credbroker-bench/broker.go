@@ -31,9 +31,13 @@ var (
 	adminID  = spiffeid.RequireFromPath(benchTD, "/bench/admin")
 )
 
-// passwordEnv carries the admin password to the broker's config, which only
+// passwordEnv and storePasswordEnv carry the admin passwords of the data
+// server and of the lease store's server to the broker's config, which only
 // takes references to secrets.
-const passwordEnv = "CREDBROKER_BENCH_PG_PASSWORD"
+const (
+	passwordEnv      = "CREDBROKER_BENCH_PG_PASSWORD"
+	storePasswordEnv = "CREDBROKER_BENCH_STORE_PASSWORD"
+)
 
 // brokerOptions shape one in-process broker.
 type brokerOptions struct {
@@ -53,6 +57,32 @@ type brokerOptions struct {
 	// AuditSyncInterval is audit.sync_interval of an Observed broker (0:
 	// every record synced before its answer).
 	AuditSyncInterval time.Duration
+	// Store, if set, puts the leases in a PostgreSQL schema (lease_store:
+	// postgres:) instead of a bbolt file.
+	Store *storeOptions
+}
+
+// storeOptions place a broker's leases in a schema of a PostgreSQL server.
+type storeOptions struct {
+	Server   *pgEnv // the store's server, reached as its admin
+	Schema   string
+	Replica  string // lease_store.postgres.replica
+	MaxConns int    // 0: pgstore's default
+}
+
+// yaml is the lease_store section.
+func (s *storeOptions) yaml() string {
+	c := s.Server.cfg.ConnConfig
+	os.Setenv(storePasswordEnv, c.Password)
+	extra := ""
+	if s.MaxConns > 0 {
+		extra += fmt.Sprintf(", max_connections: %d", s.MaxConns)
+	}
+	if s.Replica != "" {
+		extra += fmt.Sprintf(", replica: %q", s.Replica)
+	}
+	return fmt.Sprintf("{postgres: {host: %s, port: %d, database: %s, username: %s, password_env: %s, sslmode: disable, schema: %q%s}}",
+		c.Host, c.Port, c.Database, c.User, storePasswordEnv, s.Schema, extra)
 }
 
 // runningBroker is a broker.App serving on loopback with a dev CA, as
@@ -72,6 +102,10 @@ func (e *pgEnv) brokerConfig(o brokerOptions) (*broker.Config, error) {
 	store := o.StorePath
 	if store == "" {
 		store = o.Dir + "/leases.db"
+	}
+	leaseStore := fmt.Sprintf("{path: %q}", store)
+	if o.Store != nil {
+		leaseStore = o.Store.yaml()
 	}
 	var rev []string
 	if o.RevokeConcurrency > 0 {
@@ -106,7 +140,7 @@ listen: 127.0.0.1:0
 trust_domain: example.org
 svid: {cert_file: unused, key_file: unused, bundle_file: unused}
 admins: [%s]
-lease_store: {path: %q}
+lease_store: %s
 revocation: {%s}
 %sdatabases:
   main:
@@ -120,7 +154,7 @@ revocation: {%s}
     max_connections: %d
     username_prefix: %s
     scram_iterations: %d
-roles:%s`, adminID, store, strings.Join(rev, ", "), observed, c.Host, c.Port, c.Database, c.User, passwordEnv,
+roles:%s`, adminID, leaseStore, strings.Join(rev, ", "), observed, c.Host, c.Port, c.Database, c.User, passwordEnv,
 		max(o.MaxConns, 8), o.Prefix, cmp.Or(o.ScramIterations, postgres.DefaultScramIterations), roles.String())
 	return broker.ParseConfig([]byte(yaml), builtin.Catalog())
 }

@@ -4,12 +4,14 @@
 // throwaway PostgreSQL, runs the go test benchmarks of the in-memory parts,
 // then this command.
 //
-//	credbroker-bench [-dsn DSN] [-out bench.json] [-only a,b] [-scale 1]
+//	credbroker-bench [-dsn DSN] [-store-dsn DSN] [-out bench.json] [-only a,b] [-scale 1]
 //
-// The DSN defaults to $CREDBROKER_TEST_PG_DSN (scripts/pg-throwaway.sh).
+// The DSN defaults to $CREDBROKER_TEST_PG_DSN (scripts/pg-throwaway.sh), the
+// store DSN to $CREDBROKER_BENCH_STORE_DSN.
 // Scenarios: issue (floor-issue, floor-revoke, broker-issue, broker-revoke),
 // observe (observe-off, observe-on: issuance with metrics and the audit log
-// off and on), restore, storm, live. Every row states N and concurrency; see
+// off and on), ha (issuance with the lease store in a second PostgreSQL,
+// -store-dsn, through 1 and 3 replicas), restore, storm, live. Every row states N and concurrency; see
 // docs/performance.md for what each measures.
 package main
 
@@ -101,7 +103,10 @@ func (s sizes) issueN(conc int) int {
 }
 
 type runner struct {
-	pg     *pgEnv
+	pg *pgEnv
+	// store is the server of the ha scenario's lease stores (nil: no
+	// -store-dsn, the scenario is skipped).
+	store  *pgEnv
 	report *Report
 	sizes  sizes
 	dir    string
@@ -118,16 +123,17 @@ func (r *runner) tmpDir() string {
 	return d
 }
 
-var allScenarios = []string{"issue", "observe", "restore", "storm", "live", "breakdown"}
+var allScenarios = []string{"issue", "observe", "ha", "restore", "storm", "live", "breakdown"}
 
 // defaultScenarios are what a plain run (make bench) does; breakdown is a
 // diagnostic.
-var defaultScenarios = []string{"issue", "observe", "restore", "storm", "live"}
+var defaultScenarios = []string{"issue", "observe", "ha", "restore", "storm", "live"}
 
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("credbroker-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dsn := fs.String("dsn", os.Getenv("CREDBROKER_TEST_PG_DSN"), "admin DSN of a throwaway PostgreSQL (default $CREDBROKER_TEST_PG_DSN)")
+	storeDSN := fs.String("store-dsn", os.Getenv("CREDBROKER_BENCH_STORE_DSN"), "admin DSN of a second throwaway PostgreSQL for the ha scenario's lease stores (default $CREDBROKER_BENCH_STORE_DSN; empty: ha is skipped)")
 	out := fs.String("out", "bench.json", "where to write the JSON figures")
 	md := fs.String("markdown", "", "also write the table as Markdown to this file")
 	only := fs.String("only", strings.Join(defaultScenarios, ","), "scenarios to run: "+strings.Join(allScenarios, ","))
@@ -202,6 +208,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer pg.Close()
+	var store *pgEnv
+	if *storeDSN != "" {
+		if store, err = openPGEnv(ctx, *storeDSN); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		defer store.Close()
+	}
 	sz := defaultSizes(*scale)
 	if *liveN > 0 {
 		sz.liveGroup = *liveN
@@ -214,6 +227,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	r := &runner{
 		pg:            pg,
+		store:         store,
 		sizes:         sz,
 		dir:           scratch,
 		log:           stderr,
@@ -235,9 +249,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 			r.report.add(row)
 		}
 	}
+	prefixes := append([]string{floorPrefix, brokerPrefix, barePrefix, observedPrefix, observedFastPrefix}, haPrefixes()...)
 	defer func() {
 		// Whatever happened, leave no user behind.
-		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix, observedFastPrefix} {
+		for _, p := range prefixes {
 			_ = pg.dropUsers(context.WithoutCancel(ctx), p)
 		}
 	}()
@@ -252,6 +267,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return nil
 		},
 		"observe":   r.observe,
+		"ha":        r.ha,
 		"restore":   r.restore,
 		"storm":     r.storm,
 		"live":      r.live,
@@ -274,7 +290,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			r.report.add(Row{Scenario: name, Errors: 1, Notes: "scenario failed: " + err.Error()})
 		}
 		fmt.Fprintf(stderr, "bench: == %s done in %s\n", name, time.Since(start).Round(time.Second))
-		for _, p := range []string{floorPrefix, brokerPrefix, barePrefix, observedPrefix, observedFastPrefix} {
+		for _, p := range prefixes {
 			if err := pg.dropUsers(ctx, p); err != nil {
 				return fmt.Errorf("cleanup after %s: %w", name, err)
 			}

@@ -2,6 +2,7 @@ package kubernetes_test
 
 import (
 	"github.com/credbroker/credbroker/agent"
+	"maps"
 
 	"bufio"
 	"bytes"
@@ -99,6 +100,7 @@ type manifests struct {
 	services    map[string]*corev1.Service
 	spiffeIDs   map[string]*clusterSPIFFEID
 	accounts    map[string]*corev1.ServiceAccount
+	budgets     map[string]*policyv1.PodDisruptionBudget
 }
 
 func newScheme(t *testing.T) *runtime.Scheme {
@@ -187,7 +189,7 @@ func load(t *testing.T) *manifests {
 		namespaces: map[string]*corev1.Namespace{}, configMaps: map[string]*corev1.ConfigMap{},
 		secrets: map[string]*corev1.Secret{}, deployments: map[string]*appsv1.Deployment{},
 		services: map[string]*corev1.Service{}, spiffeIDs: map[string]*clusterSPIFFEID{},
-		accounts: map[string]*corev1.ServiceAccount{},
+		accounts: map[string]*corev1.ServiceAccount{}, budgets: map[string]*policyv1.PodDisruptionBudget{},
 	}
 	scheme := newScheme(t)
 	for _, f := range files {
@@ -225,6 +227,8 @@ func load(t *testing.T) *manifests {
 				m.services[key(o)] = o
 			case *corev1.ServiceAccount:
 				m.accounts[key(o)] = o
+			case *policyv1.PodDisruptionBudget:
+				m.budgets[key(o)] = o
 			default:
 				t.Fatalf("%s, document %d: unexpected kind %T", f, i+1, obj)
 			}
@@ -459,8 +463,13 @@ func TestBrokerConfigMatchesDeployment(t *testing.T) {
 	d := m.deployments["credbroker/credbroker"]
 	pod := d.Spec.Template.Spec
 	c := pod.Containers[0]
-	if *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Errorf("replicas %d, strategy %s: one broker per lease store needs 1 and Recreate", *d.Spec.Replicas, d.Spec.Strategy.Type)
+	if *d.Spec.Replicas < 2 || d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType || cfg.LeaseStore.Postgres == nil {
+		t.Errorf("replicas %d, strategy %s: the replicas need a PostgreSQL lease store and roll one at a time", *d.Spec.Replicas, d.Spec.Strategy.Type)
+	}
+	pdb := m.budgets["credbroker/credbroker"]
+	if pdb == nil || pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() >= int(*d.Spec.Replicas) ||
+		!maps.Equal(pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) {
+		t.Errorf("PodDisruptionBudget %+v: want one selecting the broker's pods, minAvailable below the %d replicas", pdb, *d.Spec.Replicas)
 	}
 	if !slices.Equal(c.Args, []string{"serve", "--config", "/etc/credbroker/credbroker.yaml"}) || mountPath(c, "config") != "/etc/credbroker/credbroker.yaml" {
 		t.Errorf("serve args %q, config mounted at %q", c.Args, mountPath(c, "config"))
