@@ -23,6 +23,7 @@ import (
 
 	"github.com/credbroker/credbroker/internal/tcpproxy"
 	"github.com/credbroker/credbroker/internal/testenv"
+	"github.com/credbroker/credbroker/lease"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -286,8 +287,8 @@ func haRounds(killsPerRound int) int {
 // cleaned up by another replica within its bound, and its interrupted
 // revocation finished by another.
 func TestHAKillAtFailpoints(t *testing.T) {
-	issuePoints := []string{"issue-after-intent", "issue-after-create-user", "issue-after-activate"}
-	revokePoints := []string{"lease-after-revoking-written", "lease-after-drop"}
+	issuePoints := []string{lease.FailpointAfterIntent, lease.FailpointAfterCreateUser, lease.FailpointAfterActivate}
+	revokePoints := []string{lease.FailpointAfterRevoking, lease.FailpointAfterDrop}
 	points := append(issuePoints, revokePoints...)
 	if os.Getenv("CREDBROKER_FAULT_ITERATIONS") == "" {
 		// make test: a revocation is taken over once its hold lapses
@@ -341,7 +342,7 @@ func TestHAKillAtFailpoints(t *testing.T) {
 				}
 			}
 			victim.waitKilled()
-			if point == "issue-after-intent" || point == "issue-after-create-user" {
+			if point == lease.FailpointAfterIntent || point == lease.FailpointAfterCreateUser {
 				creating := 0
 				for id, l := range b.allLeases() {
 					if before[id] == nil && l.GetState() == pb.Lease_CREATING {
@@ -349,9 +350,9 @@ func TestHAKillAtFailpoints(t *testing.T) {
 					}
 				}
 				unbacked := len(b.unbackedUsers())
-				if creating != 1 || (point == "issue-after-create-user") != (unbacked == 1) {
+				if userMade := point == lease.FailpointAfterCreateUser; creating != 1 || userMade != (unbacked == 1) {
 					t.Fatalf("%s: at the kill, %d new CREATING records and %d users without an active lease; want 1 and %v",
-						point, creating, unbacked, point == "issue-after-create-user")
+						point, creating, unbacked, userMade)
 				}
 			}
 
@@ -364,7 +365,7 @@ func TestHAKillAtFailpoints(t *testing.T) {
 				for id, l := range now {
 					switch {
 					case before[id] != nil:
-					case point == "issue-after-activate" && l.GetState() == pb.Lease_ACTIVE:
+					case point == lease.FailpointAfterActivate && l.GetState() == pb.Lease_ACTIVE:
 						activated = id
 					default:
 						return false // the interrupted issuance's record
@@ -378,7 +379,7 @@ func TestHAKillAtFailpoints(t *testing.T) {
 			if target.id != "" && b.userSet()[target.username] {
 				t.Fatalf("%s: the revoked lease's user %s still exists", point, target.username)
 			}
-			if point == "issue-after-activate" {
+			if point == lease.FailpointAfterActivate {
 				if activated == "" || cr.allLeases()[activated] == nil {
 					t.Fatalf("%s: the lease made durably ACTIVE before the kill is gone", point)
 				}
