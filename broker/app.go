@@ -156,6 +156,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		RevokeRate:        cfg.Revocation.RatePerSec,
 		BackoffBase:       cfg.Revocation.BackoffBase.Duration,
 		BackoffMax:        cfg.Revocation.BackoffMax.Duration,
+		BackendTimeout:    cfg.Revocation.Timeout.Duration,
 	}
 	if p := cfg.LeaseStore.Postgres; p != nil {
 		// Replicas share the store: no lease is held in memory, due ones

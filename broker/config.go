@@ -109,6 +109,10 @@ type RevocationConfig struct {
 	RatePerSec  float64  `yaml:"rate_per_second"`
 	BackoffBase Duration `yaml:"backoff_base"`
 	BackoffMax  Duration `yaml:"backoff_max"`
+	// Timeout bounds each drop and extend of a user (0: 30s with a bbolt
+	// store, 10s with a shared PostgreSQL one, where a replica that dies
+	// during a drop leaves the lease to another after Timeout + 2s).
+	Timeout Duration `yaml:"timeout"`
 }
 
 // RegistryConfig points the broker at a SPIRE server whose registration

@@ -36,6 +36,7 @@ func (c *Config) Validate() error {
 		"svid.reload_interval":            c.SVID.ReloadInterval,
 		"revocation.backoff_base":         c.Revocation.BackoffBase,
 		"revocation.backoff_max":          c.Revocation.BackoffMax,
+		"revocation.timeout":              c.Revocation.Timeout,
 		"registry.poll_interval":          c.Registry.PollInterval,
 		"reconciler.interval":             c.Reconciler.Interval,
 		"server.max_connection_age":       c.Server.MaxConnectionAge,
@@ -146,6 +147,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Revocation.BackoffMax.Duration < c.Revocation.BackoffBase.Duration {
 		return bad("revocation.backoff_max", "must be at least backoff_base")
+	}
+	if t := c.Revocation.Timeout.Duration; t != 0 && (t < 100*time.Millisecond || t > 5*time.Minute) {
+		return bad("revocation.timeout", "want 100ms..5m (or unset), got %s", t)
 	}
 	if c.Log.Format != "" && c.Log.Format != "json" && c.Log.Format != "text" {
 		return bad("log.format", "want json or text, got %q", c.Log.Format)

@@ -180,7 +180,7 @@ func newFixtureStore(t *testing.T, dsn, extraDatabases, extraRoles, leaseStore s
 trust_domain: example.org
 svid: {cert_file: %[1]s/server.pem, key_file: %[1]s/server-key.pem, bundle_file: %[1]s/bundle.pem}
 admins: [spiffe://example.org/ops/admin]
-revocation: {backoff_base: 200ms, backoff_max: 2s}
+revocation: {backoff_base: 200ms, backoff_max: 2s, timeout: 3s}
 databases:
   main:
     plugin: postgres
