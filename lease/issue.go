@@ -59,7 +59,7 @@ func (m *Manager) Issue(ctx context.Context, l Lease, create CreateFunc) (Lease,
 	err := create(ctx, in.wait)
 	if ierr := in.result(); ierr != nil {
 		if err == nil {
-			m.dropUnrecorded(ctx, l)
+			dropUnrecorded(ctx, m.cfg.Backend, m.log, l)
 		}
 		return Lease{}, ierr
 	}
@@ -145,10 +145,10 @@ func (in *intent) result() error {
 
 // dropUnrecorded removes the user of l, created without its record (a
 // create that did not wait for intent).
-func (m *Manager) dropUnrecorded(ctx context.Context, l Lease) {
+func dropUnrecorded(ctx context.Context, b Backend, log *slog.Logger, l Lease) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	err := m.cfg.Backend.Drop(dctx, l)
-	m.log.LogAttrs(ctx, slog.LevelError, "plugin created a user before its lease record was durable; dropped it",
+	err := b.Drop(dctx, l)
+	log.LogAttrs(ctx, slog.LevelError, "plugin created a user before its lease record was durable; dropped it",
 		slog.String("username", l.Username), slog.Bool("dropped", err == nil))
 }

@@ -318,21 +318,12 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 	}
 	defer e.unlock()
 	l := e.lease()
-	if l.State != StateActive {
-		return Lease{}, fmt.Errorf("lease: renew %s: state %s: %w", id, l.State, ErrNotActive)
-	}
 	now := m.now()
-	if !now.Before(l.ExpireTime) {
-		return Lease{}, fmt.Errorf("lease: renew %s: expired at %s: %w", id, l.ExpireTime.Format(time.RFC3339), ErrNotActive)
+	exp, later, err := renewedExpiry(l, now, increment)
+	if err != nil {
+		return Lease{}, err
 	}
-	if !l.ExpireTime.Before(l.MaxExpireTime) {
-		return Lease{}, fmt.Errorf("lease: renew %s: %w", id, ErrMaxTTLReached)
-	}
-	exp := now.Add(increment)
-	if exp.After(l.MaxExpireTime) {
-		exp = l.MaxExpireTime
-	}
-	if !exp.After(l.ExpireTime) {
+	if !later {
 		return l, nil // already expires at or after what was asked
 	}
 	l.ExpireTime = exp
@@ -353,6 +344,26 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 	m.queue.Push(e, exp) // heap.Fix: the lease is queued
 	m.mu.Unlock()
 	return l.clone(), nil
+}
+
+// renewedExpiry is where a renew by increment at now moves l's expiry,
+// capped at its MaxExpireTime, and false if l already expires at or after
+// that. Its errors are Renew's: ErrNotActive (not ACTIVE, or its expiry
+// has passed) and ErrMaxTTLReached.
+func renewedExpiry(l Lease, now time.Time, increment time.Duration) (time.Time, bool, error) {
+	switch {
+	case l.State != StateActive:
+		return time.Time{}, false, fmt.Errorf("lease: renew %s: state %s: %w", l.ID, l.State, ErrNotActive)
+	case !now.Before(l.ExpireTime):
+		return time.Time{}, false, fmt.Errorf("lease: renew %s: expired at %s: %w", l.ID, l.ExpireTime.Format(time.RFC3339), ErrNotActive)
+	case !l.ExpireTime.Before(l.MaxExpireTime):
+		return time.Time{}, false, fmt.Errorf("lease: renew %s: %w", l.ID, ErrMaxTTLReached)
+	}
+	exp := now.Add(increment)
+	if exp.After(l.MaxExpireTime) {
+		exp = l.MaxExpireTime
+	}
+	return exp, exp.After(l.ExpireTime), nil
 }
 
 // Get returns a copy of the lease with id, or ErrNotFound. While a

@@ -192,7 +192,7 @@ func (m *Shared) Issue(ctx context.Context, l Lease, create CreateFunc) (Lease, 
 	err := create(cctx, in.wait)
 	if ierr := in.result(); ierr != nil {
 		if err == nil {
-			m.dropUnrecorded(ctx, l)
+			dropUnrecorded(ctx, m.cfg.Backend, m.log, l)
 		}
 		return Lease{}, ierr
 	}
@@ -245,14 +245,6 @@ func (m *Shared) issueCleanupFailed(ctx context.Context, l Lease, err error) {
 		slog.String("lease_id", l.ID), slog.String("username", l.Username), slog.String("error", err.Error()))
 }
 
-// dropUnrecorded is Manager.dropUnrecorded.
-func (m *Shared) dropUnrecorded(ctx context.Context, l Lease) {
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	err := m.cfg.Backend.Drop(dctx, l)
-	m.log.LogAttrs(ctx, slog.LevelError, "plugin created a user before its lease record was durable; dropped it",
-		slog.String("username", l.Username), slog.Bool("dropped", err == nil))
-}
 
 // Renew is Manager.Renew through the store: it reads the lease, moves the
 // database's expiry, and writes the new expiry at the version it read
@@ -268,21 +260,11 @@ func (m *Shared) Renew(ctx context.Context, id string, increment time.Duration) 
 			return Lease{}, err
 		}
 		l := v.Lease
-		if l.State != StateActive {
-			return Lease{}, fmt.Errorf("lease: renew %s: state %s: %w", id, l.State, ErrNotActive)
+		exp, later, err := renewedExpiry(l, m.now(), increment)
+		if err != nil {
+			return Lease{}, err
 		}
-		now := m.now()
-		if !now.Before(l.ExpireTime) {
-			return Lease{}, fmt.Errorf("lease: renew %s: expired at %s: %w", id, l.ExpireTime.Format(time.RFC3339), ErrNotActive)
-		}
-		if !l.ExpireTime.Before(l.MaxExpireTime) {
-			return Lease{}, fmt.Errorf("lease: renew %s: %w", id, ErrMaxTTLReached)
-		}
-		exp := now.Add(increment)
-		if exp.After(l.MaxExpireTime) {
-			exp = l.MaxExpireTime
-		}
-		if !exp.After(l.ExpireTime) {
+		if !later {
 			return l, nil
 		}
 		l.ExpireTime = exp
