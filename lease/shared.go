@@ -245,7 +245,6 @@ func (m *Shared) issueCleanupFailed(ctx context.Context, l Lease, err error) {
 		slog.String("lease_id", l.ID), slog.String("username", l.Username), slog.String("error", err.Error()))
 }
 
-
 // Renew is Manager.Renew through the store: it reads the lease, moves the
 // database's expiry, and writes the new expiry at the version it read
 // (reading again if another replica wrote in between). Its write ends any
