@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/credbroker/credbroker/lease"
 )
@@ -37,25 +36,27 @@ func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (
 	}
 	args = append(args, s.replica, hold.Microseconds())
 	n := len(leaseCols)
+	// DO NOTHING on any conflict (the id or the owner's request id), so
+	// that a taken one fails no other write of the group commit; which one
+	// it was is read after.
 	q := `INSERT INTO ` + s.schema + `.leases (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)
 		VALUES (` + placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond')`, n+1, n+2) + `
-		ON CONFLICT (id) DO NOTHING RETURNING version`
-	start := time.Now()
-	var v int64
-	err = s.pool.QueryRow(ctx, q, args...).Scan(&v)
-	// A taken id or request id wrote nothing: no commit to report.
-	var pgErr *pgconn.PgError
+		ON CONFLICT DO NOTHING RETURNING version`
+	r, err := s.condWrite(ctx, condWrite{sql: q, args: args})
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return 0, fmt.Errorf("pgstore: %s: %w", op, lease.ErrExists)
-	case errors.As(err, &pgErr) && pgErr.Code == codeUniqueViolation && pgErr.ConstraintName == "leases_request":
-		return 0, fmt.Errorf("pgstore: %s: owner %s has a lease for request id %q: %w", op, l.Owner, l.RequestID, lease.ErrRequestExists)
+	case err != nil:
+		return 0, s.fail(op, err)
+	case r.wrote:
+		return r.version, nil
 	}
-	s.observed(1, start, err)
-	if err != nil {
+	var idTaken bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+s.schema+`.leases WHERE id = $1)`, l.ID).Scan(&idTaken); err != nil {
 		return 0, s.fail(op, err)
 	}
-	return v, nil
+	if idTaken || l.RequestID == "" {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, lease.ErrExists)
+	}
+	return 0, fmt.Errorf("pgstore: %s: owner %s has a lease for request id %q: %w", op, l.Owner, l.RequestID, lease.ErrRequestExists)
 }
 
 // ClaimDue claims, in one transaction and on the database's clock, up to
@@ -208,17 +209,14 @@ func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64, 
 			claim_deadline = CASE WHEN $` + fmt.Sprint(n+3) + `::bigint > 0 THEN now() + $` + fmt.Sprint(n+3) + ` * interval '1 microsecond' END,
 			revoking_since = ` + revokingSince("$2::text", "l") + `
 		WHERE id = $1 AND version = $` + fmt.Sprint(n+1) + ` RETURNING version`
-	start := time.Now()
-	var next int64
-	err = s.pool.QueryRow(ctx, q, args...).Scan(&next)
-	if errors.Is(err, pgx.ErrNoRows) {
+	r, err := s.condWrite(ctx, condWrite{sql: q, args: args})
+	switch {
+	case err != nil:
+		return 0, s.fail(op, err)
+	case !r.wrote:
 		return 0, fmt.Errorf("pgstore: %s: %w", op, ErrFenced) // nothing written, nothing to report
 	}
-	s.observed(1, start, err)
-	if err != nil {
-		return 0, s.fail(op, err)
-	}
-	return next, nil
+	return r.version, nil
 }
 
 // DeleteIfVersion deletes the lease with id only if its row is still at

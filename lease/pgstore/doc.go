@@ -50,7 +50,11 @@
 // # Durability and errors
 //
 // Every write is one statement (PutAll and ClaimDue: one transaction)
-// committed when it returns nil. Errors wrap lease.ErrStoreUnavailable; a row that does not
+// committed when it returns nil. The conditional writes of issuance
+// (Create, PutIfVersion) of concurrent callers share one commit
+// (groupcommit.go): one pipeline, run as one implicit transaction, each
+// statement a conflict-free conditional write, so that a credential costs
+// the store two shared commits instead of two of its own. Errors wrap lease.ErrStoreUnavailable; a row that does not
 // decode (an unknown state, a NULL statement) lease.ErrStoreCorrupt too;
 // tables that vanished under a running store lease.ErrStoreMissing. The
 // password is set on the parsed connection config, never in a connection

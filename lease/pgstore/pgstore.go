@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/credbroker/credbroker/internal/batch"
 	"github.com/credbroker/credbroker/lease"
 )
 
@@ -37,14 +38,18 @@ type Store struct {
 	connConfig *pgx.ConnConfig
 
 	observe lease.CommitObserver // nil: none
+	// group commits concurrent conditional writes together
+	// (groupcommit.go).
+	group *batch.Queue[condWrite, condResult]
 }
 
 // Option configures Open.
 type Option func(*Store)
 
 // WithCommitObserver has observe told of every lease write the store
-// commits: Put, Delete, Create, PutIfVersion and DeleteIfVersion are one
-// transaction of one write each, PutAll one transaction of all its leases,
+// commits: Put, Delete and DeleteIfVersion are one transaction of one
+// write each, the Create and PutIfVersion calls of one group commit one
+// transaction of all of them, PutAll one transaction of all its leases,
 // ClaimDue one of the leases it claimed. A write that changed nothing (a
 // conditional write that conflicted, a Create of a taken id or request id,
 // a ClaimDue that found nothing due) is no commit and is not reported.
@@ -105,7 +110,7 @@ func Open(ctx context.Context, c Config, opts ...Option) (*Store, error) {
 func newStore(pool *pgxpool.Pool, c Config) *Store {
 	schema := quoteIdent(c.Schema)
 	cols := strings.Join(leaseCols, ", ")
-	return &Store{
+	s := &Store{
 		pool:      pool,
 		schema:    schema,
 		secret:    c.Password,
@@ -120,6 +125,8 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 
 		connectTimeout: c.ConnectTimeout,
 	}
+	s.group = newGroup(s)
+	return s
 }
 
 // upsertSQL inserts the leases of source (a VALUES list or a SELECT of
