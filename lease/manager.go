@@ -126,11 +126,34 @@ type Manager struct {
 // NewManager checks cfg and returns a Manager. It starts no goroutine: call
 // Load, then Run.
 func NewManager(cfg Config) (*Manager, error) {
-	if cfg.Store == nil {
-		return nil, errors.New("lease: new manager: no store")
+	cfg, err := cfg.withDefaults("new manager", defaultRevokeConcurrency, defaultBackendTimeout)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.Backend == nil {
-		return nil, errors.New("lease: new manager: no backend")
+	return &Manager{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		leases:  make(map[string]*entry),
+		index:   newIndex(),
+		queue:   newExpiryQueue(),
+		limiter: revokeLimiter(cfg),
+		wake:    make(chan struct{}, 1),
+	}, nil
+}
+
+// withDefaults checks the fields of cfg that both managers use and fills
+// in their defaults; op names the constructor in errors. The revocation
+// concurrency and backend timeout default differently for each.
+func (cfg Config) withDefaults(op string, concurrency int, backendTimeout time.Duration) (Config, error) {
+	switch {
+	case cfg.Store == nil:
+		return cfg, fmt.Errorf("lease: %s: no store", op)
+	case cfg.Backend == nil:
+		return cfg, fmt.Errorf("lease: %s: no backend", op)
+	case cfg.RevokeConcurrency < 0 || cfg.BatchSize < 0 || cfg.BackoffBase < 0 || cfg.BackoffMax < 0 || cfg.BackendTimeout < 0:
+		return cfg, fmt.Errorf("lease: %s: negative limit in config", op)
+	case cfg.RevokeRate < 0 || math.IsNaN(cfg.RevokeRate) || math.IsInf(cfg.RevokeRate, 0):
+		return cfg, fmt.Errorf("lease: %s: revoke rate %v must be a positive number", op, cfg.RevokeRate)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -138,31 +161,23 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.RevokeConcurrency < 0 || cfg.BatchSize < 0 || cfg.BackoffBase < 0 || cfg.BackoffMax < 0 || cfg.BackendTimeout < 0 {
-		return nil, errors.New("lease: new manager: negative limit in config")
-	}
-	if cfg.RevokeRate < 0 || math.IsNaN(cfg.RevokeRate) || math.IsInf(cfg.RevokeRate, 0) {
-		return nil, fmt.Errorf("lease: new manager: revoke rate %v must be a positive number", cfg.RevokeRate)
-	}
-	cfg.RevokeConcurrency = cmp.Or(cfg.RevokeConcurrency, defaultRevokeConcurrency)
+	cfg.RevokeConcurrency = cmp.Or(cfg.RevokeConcurrency, concurrency)
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, defaultBatchSize)
 	cfg.RevokeRate = cmp.Or(cfg.RevokeRate, defaultRevokeRate)
 	cfg.BackoffBase = cmp.Or(cfg.BackoffBase, defaultBackoffBase)
 	cfg.BackoffMax = cmp.Or(cfg.BackoffMax, defaultBackoffMax)
-	cfg.BackendTimeout = cmp.Or(cfg.BackendTimeout, defaultBackendTimeout)
+	cfg.BackendTimeout = cmp.Or(cfg.BackendTimeout, backendTimeout)
 	if cfg.BackoffMax < cfg.BackoffBase {
-		return nil, fmt.Errorf("lease: new manager: backoff max %s below base %s", cfg.BackoffMax, cfg.BackoffBase)
+		return cfg, fmt.Errorf("lease: %s: backoff max %s below base %s", op, cfg.BackoffMax, cfg.BackoffBase)
 	}
+	return cfg, nil
+}
+
+// revokeLimiter is the token bucket of cfg's RevokeRate: up to one
+// second's worth (at most BatchSize) may start together.
+func revokeLimiter(cfg Config) *tokenBucket {
 	burst := max(1, min(cfg.BatchSize, int(math.Ceil(cfg.RevokeRate))))
-	return &Manager{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		leases:  make(map[string]*entry),
-		index:   newIndex(),
-		queue:   newExpiryQueue(),
-		limiter: newTokenBucket(cfg.RevokeRate, burst, cfg.Now()),
-		wake:    make(chan struct{}, 1),
-	}, nil
+	return newTokenBucket(cfg.RevokeRate, burst, cfg.Now())
 }
 
 func (m *Manager) now() time.Time { return UTC(m.cfg.Now()) }

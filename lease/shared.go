@@ -96,43 +96,24 @@ var errRevokeConflict = fmt.Errorf("lease changed before its revocation was reco
 // must be a SharedStore. It starts no goroutine: call Run.
 func NewShared(cfg Config) (*Shared, error) {
 	store, ok := cfg.Store.(SharedStore)
-	switch {
-	case cfg.Store == nil:
-		return nil, errors.New("lease: new shared manager: no store")
-	case !ok:
+	if cfg.Store != nil && !ok {
 		return nil, errNoShared
-	case cfg.Backend == nil:
-		return nil, errors.New("lease: new shared manager: no backend")
-	case cfg.RevokeConcurrency < 0 || cfg.BatchSize < 0 || cfg.BackoffBase < 0 || cfg.BackoffMax < 0 ||
-		cfg.BackendTimeout < 0 || cfg.Lookahead < 0 || cfg.PollInterval < 0 || cfg.IssueTimeout < 0:
+	}
+	if cfg.Lookahead < 0 || cfg.PollInterval < 0 || cfg.IssueTimeout < 0 {
 		return nil, errors.New("lease: new shared manager: negative limit in config")
-	case cfg.RevokeRate < 0 || math.IsNaN(cfg.RevokeRate) || math.IsInf(cfg.RevokeRate, 0):
-		return nil, fmt.Errorf("lease: new shared manager: revoke rate %v must be a positive number", cfg.RevokeRate)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	cfg, err := cfg.withDefaults("new shared manager", defaultSharedRevokeOn, defaultSharedBackend)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	cfg.RevokeConcurrency = cmp.Or(cfg.RevokeConcurrency, defaultSharedRevokeOn)
-	cfg.BatchSize = cmp.Or(cfg.BatchSize, defaultBatchSize)
-	cfg.RevokeRate = cmp.Or(cfg.RevokeRate, defaultRevokeRate)
-	cfg.BackoffBase = cmp.Or(cfg.BackoffBase, defaultBackoffBase)
-	cfg.BackoffMax = cmp.Or(cfg.BackoffMax, defaultBackoffMax)
-	cfg.BackendTimeout = cmp.Or(cfg.BackendTimeout, defaultSharedBackend)
 	cfg.Lookahead = cmp.Or(cfg.Lookahead, defaultLookahead)
 	cfg.PollInterval = cmp.Or(cfg.PollInterval, defaultPollInterval)
 	cfg.IssueTimeout = cmp.Or(cfg.IssueTimeout, defaultIssueTimeout)
-	if cfg.BackoffMax < cfg.BackoffBase {
-		return nil, fmt.Errorf("lease: new shared manager: backoff max %s below base %s", cfg.BackoffMax, cfg.BackoffBase)
-	}
-	burst := max(1, min(cfg.BatchSize, int(math.Ceil(cfg.RevokeRate))))
 	return &Shared{
 		cfg:     cfg,
 		store:   store,
 		log:     cfg.Logger,
-		limiter: newTokenBucket(cfg.RevokeRate, burst, cfg.Now()),
+		limiter: revokeLimiter(cfg),
 		flights: map[string]*flight{},
 		wake:    make(chan struct{}, 1),
 	}, nil
