@@ -35,14 +35,7 @@ func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (
 		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
 	}
 	args = append(args, s.replica, hold.Microseconds())
-	n := len(leaseCols)
-	// DO NOTHING on any conflict (the id or the owner's request id), so
-	// that a taken one fails no other write of the group commit; which one
-	// it was is read after.
-	q := `INSERT INTO ` + s.schema + `.leases (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)
-		VALUES (` + placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond')`, n+1, n+2) + `
-		ON CONFLICT DO NOTHING RETURNING version`
-	r, err := s.condWrite(ctx, condWrite{sql: q, args: args})
+	r, err := s.condWrite(ctx, condWrite{sql: s.createSQL, args: args})
 	switch {
 	case err != nil:
 		return 0, s.fail(op, err)
@@ -57,6 +50,35 @@ func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (
 		return 0, fmt.Errorf("pgstore: %s: %w", op, lease.ErrExists)
 	}
 	return 0, fmt.Errorf("pgstore: %s: owner %s has a lease for request id %q: %w", op, l.Owner, l.RequestID, lease.ErrRequestExists)
+}
+
+// createSQL is Create's statement on the leases table (quoted): the lease's
+// columns, then the claim ($n+1 the replica, $n+2 the hold in µs). It does
+// nothing on any conflict (the id or the owner's request id), so that a
+// taken one fails no other write of the group commit; Create reads which
+// one it was after.
+func createSQL(table string) string {
+	n := len(leaseCols)
+	return `INSERT INTO ` + table + ` (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)
+		VALUES (` + placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond')`, n+1, n+2) + `
+		ON CONFLICT DO NOTHING RETURNING version`
+}
+
+// putIfVersionSQL is PutIfVersion's statement on the leases table
+// (quoted): the lease's columns, then the version it must be at ($n+1),
+// the claimer ($n+2, NULL for none) and the hold in µs ($n+3). The SET's
+// right-hand sides read the row before the update, as revokingSince needs.
+func putIfVersionSQL(table string) string {
+	n := len(leaseCols)
+	set := make([]string, 0, n)
+	for i, c := range leaseCols[1:] {
+		set = append(set, fmt.Sprintf("%s = $%d", c, i+2))
+	}
+	return `UPDATE ` + table + ` AS l SET ` + strings.Join(set, ", ") + `, version = l.version + 1,
+			claimed_by = $` + fmt.Sprint(n+2) + `,
+			claim_deadline = CASE WHEN $` + fmt.Sprint(n+3) + `::bigint > 0 THEN now() + $` + fmt.Sprint(n+3) + ` * interval '1 microsecond' END,
+			revoking_since = ` + revokingSince("$2::text", "l") + `
+		WHERE id = $1 AND version = $` + fmt.Sprint(n+1) + ` RETURNING version`
 }
 
 // ClaimDue claims, in one transaction and on the database's clock, up to
@@ -192,24 +214,12 @@ func (s *Store) PutIfVersion(ctx context.Context, l lease.Lease, version int64, 
 	if err != nil {
 		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
 	}
-	set := make([]string, 0, len(leaseCols))
-	for i, c := range leaseCols[1:] {
-		set = append(set, fmt.Sprintf("%s = $%d", c, i+2))
-	}
-	n := len(args)
 	var claimedBy *string
 	if hold > 0 {
 		claimedBy = &s.replica
 	}
 	args = append(args, version, claimedBy, hold.Microseconds())
-	// The SET's right-hand sides read the row before the update, as
-	// revokingSince needs.
-	q := `UPDATE ` + s.schema + `.leases AS l SET ` + strings.Join(set, ", ") + `, version = l.version + 1,
-			claimed_by = $` + fmt.Sprint(n+2) + `,
-			claim_deadline = CASE WHEN $` + fmt.Sprint(n+3) + `::bigint > 0 THEN now() + $` + fmt.Sprint(n+3) + ` * interval '1 microsecond' END,
-			revoking_since = ` + revokingSince("$2::text", "l") + `
-		WHERE id = $1 AND version = $` + fmt.Sprint(n+1) + ` RETURNING version`
-	r, err := s.condWrite(ctx, condWrite{sql: q, args: args})
+	r, err := s.condWrite(ctx, condWrite{sql: s.putIfVersionSQL, args: args})
 	switch {
 	case err != nil:
 		return 0, s.fail(op, err)

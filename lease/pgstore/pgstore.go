@@ -32,6 +32,8 @@ type Store struct {
 
 	// SQL built once for the schema.
 	putSQL, getSQL, deleteSQL string
+	// The conditional writes of issuance (claim.go).
+	createSQL, putIfVersionSQL string
 	// denyChannel is the NOTIFY channel of the denylist (WatchDenied).
 	denyChannel string
 	// connConfig opens the connections of WatchDenied.
@@ -118,6 +120,9 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 		putSQL:    upsertSQL(schema+".leases", "VALUES ("+placeholders(len(leaseCols))+", "+newRevokingSince("$2::text")+")"),
 		getSQL:    `SELECT ` + cols + ` FROM ` + schema + `.leases WHERE id = $1`,
 		deleteSQL: `DELETE FROM ` + schema + `.leases WHERE id = $1`,
+
+		createSQL:       createSQL(schema + ".leases"),
+		putIfVersionSQL: putIfVersionSQL(schema + ".leases"),
 
 		rawSchema:   c.Schema,
 		denyChannel: denyChannel(c.Schema),
