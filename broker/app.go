@@ -34,7 +34,7 @@ type App struct {
 	runners  []func(context.Context) error
 	store    lease.Store
 	dbs      map[string]*Database
-	manager  leaseManager
+	manager  LeaseManager
 	grpc     *grpc.Server
 	health   *health.Server
 	listener net.Listener
@@ -67,8 +67,6 @@ type LeaseManager interface {
 	Stats() lease.Stats
 	Run(ctx context.Context) error
 }
-
-type leaseManager = LeaseManager
 
 var (
 	_ LeaseManager = (*lease.Manager)(nil)

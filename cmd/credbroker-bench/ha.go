@@ -249,16 +249,6 @@ func storePoolLabel() string {
 	return fmt.Sprint(haStoreConns)
 }
 
-// find returns the row of scenario and template, if one was added.
-func (r *Report) find(scenario, tmpl string) (Row, bool) {
-	for _, row := range r.Rows {
-		if row.Scenario == scenario && row.Template == tmpl && row.OpsPerS > 0 {
-			return row, true
-		}
-	}
-	return Row{}, false
-}
-
 // dropSchema removes a lease store's schema from the store server.
 func (e *pgEnv) dropSchema(ctx context.Context, schema string) error {
 	if _, err := e.pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+floorIdent(schema)+" CASCADE"); err != nil {
