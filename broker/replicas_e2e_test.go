@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os/user"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker"
-	"github.com/credbroker/credbroker/identity"
-	"github.com/credbroker/credbroker/internal/spiretest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -180,27 +177,14 @@ func TestSPIREReplicasSweepSingleton(t *testing.T) {
 	const poll = time.Second
 	ctx := context.Background()
 	storeYAML, _, _ := pgLeaseStore(t)
-	sp := spiretest.Start(t, spiretest.Options{TrustDomain: td.Name()})
-	sp.CreateEntry(t, serverID.String(), []string{"unix:uid:0"}, true, []string{"localhost"})
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientEntry := sp.CreateEntry(t, ordersID.String(), []string{"unix:uid:" + nobody.Uid}, false, nil)
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	brokerSrc, err := identity.NewWorkloadAPISource(wctx, sp.WorkloadAPIAddr())
-	if err != nil {
-		t.Fatalf("broker SVID from the Workload API: %v", err)
-	}
-	t.Cleanup(func() { brokerSrc.Close() })
+	sp := startSPIRE(t)
 
 	a := newEnvWith(t, envExtra{leaseStore: storeYAML, top: fmt.Sprintf(`
 registry:
   spire_server_address: %s
   spire_server_id: %s
   poll_interval: %s
-`, sp.ServerAddr(), sp.ServerID(), poll)}, func(o *broker.AppOptions) { o.Source = brokerSrc })
+`, sp.ServerAddr(), sp.ServerID(), poll)}, func(o *broker.AppOptions) { o.Source = sp.brokerSrc })
 	b := a.replica()
 	waitFor(t, 10*time.Second, "a replica to lead the SPIRE sweep", func() bool { return a.leads("spire-sweep")+b.leads("spire-sweep") > 0 })
 	leader, other := a, b
@@ -219,7 +203,7 @@ registry:
 		t.Fatalf("issue on the leader: %v", err)
 	}
 
-	sp.DeleteEntry(t, clientEntry)
+	sp.DeleteEntry(t, sp.clientEntry)
 	waitFor(t, 3*poll+5*time.Second, "the leader to revoke the deleted workload's lease", func() bool {
 		return !leader.userExists(resp.GetCredential().GetUsername())
 	})

@@ -23,6 +23,37 @@ import (
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
+// spireFixture is a SPIRE server and agent with two registration entries:
+// the broker's (uid 0, with its DNS name) and the client workload's (user
+// nobody); and the broker's SVID source on the agent's Workload API.
+type spireFixture struct {
+	*spiretest.SPIRE
+	clientEntry     string   // the client's entry ID
+	clientSelectors []string // its selectors, to register it again
+	brokerSrc       identity.Source
+}
+
+func startSPIRE(t *testing.T) spireFixture {
+	t.Helper()
+	sp := spiretest.Start(t, spiretest.Options{TrustDomain: td.Name()})
+	sp.CreateEntry(t, serverID.String(), []string{"unix:uid:0"}, true, []string{"localhost"})
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := spireFixture{SPIRE: sp, clientSelectors: []string{"unix:uid:" + nobody.Uid}}
+	f.clientEntry = sp.CreateEntry(t, ordersID.String(), f.clientSelectors, false, nil)
+	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src, err := identity.NewWorkloadAPISource(wctx, sp.WorkloadAPIAddr())
+	if err != nil {
+		t.Fatalf("broker SVID from the Workload API: %v", err)
+	}
+	t.Cleanup(func() { src.Close() })
+	f.brokerSrc = src
+	return f
+}
+
 // TestSPIREDeregistrationRevokes runs a real SPIRE server and agent. The
 // broker's own SVID comes from the agent's Workload API; the client is
 // another unix user (nobody) whose SVID the agent issues. Deleting the
@@ -32,21 +63,7 @@ import (
 func TestSPIREDeregistrationRevokes(t *testing.T) {
 	const poll = time.Second
 	ctx := context.Background()
-	sp := spiretest.Start(t, spiretest.Options{TrustDomain: td.Name()})
-	sp.CreateEntry(t, serverID.String(), []string{"unix:uid:0"}, true, []string{"localhost"})
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientEntry := sp.CreateEntry(t, ordersID.String(), []string{"unix:uid:" + nobody.Uid}, false, nil)
-
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	brokerSrc, err := identity.NewWorkloadAPISource(wctx, sp.WorkloadAPIAddr())
-	if err != nil {
-		t.Fatalf("broker SVID from the Workload API: %v", err)
-	}
-	t.Cleanup(func() { brokerSrc.Close() })
+	sp := startSPIRE(t)
 
 	e := newEnvWith(t, envExtra{top: fmt.Sprintf(`
 metrics: {listen: 127.0.0.1:0}
@@ -54,7 +71,7 @@ registry:
   spire_server_address: %s
   spire_server_id: %s
   poll_interval: %s
-`, sp.ServerAddr(), sp.ServerID(), poll)}, func(o *broker.AppOptions) { o.Source = brokerSrc })
+`, sp.ServerAddr(), sp.ServerID(), poll)}, func(o *broker.AppOptions) { o.Source = sp.brokerSrc })
 
 	// The client workload's SVID, fetched from the agent as user nobody.
 	dir := t.TempDir()
@@ -72,7 +89,7 @@ registry:
 	}
 	defer session.Close(ctx)
 
-	sp.DeleteEntry(t, clientEntry)
+	sp.DeleteEntry(t, sp.clientEntry)
 	took := waitFor(t, 3*poll+5*time.Second, "the deregistered workload's user to be dropped", func() bool { return !e.userExists(username) })
 	t.Logf("entry deleted → user dropped in %s (poll interval %s)", took.Round(time.Millisecond), poll)
 	waitFor(t, 5*time.Second, "the SPIRE revocation in the metrics", func() bool {
@@ -89,7 +106,7 @@ registry:
 
 	// Registered again: issuance works again, as soon as the SPIRE server
 	// lists the new entry (an unknown caller triggers a re-listing).
-	sp.CreateEntry(t, ordersID.String(), []string{"unix:uid:" + nobody.Uid}, false, nil)
+	sp.CreateEntry(t, ordersID.String(), sp.clientSelectors, false, nil)
 	var again *pb.IssueCredentialResponse
 	took = waitFor(t, 3*poll+5*time.Second, "issuance after registering again", func() bool {
 		again, err = pb.NewCredentialServiceClient(client).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
