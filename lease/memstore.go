@@ -36,7 +36,7 @@ func NewMemStore(leases ...Lease) *MemStore {
 		meta: map[string]*memMeta{}, now: time.Now}
 	for _, l := range leases {
 		s.leases[l.ID] = normalizeTimes(l.clone())
-		s.wroteLocked(l, 0)
+		s.wroteLocked("", l, 0)
 	}
 	return s
 }
@@ -98,7 +98,7 @@ func (s *MemStore) Put(ctx context.Context, l Lease) error {
 		}
 	}
 	s.leases[l.ID] = normalizeTimes(l.clone())
-	s.wroteLocked(l, 0) // a Put ends any claim
+	s.wroteLocked("", l, 0) // a Put ends any claim
 	return nil
 }
 

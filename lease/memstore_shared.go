@@ -46,12 +46,8 @@ var _ SharedStore = (*memReplica)(nil)
 func (r *memReplica) Close() error { return nil }
 
 // wroteLocked records a write of l: the version bumped, the claim set to
-// this replica until now+hold (hold > 0) or ended, the REVOKING time kept.
-func (s *MemStore) wroteLocked(l Lease, hold time.Duration) *memMeta {
-	return s.wroteByLocked("", l, hold)
-}
-
-func (s *MemStore) wroteByLocked(replica string, l Lease, hold time.Duration) *memMeta {
+// replica until now+hold (hold > 0) or ended, the REVOKING time kept.
+func (s *MemStore) wroteLocked(replica string, l Lease, hold time.Duration) *memMeta {
 	m := s.meta[l.ID]
 	if m == nil {
 		m = &memMeta{}
@@ -97,7 +93,7 @@ func (r *memReplica) Create(ctx context.Context, l Lease, hold time.Duration) (i
 		}
 	}
 	r.leases[l.ID] = normalizeTimes(l.clone())
-	return r.wroteByLocked(r.name, l, hold).version, nil
+	return r.wroteLocked(r.name, l, hold).version, nil
 }
 
 func (r *memReplica) GetVersion(ctx context.Context, id string) (Versioned, error) {
@@ -129,7 +125,7 @@ func (r *memReplica) PutIfVersion(ctx context.Context, l Lease, version int64, h
 		}
 	}
 	r.leases[l.ID] = normalizeTimes(l.clone())
-	return r.wroteByLocked(r.name, l, hold).version, nil
+	return r.wroteLocked(r.name, l, hold).version, nil
 }
 
 func (r *memReplica) DeleteIfVersion(ctx context.Context, id string, version int64) error {
