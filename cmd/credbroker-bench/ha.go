@@ -117,34 +117,30 @@ func (r *runner) ha(ctx context.Context) error {
 }
 
 // haMode measures every group at one concurrency, in ABC CBA rounds with
-// the floor, then revokes what
-// was issued so that the next mode starts from the same catalog.
+// the floor, then revokes what was issued so that the next mode starts
+// from the same catalog.
 func (r *runner) haMode(ctx context.Context, meter *cpuMeter, groups []*haGroup, mode string, conc, rounds int) error {
 	const tmpl = bareTemplate
 	n := r.sizes.issueN(conc)
-	// The floor is measured here, in the same rounds as the replicas, not
-	// taken from the issue scenario: minutes apart on a shared machine,
-	// the load around them differs more than what is measured.
-	var floorRow Row
-
 	type side struct {
 		run func(ctx context.Context, w, i int) error
 		res loadResult
 		cpu cpuUse
 	}
-	var sides []*side
-	{
-		pool, err := r.pg.floorPool(ctx, conc)
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		f := &floor{pool: pool, marker: benchMarker}
-		stmts := floorStmts(tmpl)
-		sides = append(sides, &side{run: func(ctx context.Context, _, _ int) error {
-			return f.create(ctx, newUsername(floorPrefix, tmpl), time.Now().Add(issueTTL), stmts)
-		}})
+	// The floor is measured here, in the same rounds as the replicas, not
+	// taken from the issue scenario: minutes apart on a shared machine,
+	// the load around them differs more than what is measured.
+	pool, err := r.pg.floorPool(ctx, conc)
+	if err != nil {
+		return err
 	}
+	defer pool.Close()
+	f := &floor{pool: pool, marker: benchMarker}
+	stmts := floorStmts(tmpl)
+	floorSide := &side{run: func(ctx context.Context, _, _ int) error {
+		return f.create(ctx, newUsername(floorPrefix, tmpl), time.Now().Add(issueTTL), stmts)
+	}}
+	sides := []*side{floorSide}
 	issued := make([]int, len(groups))
 	for gi, g := range groups {
 		per := (conc + g.replicas - 1) / g.replicas
@@ -182,18 +178,13 @@ func (r *runner) haMode(ctx context.Context, meter *cpuMeter, groups []*haGroup,
 		}
 	}
 
-	floorFrom := "measured in the same rounds"
-	{
-		s := sides[0]
-		sides = sides[1:]
-		floorRow = Row{Scenario: "ha-floor-issue " + mode, Template: tmpl, N: n, Concurrency: conc, Errors: s.res.errors}
-		s.res.fill(&floorRow)
-		floorRow.Notes = errNote(s.res, fmt.Sprintf("the floor of the ha rows: the plugin's statements over pgx, %d conns; %d rounds alternating with the ha rows; %s",
-			conc, rounds, s.cpu.fill(meter, &floorRow)))
-		r.report.add(floorRow)
-	}
+	floorRow := Row{Scenario: "ha-floor-issue " + mode, Template: tmpl, N: n, Concurrency: conc, Errors: floorSide.res.errors}
+	floorSide.res.fill(&floorRow)
+	floorRow.Notes = errNote(floorSide.res, fmt.Sprintf("the floor of the ha rows: the plugin's statements over pgx, %d conns; %d rounds alternating with the ha rows; %s",
+		conc, rounds, floorSide.cpu.fill(meter, &floorRow)))
+	r.report.add(floorRow)
 	for gi, g := range groups {
-		s := sides[gi]
+		s := sides[gi+1]
 		issued[gi] += len(s.res.lat)
 		label := fmt.Sprintf("%d replicas", g.replicas)
 		if g.replicas == 1 {
@@ -207,8 +198,8 @@ func (r *runner) haMode(ctx context.Context, meter *cpuMeter, groups []*haGroup,
 		if g.replicas == 1 {
 			target = "target ≥ 0.8"
 		}
-		row.Notes = errNote(s.res, fmt.Sprintf("%s, lease store in a schema of a second PostgreSQL; data pool 32, store pool %s per replica; warmed by one unmeasured burst; ratio = ops/s ÷ ha-floor-issue %s's (%s; %s); %s",
-			haWhat(g.replicas), storePoolLabel(), mode, floorFrom, target, s.cpu.fill(meter, &row)))
+		row.Notes = errNote(s.res, fmt.Sprintf("%s, lease store in a schema of a second PostgreSQL; data pool 32, store pool %s per replica; warmed by one unmeasured burst; ratio = ops/s ÷ ha-floor-issue %s's (measured in the same rounds; %s); %s",
+			haWhat(g.replicas), storePoolLabel(), mode, target, s.cpu.fill(meter, &row)))
 		r.report.add(row)
 	}
 
