@@ -12,6 +12,7 @@ import (
 	"hash/fnv"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,6 +33,9 @@ import (
 type floor struct {
 	pool   *pgxpool.Pool
 	marker string
+	// creating counts creations in progress: with others in flight the
+	// plugin sends the whole transaction in one query (pipeline.go).
+	creating atomic.Int32
 }
 
 // Replicated from plugins/postgres (unexported there).
@@ -84,9 +88,10 @@ func floorVerifier(password string) (string, error) {
 // create is NewUser: a fresh password and verifier, the rendered template,
 // then ALTER ROLE … VALID UNTIL and COMMENT ON ROLE, in one transaction,
 // with the advisory lock before the first object grant, sent as the plugin
-// sends them (plugins/postgres/pipeline.go): "BEGIN; <template>; ALTER;
-// COMMENT", then "COMMIT"; with an object grant at template statement k,
-// "BEGIN; <before k>", then "<lock>; <from k>; ALTER; COMMENT; COMMIT".
+// sends them (plugins/postgres/pipeline.go): alone, "BEGIN; <template>;
+// ALTER; COMMENT", then "COMMIT"; with an object grant at template
+// statement k, "BEGIN; <before k>", then "<lock>; <from k>; ALTER; COMMENT;
+// COMMIT"; with other creations in flight, all of it in one query.
 func (f *floor) create(ctx context.Context, name string, exp time.Time, template []string) error {
 	password, err := plugins.GeneratePassword()
 	if err != nil {
@@ -107,6 +112,8 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 			break
 		}
 	}
+	busy := f.creating.Add(1) > 1
+	defer f.creating.Add(-1)
 	conn, err := f.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -122,6 +129,10 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 	}
 	lock := fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", floorGrantLockKey)
 	switch {
+	case busy && len(tail) == 0:
+		err = q(append(append([]string{"BEGIN"}, head...), "COMMIT")...)
+	case busy:
+		err = q(append(append(append(append([]string{"BEGIN"}, head...), lock), tail...), "COMMIT")...)
 	case len(head) > 0 && len(tail) == 0:
 		err = q(append([]string{"BEGIN"}, head...)...)
 		if err == nil {

@@ -3,8 +3,10 @@ package pluginstest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -502,6 +504,67 @@ func (s *suite) testIntentGatesCreation(t *testing.T) {
 			t.Errorf("user %s exists although Intent failed", u.name)
 		}
 		s.mustNotLogin(ctx, t, u.name, u.password, "Intent failed")
+	})
+	// Several creations in flight may take another path than one alone
+	// (plugins/postgres/pipeline.go): the gate holds there too, with and
+	// without an object grant, and a refusal still leaves nothing.
+	t.Run("concurrent", func(t *testing.T) {
+		templates := [][]string{s.h.CreationStatements, s.h.PerUserGrantStatements}
+		const workers, per = 4, 3
+		type result struct {
+			u       user
+			refused bool
+			err     error
+			early   string
+		}
+		results := make([][]result, workers)
+		for w := range results {
+			for i := range per {
+				results[w] = append(results[w], result{u: s.newCredentials(t, "intentc"), refused: (w+i)%3 == 2})
+			}
+		}
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := range results[w] {
+					r := &results[w][i]
+					r.err = s.db.NewUser(ctx, plugins.NewUserRequest{
+						Username: r.u.name, Password: r.u.password, Expiration: expiry(time.Hour),
+						Statements: templates[(w+i)%2],
+						Intent: func(ctx context.Context) error {
+							time.Sleep(5 * time.Millisecond) // a store commit: the others pile up meanwhile
+							if ok, err := s.h.UserExists(ctx, r.u.name); err != nil || ok {
+								r.early = fmt.Sprintf("user exists before Intent returned (exists %v, err %v)", ok, err)
+							}
+							if r.refused {
+								return errors.New("lease store unavailable")
+							}
+							return nil
+						},
+					})
+				}
+			})
+		}
+		wg.Wait()
+		for _, rs := range results {
+			for _, r := range rs {
+				if r.early != "" {
+					t.Errorf("%s: %s", r.u.name, r.early)
+				}
+				switch {
+				case r.refused && !errors.Is(r.err, plugins.ErrNotCreated):
+					t.Errorf("%s: NewUser with a failing Intent = %v, want plugins.ErrNotCreated", r.u.name, scrub(r.err, r.u.password))
+				case r.refused && s.exists(ctx, t, r.u.name):
+					t.Errorf("%s exists although Intent failed", r.u.name)
+				case !r.refused && r.err != nil:
+					t.Errorf("%s: NewUser: %s", r.u.name, scrub(r.err, r.u.password))
+				case !r.refused && !s.exists(ctx, t, r.u.name):
+					t.Errorf("%s absent after NewUser", r.u.name)
+				case !r.refused:
+					s.login(ctx, t, r.u).Close()
+				}
+			}
+		}
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -65,6 +66,8 @@ type DB struct {
 	iters  int // SCRAM iterations
 	// verifiers holds SCRAM verifiers computed ahead (verifiers.go).
 	verifiers verifierCache
+	// creating counts createPipelined calls in progress (pipeline.go).
+	creating atomic.Int32
 }
 
 var _ plugins.Database = (*DB)(nil)
