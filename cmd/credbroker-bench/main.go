@@ -54,15 +54,18 @@ type sizes struct {
 	scale float64
 	// per issue mode
 	issueSeq, issueConc int
-	restore             int
-	storm               int
-	stormProbe          int // issues of the idle baseline
-	liveGroup           int
-	liveGrantMax        int
-	liveBudget          time.Duration // per template, issuing
-	liveIters           int           // scram_iterations of the live-per-role broker
-	stormConc           int           // revocation.concurrency of the storm
-	stormRate           float64       // revocation.rate_per_second of the storm
+	// observeSeq is the observe scenario's sequential N: its p99 ratio is
+	// the target there, and of 300 calls the p99 is the third-slowest.
+	observeSeq   int
+	restore      int
+	storm        int
+	stormProbe   int // issues of the idle baseline
+	liveGroup    int
+	liveGrantMax int
+	liveBudget   time.Duration // per template, issuing
+	liveIters    int           // scram_iterations of the live-per-role broker
+	stormConc    int           // revocation.concurrency of the storm
+	stormRate    float64       // revocation.rate_per_second of the storm
 }
 
 func defaultSizes(scale float64) sizes {
@@ -71,6 +74,7 @@ func defaultSizes(scale float64) sizes {
 		scale:        scale,
 		issueSeq:     s(300),
 		issueConc:    s(1000), // per side ≤ 2,300 users: under the per-user GRANT wall (live-per-role)
+		observeSeq:   s(1000),
 		restore:      s(1_000_000),
 		storm:        s(10_000),
 		stormProbe:   s(400),

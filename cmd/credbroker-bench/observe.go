@@ -98,6 +98,9 @@ func (r *runner) observe(ctx context.Context) error {
 	issued := make([]int, len(sides))
 	for _, m := range issueModes {
 		n := r.sizes.issueN(m.Conc)
+		if m.Conc == 1 {
+			n = r.sizes.observeSeq
+		}
 		res := make([]loadResult, len(sides))
 		clients := make([][]pb.CredentialServiceClient, len(sides))
 		for i, b := range brokers {
