@@ -270,6 +270,12 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		now:     opts.Now,
 	})
 	a.runners = append(a.runners, watch.Run)
+	if reg.shared {
+		// Another replica may end a lease this one streams.
+		a.runners = append(a.runners, func(ctx context.Context) error {
+			return ends.follow(ctx, a.manager, time.After, a.log)
+		})
+	}
 	srv := NewServer(ServerConfig{
 		Roles:      roles,
 		Issuer:     issuer,

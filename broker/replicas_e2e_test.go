@@ -220,3 +220,70 @@ registry:
 	took := waitFor(t, 10*time.Second, "the other replica to take the SPIRE sweep over", func() bool { return other.leads("spire-sweep") == 1 })
 	t.Logf("leader stopped → SPIRE sweep led by the other after %s", took.Round(time.Millisecond))
 }
+
+// A WatchCredential stream served by one replica ends when its lease is
+// ended through another: ABORTED when revoked there, and ended as well
+// when its workload is deregistered there, within a few seconds (the
+// replica asks the store every second), long before the stream's next
+// renewal (the role's ttl is a minute) would have found out.
+func TestReplicasEndEachOthersStreams(t *testing.T) {
+	storeYAML, _, _ := pgLeaseStore(t)
+	a := newEnvWith(t, envExtra{leaseStore: storeYAML})
+	b := a.replica()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func() (pb.CredentialService_WatchCredentialClient, *pb.WatchCredentialResponse) {
+		t.Helper()
+		s, err := b.creds(ordersID).WatchCredential(ctx, &pb.WatchCredentialRequest{Role: "reader"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := recv(t, s, 20*time.Second)
+		if err != nil || m.GetEvent() != pb.WatchCredentialResponse_ISSUED {
+			t.Fatalf("first message on replica B: %v, %v; want ISSUED", m.GetEvent(), err)
+		}
+		return s, m
+	}
+	ended := func(s pb.CredentialService_WatchCredentialClient, since time.Time) (codes.Code, time.Duration) {
+		t.Helper()
+		for {
+			m, err := recv(t, s, 10*time.Second)
+			if err != nil {
+				return statusCode(err), time.Since(since)
+			}
+			if m.GetEvent() == pb.WatchCredentialResponse_ISSUED {
+				t.Fatal("the stream issued again instead of ending")
+			}
+		}
+	}
+
+	s, m := open()
+	start := time.Now()
+	if _, err := a.creds(ordersID).RevokeLease(ctx, &pb.RevokeLeaseRequest{LeaseId: m.GetLease().GetId()}); err != nil {
+		t.Fatalf("revoke through A: %v", err)
+	}
+	code, took := ended(s, start)
+	if code != codes.Aborted {
+		t.Fatalf("stream on B ended with %s after its lease was revoked through A, want ABORTED", code)
+	}
+	t.Logf("revoked through A → stream on B ended (ABORTED) after %s", took.Round(time.Millisecond))
+	if a.userExists(m.GetCredential().GetUsername()) {
+		t.Error("the revoked user still exists")
+	}
+
+	s, m = open()
+	start = time.Now()
+	if _, err := a.adminClient(adminID).DeregisterWorkload(ctx, &pb.DeregisterWorkloadRequest{SpiffeId: ordersID.String()}); err != nil {
+		t.Fatalf("deregister through A: %v", err)
+	}
+	code, took = ended(s, start)
+	// PERMISSION_DENIED once B has read the deregistration (milliseconds
+	// after A's commit); ABORTED if B saw the lease go first.
+	if code != codes.PermissionDenied && code != codes.Aborted {
+		t.Fatalf("stream on B ended with %s after its workload was deregistered through A, want PERMISSION_DENIED (or ABORTED)", code)
+	}
+	t.Logf("deregistered through A → stream on B ended (%s) after %s", code, took.Round(time.Millisecond))
+	if a.userExists(m.GetCredential().GetUsername()) {
+		t.Error("the deregistered workload's user still exists")
+	}
+}

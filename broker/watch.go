@@ -55,6 +55,78 @@ func (e *leaseEnds) ended(l lease.Lease, _ bool) {
 	}
 }
 
+// ids returns the IDs of the subscribed leases.
+func (e *leaseEnds) ids() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ids := make([]string, 0, len(e.subs))
+	for id := range e.subs {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// endsPollInterval is how often a replica on a shared store asks it which
+// of its streams' leases are no longer ACTIVE.
+const endsPollInterval = time.Second
+
+// endsPollBatch bounds the IDs of one such query.
+const endsPollBatch = 1000
+
+// endLister is what follow reads: lease.Shared (its Get answers
+// lease.ErrNotFound for a lease no longer stored).
+type endLister interface {
+	List(ctx context.Context, q lease.Query) ([]lease.Lease, error)
+	Get(ctx context.Context, id string) (lease.Lease, error)
+}
+
+// follow makes a replica's streams learn of endings made by another
+// replica (a revoke or deregistration served there, its expiry loop): with
+// a shared store OnEnd sees only this replica's. Every endsPollInterval it
+// asks the store which subscribed leases are still ACTIVE, one query per
+// endsPollBatch streams, and ends the others' streams: expired if the
+// record still says so, revoked otherwise. A failed query is retried at
+// the next tick; the streams' own renewals would fail meanwhile anyway.
+func (e *leaseEnds) follow(ctx context.Context, leases endLister, after func(time.Duration) <-chan time.Time, log *slog.Logger) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-after(endsPollInterval):
+		}
+		ids := e.ids()
+		for len(ids) > 0 {
+			batch := ids[:min(len(ids), endsPollBatch)]
+			ids = ids[len(batch):]
+			live, err := leases.List(ctx, lease.Query{IDs: batch, States: []lease.State{lease.StateActive}})
+			if err != nil {
+				if ctx.Err() == nil {
+					log.Warn("watch: cannot ask the store which streamed leases ended; retrying", "error", err.Error())
+				}
+				break
+			}
+			active := make(map[string]bool, len(live))
+			for _, l := range live {
+				active[l.ID] = true
+			}
+			for _, id := range batch {
+				if active[id] {
+					continue
+				}
+				ended := lease.Lease{ID: id, State: lease.StateRevoked}
+				switch l, err := leases.Get(ctx, id); {
+				case errors.Is(err, lease.ErrNotFound): // revoked and gone
+				case err != nil, l.State == lease.StateActive:
+					continue // unknown for now, or ACTIVE again: next tick
+				case l.Expired:
+					ended.State = lease.StateExpired
+				}
+				e.ended(ended, false)
+			}
+		}
+	}
+}
+
 // watchLeases is the part of lease.Manager a stream uses besides issuance.
 type watchLeases interface {
 	Renew(ctx context.Context, id string, increment time.Duration) (lease.Lease, error)

@@ -158,6 +158,9 @@ func (x *index) query(q Query) []*entry {
 		return e.stored && e.id > q.After && strings.HasPrefix(e.id, q.IDPrefix) &&
 			(len(q.States) == 0 || slices.Contains(q.States, e.state()))
 	}
+	if len(q.IDs) > 0 {
+		return x.byIDs(q, keep)
+	}
 	// Owner or role: the groups hold the candidates, unless they are so
 	// many that walking the id order to the page's end costs less
 	// (a page of a role that most leases have).
@@ -192,6 +195,26 @@ func (x *index) query(q Query) []*entry {
 	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.id, b.id) })
 	if q.Limit > 0 && len(out) > q.Limit {
 		out = out[:q.Limit]
+	}
+	return out
+}
+
+// byIDs selects among q.IDs, each looked up in the id order.
+func (x *index) byIDs(q Query, keep func(*entry) bool) []*entry {
+	ids := slices.Clone(q.IDs)
+	slices.Sort(ids)
+	var out []*entry
+	for _, id := range slices.Compact(ids) {
+		c, i := x.ids.seek(id)
+		if c == len(x.ids.chunks) || i == len(x.ids.chunks[c]) {
+			continue
+		}
+		if e := x.ids.chunks[c][i]; e.id == id && q.matchOrigin(e.origin) && keep(e) {
+			out = append(out, e)
+			if q.Limit > 0 && len(out) == q.Limit {
+				break
+			}
+		}
 	}
 	return out
 }

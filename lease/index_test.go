@@ -170,7 +170,8 @@ func (q Query) matches(l Lease) bool {
 	return (q.Owner == "" || l.Owner == q.Owner) && (q.Role == "" || l.Role == q.Role) &&
 		(q.Database == "" || l.Database == q.Database) &&
 		(len(q.States) == 0 || slices.Contains(q.States, l.State)) &&
-		strings.HasPrefix(l.ID, q.IDPrefix) && l.ID > q.After
+		strings.HasPrefix(l.ID, q.IDPrefix) && l.ID > q.After &&
+		(len(q.IDs) == 0 || slices.Contains(q.IDs, l.ID))
 }
 
 // TestListQuery compares List with every Query against a plain filter of
@@ -214,6 +215,9 @@ func TestListQuery(t *testing.T) {
 		{IDPrefix: "zz"},
 		{After: all[len(all)/3].ID},
 		{After: all[len(all)/3].ID, Owner: "spiffe://example.org/w2"},
+		{IDs: []string{all[9].ID, all[3].ID, "no-such-lease", all[3].ID, all[len(all)-1].ID}},
+		{IDs: []string{all[1].ID, all[2].ID, all[40].ID, all[41].ID, all[300].ID}, States: active},
+		{IDs: []string{all[5].ID, all[6].ID, all[7].ID, all[200].ID}, Owner: "spiffe://example.org/w1"},
 	}
 	for _, base := range queries {
 		var want []Lease

@@ -430,6 +430,9 @@ type Query struct {
 	States []State
 	// IDPrefix keeps only the leases whose ID starts with it.
 	IDPrefix string
+	// IDs, if not empty, keeps only the leases with one of these IDs (a
+	// replica asking which of its streams' leases are still ACTIVE).
+	IDs []string
 	// After keeps only the leases whose ID sorts after it: for pages, the
 	// last ID of the previous one.
 	After string

@@ -196,7 +196,8 @@ func (r *memReplica) Query(ctx context.Context, q Query) ([]Lease, error) {
 	err := r.Scan(ctx, Filter{Owner: q.Owner}, func(l Lease) error {
 		if (q.Role == "" || l.Role == q.Role) && (q.Database == "" || l.Database == q.Database) &&
 			(len(q.States) == 0 || slices.Contains(q.States, l.State)) &&
-			strings.HasPrefix(l.ID, q.IDPrefix) && l.ID > q.After {
+			strings.HasPrefix(l.ID, q.IDPrefix) && l.ID > q.After &&
+			(len(q.IDs) == 0 || slices.Contains(q.IDs, l.ID)) {
 			out = append(out, l)
 		}
 		return nil

@@ -42,7 +42,8 @@ func want(ls []lease.Lease, q lease.Query) []string {
 		if (q.Owner == "" || l.Owner == q.Owner) && (q.Role == "" || l.Role == q.Role) &&
 			(q.Database == "" || l.Database == q.Database) &&
 			(len(q.States) == 0 || slices.Contains(q.States, l.State)) &&
-			l.ID > q.After && strings.HasPrefix(l.ID, q.IDPrefix) {
+			l.ID > q.After && strings.HasPrefix(l.ID, q.IDPrefix) &&
+			(len(q.IDs) == 0 || slices.Contains(q.IDs, l.ID)) {
 			out = append(out, l.ID)
 		}
 	}
@@ -102,6 +103,9 @@ func testSharedQuery(t *testing.T, h SharedHarness) {
 		{"RoleDatabaseAfter", lease.Query{Role: "readonly", Database: "pg1", After: sorted[3]}},
 		{"PrefixAfterLimit", lease.Query{IDPrefix: "ab", After: sorted[2], Limit: 3}},
 		{"OwnerRolePrefix", lease.Query{Owner: a, Role: "writer", IDPrefix: "ab"}},
+		{"IDs", lease.Query{IDs: []string{sorted[7], sorted[2], "no-such-lease", sorted[7]}}},
+		{"IDsStates", lease.Query{IDs: sorted[:10], States: []lease.State{lease.StateActive}}},
+		{"IDsOwnerLimit", lease.Query{IDs: sorted, Owner: a, Limit: 2}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := query(t, ss[1], tt.q)

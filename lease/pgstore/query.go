@@ -65,6 +65,9 @@ func (s *Store) querySQL(q lease.Query) (sql string, args []any, ok bool) {
 	if q.After != "" {
 		where = append(where, "id > "+arg(q.After))
 	}
+	if len(q.IDs) > 0 {
+		where = append(where, "id = ANY("+arg(q.IDs)+"::text[])")
+	}
 	if p := q.IDPrefix; p != "" {
 		// starts_with is the exact test; the range lets the primary key
 		// start and stop at the prefix (bytewise: every string with the
