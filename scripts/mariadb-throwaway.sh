@@ -17,8 +17,9 @@ set -euo pipefail
 readonly MARKER=.mariadb-throwaway
 readonly DB_USER=mysql
 
-log() { printf 'mariadb-throwaway: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+THROWAWAY_NAME=mariadb-throwaway
+# shellcheck source=lib/throwaway.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/throwaway.sh"
 
 usage() {
 	cat >&2 <<'EOF'
@@ -29,8 +30,6 @@ usage: mariadb-throwaway.sh start DIR   create and start a server in DIR, print 
 EOF
 	exit 2
 }
-
-is_root() { [[ $(id -u) -eq 0 ]]; }
 
 find_bin() {
 	local name
@@ -63,33 +62,6 @@ ensure_binaries() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mariadb-server mariadb-client >&2
 	have_binaries || die "mariadb-server installed but mariadbd/mariadb-install-db/mariadb still not found"
 }
-
-ensure_owner() {
-	is_root || return 0
-	if ! id -u "$DB_USER" >/dev/null 2>&1; then
-		log "creating system user $DB_USER"
-		useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$DB_USER"
-	fi
-}
-
-# random_password has no characters that need escaping in a DSN, SQL or a shell.
-random_password() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-pick_port() {
-	local p i
-	for i in $(seq 1 50); do
-		p=$((20000 + RANDOM % 40000))
-		if ! port_in_use "$p"; then
-			echo "$p"
-			return 0
-		fi
-	done
-	return 1
-}
-
-abs_dir() { (cd "$1" && pwd -P); }
 
 # server_pid prints the pid of the server running from dir, if any. The pid
 # file alone is not trusted: the process must be a mariadbd whose command
@@ -142,7 +114,7 @@ cmd_start() {
 	local dir=$1 mariadbd installdb pw port attempt errlog pid i ready
 
 	ensure_binaries
-	ensure_owner
+	ensure_owner "$DB_USER"
 	mariadbd=$(find_bin mariadbd mysqld)
 	installdb=$(find_bin mariadb-install-db mysql_install_db)
 

@@ -19,8 +19,9 @@ set -euo pipefail
 readonly MARKER=.pg-throwaway
 readonly PG_USER=postgres
 
-log() { printf 'pg-throwaway: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+THROWAWAY_NAME=pg-throwaway
+# shellcheck source=lib/throwaway.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/throwaway.sh"
 
 usage() {
 	cat >&2 <<'EOF'
@@ -31,8 +32,6 @@ usage: pg-throwaway.sh start DIR   create and start a cluster in DIR, print expo
 EOF
 	exit 2
 }
-
-is_root() { [[ $(id -u) -eq 0 ]]; }
 
 # as_owner runs a command as the cluster owner: initdb and postgres refuse to
 # run as root.
@@ -86,33 +85,6 @@ ensure_bindir() {
 	echo "$d"
 }
 
-ensure_owner() {
-	is_root || return 0
-	if ! id -u "$PG_USER" >/dev/null 2>&1; then
-		log "creating system user $PG_USER"
-		useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$PG_USER"
-	fi
-}
-
-# random_password has no characters that need escaping in a URL or a shell.
-random_password() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-pick_port() {
-	local p i
-	for i in $(seq 1 50); do
-		p=$((20000 + RANDOM % 40000))
-		if ! port_in_use "$p"; then
-			echo "$p"
-			return 0
-		fi
-	done
-	return 1
-}
-
-abs_dir() { (cd "$1" && pwd -P); }
-
 # stop_cluster stops a server left in dir, if any, and removes dir. It refuses
 # to delete a directory this script did not create.
 stop_cluster() {
@@ -139,7 +111,7 @@ cmd_start() {
 	local dir=$1 bindir pw port attempt pwfile logfile
 
 	bindir=$(ensure_bindir)
-	ensure_owner
+	ensure_owner "$PG_USER"
 
 	mkdir -p -- "$dir"
 	dir=$(abs_dir "$dir")
