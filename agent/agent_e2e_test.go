@@ -20,6 +20,7 @@ import (
 
 	"github.com/credbroker/credbroker/agent"
 	"github.com/credbroker/credbroker/client"
+	"github.com/credbroker/credbroker/internal/brokertest"
 )
 
 // freeAddr is a loopback address nothing listens on.
@@ -79,13 +80,13 @@ health:
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &brokertest.SyncBuffer{}
 	a := agent.New(cfg, agent.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	waitFor(t, 10*time.Second, "the credential file", func() bool { _, err := os.Stat(path); return err == nil })
+	brokertest.WaitFor(t, 10*time.Second, "the credential file", func() bool { _, err := os.Stat(path); return err == nil })
 
 	st, err := os.Stat(path)
 	if err != nil {
@@ -167,7 +168,7 @@ health:
 	go func() { done <- agent.New(cfg, agent.Options{}).Run(ctx) }()
 	var code int
 	var body string
-	waitFor(t, 5*time.Second, "the health endpoint", func() bool {
+	brokertest.WaitFor(t, 5*time.Second, "the health endpoint", func() bool {
 		resp, err := http.Get("http://" + health + "/readyz")
 		if err != nil {
 			return false
@@ -208,7 +209,7 @@ func TestRevocationStopsAgent(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- agent.New(cfg, agent.Options{}).Run(context.Background()) }()
-	waitFor(t, 10*time.Second, "the file", func() bool { _, err := os.Stat(path); return err == nil })
+	brokertest.WaitFor(t, 10*time.Second, "the file", func() bool { _, err := os.Stat(path); return err == nil })
 	if st, _ := os.Stat(path); st.Mode().Perm() != 0o640 {
 		t.Errorf("mode %v, want 0640", st.Mode().Perm())
 	}
@@ -251,7 +252,7 @@ func TestFileModeMariaDBJSON(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- agent.New(cfg, agent.Options{}).Run(ctx) }()
 	users := map[string]bool{}
-	waitFor(t, 20*time.Second, "two MariaDB users, each logging in", func() bool {
+	brokertest.WaitFor(t, 20*time.Second, "two MariaDB users, each logging in", func() bool {
 		b, err := os.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) {
 			return false
@@ -309,7 +310,7 @@ health:
 		}
 		return fields(b)
 	}
-	waitFor(t, 10*time.Second, "the credential file", func() bool { return read() != nil })
+	brokertest.WaitFor(t, 10*time.Second, "the credential file", func() bool { return read() != nil })
 	first := read()["user"]
 
 	e.stop()
@@ -318,7 +319,7 @@ health:
 	}
 	e.start()
 	var f map[string]string
-	waitFor(t, 15*time.Second, "a new credential after the restart", func() bool {
+	brokertest.WaitFor(t, 15*time.Second, "a new credential after the restart", func() bool {
 		f = read()
 		return f["user"] != first
 	})

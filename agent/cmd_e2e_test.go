@@ -11,13 +11,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/internal/brokertest"
 )
 
 // proc is the credbroker binary running `agent`.
 type proc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	out    *syncBuffer // stdout and stderr
+	out    *brokertest.SyncBuffer // stdout and stderr
 	done   chan struct{}
 	code   int
 	secret map[string]bool // passwords seen, for the leak check
@@ -32,7 +34,7 @@ func startAgent(t *testing.T, args ...string) *proc {
 // startBinary runs bin with args: credbroker agent, or credbroker-agent.
 func startBinary(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, out: &syncBuffer{}, done: make(chan struct{}), secret: map[string]bool{}}
+	p := &proc{t: t, out: &brokertest.SyncBuffer{}, done: make(chan struct{}), secret: map[string]bool{}}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -130,7 +132,7 @@ func TestSIGTERMRevokesAndRemovesFile(t *testing.T) {
     file: {path: %s, template: "{{ dotenv . }}"}
 `, path)))...)
 			var m map[string]string
-			waitFor(t, 15*time.Second, "the credential file", func() bool { m = p.readEnvFile(path); return m != nil })
+			brokertest.WaitFor(t, 15*time.Second, "the credential file", func() bool { m = p.readEnvFile(path); return m != nil })
 			if err := login(context.Background(), envDSN(m)); err != nil {
 				t.Fatalf("login with the file's credential: %v", err)
 			}
@@ -194,7 +196,7 @@ func TestOnceWritesAndExits(t *testing.T) {
 	if err := c.Revoke(context.Background(), string(id)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "the first lease's expiry (6s)", func() bool { return e.users() == 0 })
+	brokertest.WaitFor(t, 15*time.Second, "the first lease's expiry (6s)", func() bool { return e.users() == 0 })
 }
 
 func markerLines(t *testing.T, path string) []string {
@@ -240,7 +242,7 @@ func TestExecRestartsChildOnRotation(t *testing.T) {
   command: [%s, -marker, %s, -wait]
   stop_timeout: 5s
 `, path, envTemplates, app, mark)))
-	waitFor(t, 20*time.Second, "two logins of the app with two users", func() bool {
+	brokertest.WaitFor(t, 20*time.Second, "two logins of the app with two users", func() bool {
 		p.readEnvFile(path)
 		u := logins(t, mark)
 		return len(u) >= 2 && u[0] != u[len(u)-1]
@@ -277,7 +279,7 @@ func TestExecSignalsChildOnRotation(t *testing.T) {
   on_rotate: signal
   rotate_signal: SIGHUP
 `, path, envTemplates, app, mark, path)))
-	waitFor(t, 20*time.Second, "a login after SIGHUP with a new user", func() bool {
+	brokertest.WaitFor(t, 20*time.Second, "a login after SIGHUP with a new user", func() bool {
 		p.readEnvFile(path)
 		u := logins(t, mark)
 		return len(u) >= 2 && u[0] != u[len(u)-1]

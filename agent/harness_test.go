@@ -1,11 +1,8 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -16,21 +13,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/client"
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/testenv"
 	"github.com/credbroker/credbroker/plugins/builtin"
 )
 
 var (
-	td       = spiffeid.RequireTrustDomainFromString("example.org")
-	serverID = spiffeid.RequireFromPath(td, "/credbroker")
-	ordersID = spiffeid.RequireFromPath(td, "/orders/api")
+	serverID = brokertest.ServerID
+	ordersID = brokertest.OrdersID
 )
 
 // env is a real broker (in process, real mTLS with a CA made here) on the
@@ -50,17 +45,9 @@ type env struct {
 	pgHost string
 	pgPort uint16
 	pgDB   string
-	prefix string // username prefix
-	certs  string // client.pem, client-key.pem, bundle.pem
-	dir    string // for the agent's files
-}
-
-func randHex(t testing.TB, n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
+	prefix string               // username prefix
+	svid   brokertest.SVIDFiles // the workload's
+	dir    string               // for the agent's files
 }
 
 func newEnv(t *testing.T) *env {
@@ -78,20 +65,13 @@ func newMySQLEnv(t *testing.T) *env {
 func newEnvWith(t *testing.T, withMySQL bool) *env {
 	t.Helper()
 	ctx := context.Background()
-	suffix := randHex(t, 4)
+	suffix := brokertest.RandHex(t, 4)
 	e := &env{t: t, prefix: "a" + suffix[:6], dir: t.TempDir()}
 	table, reader := "orders_"+suffix, "reader_"+suffix
 
-	pgCfg, err := pgx.ParseConfig(testenv.PostgresDSN(t))
-	if err != nil {
-		t.Fatal("parse the test PostgreSQL DSN") // the error may quote the password
-	}
+	var pgCfg *pgx.ConnConfig
+	pgCfg, e.pg = brokertest.Postgres(t)
 	e.pgHost, e.pgPort, e.pgDB = pgCfg.Host, pgCfg.Port, pgCfg.Database
-	e.pg, err = pgx.ConnectConfig(ctx, pgCfg)
-	if err != nil {
-		t.Fatalf("connect to PostgreSQL: %v", err)
-	}
-	t.Cleanup(func() { e.pg.Close(context.Background()) })
 	for _, q := range []string{
 		"CREATE TABLE " + table + " (id int)",
 		"CREATE ROLE " + reader + " NOLOGIN",
@@ -107,14 +87,8 @@ func newEnvWith(t *testing.T, withMySQL bool) *env {
 		myDB, myRole = e.mysqlSetup(suffix)
 	}
 
-	ca, err := identity.NewDevCA(td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.certs = t.TempDir()
-	if err := ca.WriteFiles(e.certs, map[string]spiffeid.ID{"client": ordersID}, identity.SVIDOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	ca := brokertest.NewCA(t)
+	e.svid = brokertest.WriteSVID(t, ca, t.TempDir(), "client", ordersID, identity.SVIDOptions{})
 	t.Setenv("CREDBROKER_TEST_ADMIN_PW", pgCfg.Password)
 	cfg, err := broker.ParseConfig([]byte(fmt.Sprintf(`
 listen: 127.0.0.1:0
@@ -174,30 +148,15 @@ databases:
 // restart; the lease store is kept).
 func (e *env) start() {
 	e.t.Helper()
-	lis, err := net.Listen("tcp", e.addr)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.addr = lis.Addr().String()
 	src, err := e.ca.Source(serverID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	app, err := broker.NewApp(context.Background(), e.cfg, broker.AppOptions{Source: src, CreateStore: true, Listener: lis, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		lis.Close()
-		e.t.Fatalf("new app: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
-	e.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("broker: %v", err)
-		}
-		e.stop = nil
-	}
+	var stop func()
+	e.addr, stop = brokertest.Serve(e.t, e.addr, func(lis net.Listener) (brokertest.Runner, error) {
+		return broker.NewApp(context.Background(), e.cfg, broker.AppOptions{Source: src, CreateStore: true, Listener: lis, Logger: slog.New(slog.DiscardHandler)})
+	})
+	e.stop = func() { stop(); e.stop = nil }
 }
 
 // config is an agent config for this broker with SVID files, then extra.
@@ -209,8 +168,7 @@ svid:
   cert_file: %s
   key_file: %s
   bundle_file: %s
-`, e.addr, serverID, filepath.Join(e.certs, "client.pem"), filepath.Join(e.certs, "client-key.pem"),
-		filepath.Join(e.certs, "bundle.pem")) + extra
+`, e.addr, serverID, e.svid.Cert, e.svid.Key, e.svid.Bundle) + extra
 }
 
 func (e *env) writeConfig(extra string) string {
@@ -224,7 +182,7 @@ func (e *env) writeConfig(extra string) string {
 func (e *env) client() *client.Client {
 	e.t.Helper()
 	c, err := client.New(context.Background(), e.addr, client.WithServerID(serverID.String()),
-		client.WithFiles(filepath.Join(e.certs, "client.pem"), filepath.Join(e.certs, "client-key.pem"), filepath.Join(e.certs, "bundle.pem")))
+		client.WithFiles(e.svid.Cert, e.svid.Key, e.svid.Bundle))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -232,21 +190,9 @@ func (e *env) client() *client.Client {
 	return c
 }
 
-func (e *env) users() int {
-	var n int
-	if err := e.pg.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", e.prefix+"\\_%").Scan(&n); err != nil {
-		e.t.Fatalf("count users: %v", err)
-	}
-	return n
-}
+func (e *env) users() int { return len(brokertest.PostgresUsers(e.t, e.pg, e.prefix)) }
 
-func (e *env) userExists(name string) bool {
-	var n int
-	if err := e.pg.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname = $1", name).Scan(&n); err != nil {
-		e.t.Fatalf("user exists: %v", err)
-	}
-	return n == 1
-}
+func (e *env) userExists(name string) bool { return brokertest.PostgresUserExists(e.t, e.pg, name) }
 
 // login connects with a DSN the agent rendered and runs a query.
 func login(ctx context.Context, dsn string) error {
@@ -258,18 +204,6 @@ func login(ctx context.Context, dsn string) error {
 	}
 	defer c.Close(context.Background())
 	return c.Ping(ctx)
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 var (
@@ -309,38 +243,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer is a bytes.Buffer safe for a process's output and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // mysqlSetup creates database cba_<suffix> with a table orders on the
 // throwaway MariaDB, and returns the broker config's database shop and
 // role shop-orders for it.
 func (e *env) mysqlSetup(suffix string) (dbYAML, roleYAML string) {
 	t := e.t
-	myCfg, err := mysql.ParseDSN(testenv.MySQLDSN(t))
-	if err != nil {
-		t.Fatal("parse the test MariaDB DSN") // the error may quote the password
-	}
-	e.my, err = sql.Open("mysql", myCfg.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.my.Close() })
+	my := brokertest.OpenMySQL(t, testenv.MySQLDSN(t))
+	e.my = my.DB
 	db := "cba_" + suffix
 	for _, q := range []string{"CREATE DATABASE " + db, "CREATE TABLE " + db + ".orders (id int)", "INSERT INTO " + db + ".orders VALUES (1), (2)"} {
 		if _, err := e.my.Exec(q); err != nil {
@@ -348,11 +257,7 @@ func (e *env) mysqlSetup(suffix string) (dbYAML, roleYAML string) {
 		}
 	}
 	t.Cleanup(func() { _, _ = e.my.Exec("DROP DATABASE " + db) })
-	host, port, err := net.SplitHostPort(myCfg.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("CREDBROKER_TEST_MYSQL_ADMIN_PW", myCfg.Passwd)
+	t.Setenv("CREDBROKER_TEST_MYSQL_ADMIN_PW", my.Config.Passwd)
 	return fmt.Sprintf(`  shop:
     plugin: mysql
     host: %s
@@ -363,7 +268,7 @@ func (e *env) mysqlSetup(suffix string) (dbYAML, roleYAML string) {
     sslmode: disable
     username_prefix: %s
     user_host: 127.0.0.1
-`, host, port, db, myCfg.User, e.prefix), fmt.Sprintf(`  shop-orders:
+`, my.Host, my.Port, db, my.Config.User, e.prefix), fmt.Sprintf(`  shop-orders:
     database: shop
     default_ttl: 3s
     max_ttl: 6s
@@ -378,9 +283,5 @@ func (e *env) myUsers() int {
 	if e.my == nil {
 		return 0
 	}
-	var n int
-	if err := e.my.QueryRow("SELECT count(*) FROM mysql.user WHERE LEFT(User, ?) = ?", len(e.prefix)+1, e.prefix+"_").Scan(&n); err != nil {
-		e.t.Fatalf("count users: %v", err)
-	}
-	return n
+	return len(brokertest.MySQLUsers(e.t, e.my, e.prefix))
 }

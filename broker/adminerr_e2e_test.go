@@ -4,55 +4,25 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
-	driver "github.com/go-sql-driver/mysql"
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/testenv"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// pgSuperuser connects to the throwaway cluster as its superuser, for the
-// tests that set up admin users of their own.
-func pgSuperuser(t *testing.T) (*pgx.Conn, *pgx.ConnConfig) {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(testenv.PostgresDSN(t))
-	if err != nil {
-		t.Fatal("parse test dsn")
-	}
-	c, err := pgx.ConnectConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("connect as superuser: %v", err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c, cfg
-}
-
 // mariaRoot connects to the throwaway MariaDB as root.
 func mariaRoot(t *testing.T) (*sql.DB, string, string) {
 	t.Helper()
-	cc, err := driver.ParseDSN(testenv.MySQLDSN(t))
-	if err != nil {
-		t.Fatalf("parse %s: malformed DSN", testenv.MySQLDSNVar)
-	}
-	db, err := sql.Open("mysql", cc.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	host, port, err := net.SplitHostPort(cc.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return db, host, port
+	my := brokertest.OpenMySQL(t, testenv.MySQLDSN(t))
+	return my.DB, my.Host, my.Port
 }
 
 func (e *env) health(service string) healthpb.HealthCheckResponse_ServingStatus {
@@ -74,7 +44,7 @@ func healthOf(t *testing.T, hc healthpb.HealthClient, service string) healthpb.H
 func (e *env) waitHealth(service string, want healthpb.HealthCheckResponse_ServingStatus) {
 	e.t.Helper()
 	hc := healthpb.NewHealthClient(e.conn(ordersID))
-	waitFor(e.t, 15*time.Second, service+" "+want.String(), func() bool { return healthOf(e.t, hc, service) == want })
+	brokertest.WaitFor(e.t, 15*time.Second, service+" "+want.String(), func() bool { return healthOf(e.t, hc, service) == want })
 }
 
 // issueErr asks for role as ordersID and returns the status of the failure.
@@ -108,10 +78,10 @@ func wantStatus(t *testing.T, st *status.Status, code codes.Code, parts ...strin
 // SERVING once it works again, NOT_SERVING when it breaks while serving.
 func TestAdminErrorsPostgres(t *testing.T) {
 	ctx := context.Background()
-	su, cfgPG := pgSuperuser(t)
-	suffix := randHex(t, 4)
+	cfgPG, su := brokertest.Postgres(t) // as the superuser, to set up admin users
+	suffix := brokertest.RandHex(t, 4)
 	weak, flaky := "cbweak_"+suffix, "cbflaky_"+suffix
-	weakPW, flakyPW := randHex(t, 16), randHex(t, 16)
+	weakPW, flakyPW := brokertest.RandHex(t, 16), brokertest.RandHex(t, 16)
 	t.Cleanup(func() {
 		for _, r := range []string{weak, flaky} {
 			_, _ = su.Exec(context.Background(), "DROP ROLE IF EXISTS "+r)
@@ -120,7 +90,7 @@ func TestAdminErrorsPostgres(t *testing.T) {
 	for _, q := range []string{
 		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", weak, weakPW),
 		// The flaky admin's password starts out wrong.
-		fmt.Sprintf("CREATE ROLE %s LOGIN CREATEROLE PASSWORD '%s'", flaky, randHex(t, 16)),
+		fmt.Sprintf("CREATE ROLE %s LOGIN CREATEROLE PASSWORD '%s'", flaky, brokertest.RandHex(t, 16)),
 	} {
 		if _, err := su.Exec(ctx, q); err != nil {
 			t.Fatalf("setup: %v", err)
@@ -203,11 +173,11 @@ func TestAdminErrorsPostgres(t *testing.T) {
 		// pg_stat_activity under its user and survives one termination
 		// (PostgreSQL checks a password only at login), so the sessions
 		// are ended again until the broker sees the login refused.
-		if _, err := su.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD '%s'", flaky, randHex(t, 16))); err != nil {
+		if _, err := su.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD '%s'", flaky, brokertest.RandHex(t, 16))); err != nil {
 			t.Fatal(err)
 		}
 		hc := healthpb.NewHealthClient(e.conn(ordersID))
-		waitFor(t, 15*time.Second, "flaky NOT_SERVING", func() bool {
+		brokertest.WaitFor(t, 15*time.Second, "flaky NOT_SERVING", func() bool {
 			if _, err := su.Exec(ctx, fmt.Sprintf("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '%s'", flaky)); err != nil {
 				t.Fatal(err)
 			}
@@ -241,10 +211,10 @@ func TestAdminErrorsPostgres(t *testing.T) {
 // health to NOT_SERVING and back.
 func TestAdminErrorsMariaDB(t *testing.T) {
 	root, host, port := mariaRoot(t)
-	suffix := randHex(t, 4)
+	suffix := brokertest.RandHex(t, 4)
 	schema, grp := "cbw_"+suffix, "cbw_reader_"+suffix
 	noschema, nodefault := "cbns_"+suffix, "cbnd_"+suffix
-	nsPW, ndPW := randHex(t, 16), randHex(t, 16)
+	nsPW, ndPW := brokertest.RandHex(t, 16), brokertest.RandHex(t, 16)
 	prefix := "w" + suffix[:6]
 	// An instance of its own: the admin creates the marker role itself (and
 	// so may grant it); another admin's marker role would need granting
@@ -367,7 +337,7 @@ func TestAdminErrorsMariaDB(t *testing.T) {
 	t.Run("login refused and back", func(t *testing.T) {
 		svc := broker.DatabaseHealthPrefix + "nodefault"
 		e.waitHealth(svc, healthpb.HealthCheckResponse_SERVING)
-		if _, err := root.Exec(fmt.Sprintf("ALTER USER '%s'@'%%' IDENTIFIED BY '%s'", nodefault, randHex(t, 16))); err != nil {
+		if _, err := root.Exec(fmt.Sprintf("ALTER USER '%s'@'%%' IDENTIFIED BY '%s'", nodefault, brokertest.RandHex(t, 16))); err != nil {
 			t.Fatal(err)
 		}
 		killSessions(t, root, nodefault)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/credbroker/credbroker/audit"
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/lease"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -88,7 +89,7 @@ func TestAuditScenario(t *testing.T) {
 		t.Fatalf("bulk revoke = %v, %v; want 1 revoked", bulk, err)
 	}
 	l3 := issue("shortlived", time.Second).GetLease()
-	waitFor(t, 15*time.Second, "the expiry record", func() bool {
+	brokertest.WaitFor(t, 15*time.Second, "the expiry record", func() bool {
 		b, _ := os.ReadFile(file)
 		return strings.Contains(string(b), `"event":"expire"`)
 	})

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -175,7 +176,7 @@ func TestExpiryLoopRevokesOnTime(t *testing.T) {
 	defer conn.Close(ctx)
 	user := resp.GetCredential().GetUsername()
 	expiry := resp.GetLease().GetExpireTime().AsTime()
-	waitFor(t, 10*time.Second, "the expiry loop to drop the user", func() bool { return !e.userExists(user) })
+	brokertest.WaitFor(t, 10*time.Second, "the expiry loop to drop the user", func() bool { return !e.userExists(user) })
 	late := time.Since(expiry)
 	t.Logf("user dropped %s after lease expiry", late.Round(time.Millisecond))
 	if late > 2*time.Second {
@@ -187,7 +188,7 @@ func TestExpiryLoopRevokesOnTime(t *testing.T) {
 	// The record is deleted right after the drop commits (the user is gone
 	// from pg_roles a moment before its lease is gone from the store).
 	var list *pb.ListLeasesResponse
-	waitFor(t, 2*time.Second, "the expired lease to leave the list", func() bool {
+	brokertest.WaitFor(t, 2*time.Second, "the expired lease to leave the list", func() bool {
 		list, err = e.creds(ordersID).ListLeases(ctx, &pb.ListLeasesRequest{})
 		return err == nil && len(list.GetLeases()) == 0
 	})
@@ -326,7 +327,7 @@ func TestTTLCappedAtMax(t *testing.T) {
 	if got := l.GetExpireTime().AsTime().Sub(l.GetIssueTime().AsTime()); got != 3*time.Second {
 		t.Fatalf("ttl %s, want capped at max_ttl 3s", got)
 	}
-	waitFor(t, 10*time.Second, "expiry", func() bool { return !e.userExists(l.GetUsername()) })
+	brokertest.WaitFor(t, 10*time.Second, "expiry", func() bool { return !e.userExists(l.GetUsername()) })
 }
 
 func TestAdminService(t *testing.T) {

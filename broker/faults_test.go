@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/plugins/builtin"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -102,7 +103,7 @@ roles:
 		}
 		return c
 	}
-	ca := newCA(t)
+	ca := brokertest.NewCA(t)
 	src, err := ca.Source(serverID)
 	if err != nil {
 		t.Fatal(err)

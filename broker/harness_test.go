@@ -1,15 +1,11 @@
 package broker_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,37 +18,19 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
-	"github.com/credbroker/credbroker/internal/testenv"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/plugins/builtin"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 var (
-	td       = spiffeid.RequireTrustDomainFromString("example.org")
-	serverID = spiffeid.RequireFromPath(td, "/credbroker")
-	ordersID = spiffeid.RequireFromPath(td, "/orders/api")
+	td       = brokertest.TrustDomain
+	serverID = brokertest.ServerID
+	ordersID = brokertest.OrdersID
 	evilID   = spiffeid.RequireFromPath(td, "/orders-evil/x")
-	otherID  = spiffeid.RequireFromPath(td, "/orders/worker")
-	adminID  = spiffeid.RequireFromPath(td, "/ops/admin")
+	otherID  = brokertest.OtherID
+	adminID  = brokertest.AdminID
 )
-
-// syncBuffer collects the broker's log so tests can prove no secret is in it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // env is one broker, in process, on a real PostgreSQL with real mTLS.
 type env struct {
@@ -62,23 +40,15 @@ type env struct {
 	addr   string
 	cfg    *broker.Config
 	opts   broker.AppOptions
-	stop   func() // stops app and waits for its Run
-	log    *syncBuffer
-	admin  *pgx.Conn // superuser connection for checks
+	stop   func()                 // stops app and waits for its Run
+	log    *brokertest.SyncBuffer // the broker's, so tests can prove no secret is in it
+	admin  *pgx.Conn              // superuser connection for checks
 	pgHost string
 	pgPort string
 	prefix string
 	reader string // group role
 	table  string // readable through the group role
 	secret string // readable by nobody
-}
-
-func randHex(t testing.TB, n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
 }
 
 // newEnv starts a broker whose roles are:
@@ -103,21 +73,12 @@ type envExtra struct{ databases, roles, top, leaseStore string }
 func newEnvWith(t *testing.T, extra envExtra, opts ...func(*broker.AppOptions)) *env {
 	t.Helper()
 	ctx := context.Background()
-	dsn := testenv.PostgresDSN(t)
-	cfgPG, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatalf("parse test dsn: %v", err)
-	}
-	admin, err := pgx.ConnectConfig(ctx, cfgPG)
-	if err != nil {
-		t.Fatalf("connect as admin: %v", err)
-	}
-	t.Cleanup(func() { admin.Close(context.Background()) })
+	cfgPG, admin := brokertest.Postgres(t)
 
-	suffix := randHex(t, 4)
+	suffix := brokertest.RandHex(t, 4)
 	e := &env{
 		t:      t,
-		log:    &syncBuffer{},
+		log:    &brokertest.SyncBuffer{},
 		admin:  admin,
 		pgHost: cfgPG.Host,
 		pgPort: fmt.Sprint(cfgPG.Port),
@@ -144,12 +105,9 @@ func newEnvWith(t *testing.T, extra envExtra, opts ...func(*broker.AppOptions)) 
 		}
 	})
 
-	e.ca, err = identity.NewDevCA(td)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.ca = brokertest.NewCA(t)
 	t.Setenv("CREDBROKER_TEST_ADMIN_PW", cfgPG.Password)
-	closed := closedPort(t)
+	closed := brokertest.ClosedPort(t)
 	store := extra.leaseStore
 	if store == "" {
 		store = fmt.Sprintf("lease_store: {path: %s/leases.db}", t.TempDir())
@@ -249,27 +207,13 @@ roles:
 // start builds and runs an App on e's config, listening on e.addr.
 func (e *env) start() {
 	e.t.Helper()
-	lis, err := net.Listen("tcp", e.addr)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.addr = lis.Addr().String()
-	opts := e.opts
-	opts.Listener = lis
-	e.app, err = broker.NewApp(context.Background(), e.cfg, opts)
-	if err != nil {
-		lis.Close()
-		e.t.Fatalf("new app: %v", err)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.app.Run(runCtx) }()
-	e.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("broker run: %v", err)
-		}
-	}
+	e.addr, e.stop = brokertest.Serve(e.t, e.addr, func(lis net.Listener) (brokertest.Runner, error) {
+		opts := e.opts
+		opts.Listener = lis
+		app, err := broker.NewApp(context.Background(), e.cfg, opts)
+		e.app = app
+		return app, err
+	})
 }
 
 // restart stops the broker and starts a new one on the same config, store
@@ -281,26 +225,7 @@ func (e *env) restart() {
 	e.start()
 }
 
-func newCA(t *testing.T) *identity.DevCA {
-	ca, err := identity.NewDevCA(td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca
-}
-
 func statusCode(err error) codes.Code { return status.Code(err) }
-
-// closedPort returns a loopback port nothing listens on.
-func closedPort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return p
-}
 
 // conn dials the broker as id over mTLS.
 func (e *env) conn(id spiffeid.ID) *grpc.ClientConn {
@@ -325,22 +250,9 @@ func (e *env) adminClient(id spiffeid.ID) pb.AdminServiceClient {
 	return pb.NewAdminServiceClient(e.conn(id))
 }
 
-func (e *env) countUsers() int {
-	var n int
-	err := e.admin.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", e.prefix+"\\_%").Scan(&n)
-	if err != nil {
-		e.t.Fatalf("count users: %v", err)
-	}
-	return n
-}
+func (e *env) countUsers() int { return len(brokertest.PostgresUsers(e.t, e.admin, e.prefix)) }
 
-func (e *env) userExists(name string) bool {
-	var n int
-	if err := e.admin.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname = $1", name).Scan(&n); err != nil {
-		e.t.Fatalf("user exists: %v", err)
-	}
-	return n == 1
-}
+func (e *env) userExists(name string) bool { return brokertest.PostgresUserExists(e.t, e.admin, name) }
 
 func (e *env) validUntil(name string) time.Time {
 	var ts time.Time
@@ -374,17 +286,4 @@ func (e *env) assertNoSecret(secret string) {
 	if secret != "" && strings.Contains(e.log.String(), secret) {
 		e.t.Fatal("a password appears in the broker's log")
 	}
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/internal/brokertest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -86,7 +87,7 @@ func TestMetricsScenario(t *testing.T) {
 	// concurrently, so the gauges read from the lease manager may lag the
 	// expiry counter by the moment the lease leaves the manager. Wait until
 	// both show the expiry.
-	waitFor(t, 15*time.Second, "the shortlived lease to expire", func() bool {
+	brokertest.WaitFor(t, 15*time.Second, "the shortlived lease to expire", func() bool {
 		text = e.scrape()
 		return sample(text, `credbroker_leases_revoked_total{database="main",reason="expiry",role="shortlived"}`) == 1 &&
 			sample(text, `credbroker_revoking_leases`) == 0
@@ -177,7 +178,7 @@ func TestMetricsRevocationBacklog(t *testing.T) {
 		t.Fatal("revoke succeeded without the table")
 	}
 	var text string
-	waitFor(t, 10*time.Second, "a retried drop to fail too", func() bool {
+	brokertest.WaitFor(t, 10*time.Second, "a retried drop to fail too", func() bool {
 		text = e.scrape()
 		return sample(text, "credbroker_revocation_failures_total") >= 2 &&
 			sample(text, "credbroker_oldest_revoking_age_seconds") > 0
@@ -195,7 +196,7 @@ func TestMetricsRevocationBacklog(t *testing.T) {
 	if _, err := e.admin.Exec(ctx, fmt.Sprintf("ALTER TABLE %s RENAME TO %s", renamed, e.table)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the retried drop to succeed", func() bool {
+	brokertest.WaitFor(t, 10*time.Second, "the retried drop to succeed", func() bool {
 		text = e.scrape()
 		return sample(text, "credbroker_revoking_leases") == 0
 	})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/testenv"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -43,20 +43,9 @@ type mariaEnv struct {
 func newMariaEnv(t *testing.T) *mariaEnv {
 	t.Helper()
 	ctx := context.Background()
-	cc, err := driver.ParseDSN(testenv.MySQLDSN(t))
-	if err != nil {
-		t.Fatalf("parse %s: malformed DSN", testenv.MySQLDSNVar) // the error may quote the password
-	}
-	admin, err := sql.Open("mysql", cc.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Close() })
-	host, port, err := net.SplitHostPort(cc.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	suffix := randHex(t, 4)
+	my := brokertest.OpenMySQL(t, testenv.MySQLDSN(t))
+	cc, admin, host, port := my.Config, my.DB, my.Host, my.Port
+	suffix := brokertest.RandHex(t, 4)
 	m := &mariaEnv{t: t, admin: admin, db: "cbe_" + suffix, prefix: "m" + suffix[:6], host: host, port: port}
 	for _, q := range []string{
 		"CREATE DATABASE " + m.db,
@@ -105,7 +94,7 @@ func newMariaEnv(t *testing.T) *mariaEnv {
     password_env: CREDBROKER_TEST_MYSQL_ADMIN_PW
     connect_timeout: 2s
     username_prefix: %[5]s
-`, host, port, m.db, cc.User, m.prefix, closedPort(t))
+`, host, port, m.db, cc.User, m.prefix, brokertest.ClosedPort(t))
 	roles := fmt.Sprintf(`
   shop-reader:
     database: shop
@@ -155,34 +144,11 @@ func newMariaEnv(t *testing.T) *mariaEnv {
 	return m
 }
 
-// users lists the MariaDB accounts with the env's prefix, as user@host.
-func (m *mariaEnv) users() []string {
-	rows, err := m.admin.Query("SELECT User FROM mysql.user WHERE LEFT(User, ?) = ?", len(m.prefix)+1, m.prefix+"_")
-	if err != nil {
-		m.t.Fatalf("list MariaDB users: %v", err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			m.t.Fatal(err)
-		}
-		out = append(out, n)
-	}
-	return out
-}
+// users lists the MariaDB accounts with the env's prefix.
+func (m *mariaEnv) users() []string { return brokertest.MySQLUsers(m.t, m.admin, m.prefix) }
 
 func (m *mariaEnv) mariaUserHost(name string) (string, bool) {
-	var host string
-	err := m.admin.QueryRow("SELECT Host FROM mysql.user WHERE User = ?", name).Scan(&host)
-	if err == sql.ErrNoRows {
-		return "", false
-	}
-	if err != nil {
-		m.t.Fatalf("user exists: %v", err)
-	}
-	return host, true
+	return brokertest.MySQLUserHost(m.t, m.admin, name)
 }
 
 func (m *mariaEnv) mariaUserExists(name string) bool {
@@ -265,13 +231,13 @@ func TestPostgresAndMariaDBExpire(t *testing.T) {
 	}
 
 	expiry := myResp.GetLease().GetExpireTime().AsTime()
-	waitFor(t, 15*time.Second, "the expiry loop to drop both users", func() bool {
+	brokertest.WaitFor(t, 15*time.Second, "the expiry loop to drop both users", func() bool {
 		return !m.userExists(pgUser) && !m.mariaUserExists(myUser)
 	})
 	t.Logf("both users dropped %s after the MariaDB lease's expiry", time.Since(expiry).Round(time.Millisecond))
 	// The user is gone a moment before DeleteUser returns (a last sweep of
 	// the process list follows the drop), and the lease only then.
-	waitFor(t, 5*time.Second, "both leases to end", func() bool {
+	brokertest.WaitFor(t, 5*time.Second, "both leases to end", func() bool {
 		list, err := client.ListLeases(ctx, &pb.ListLeasesRequest{})
 		return err == nil && len(list.GetLeases()) == 0
 	})

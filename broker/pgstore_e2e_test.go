@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/testenv"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -27,7 +28,7 @@ func pgLeaseStore(t *testing.T) (yaml, schema string, store broker.PostgresStore
 	if err != nil {
 		t.Fatalf("parse test dsn (not shown: it holds a password)")
 	}
-	name := "cbe2e_" + randHex(t, 6)
+	name := "cbe2e_" + brokertest.RandHex(t, 6)
 	t.Cleanup(func() {
 		admin, err := pgx.ConnectConfig(ctx, pc)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -22,7 +23,7 @@ import (
 func (e *env) replica() *env {
 	e.t.Helper()
 	r := *e
-	r.log = &syncBuffer{}
+	r.log = &brokertest.SyncBuffer{}
 	r.addr = "127.0.0.1:0"
 	r.opts.Logger = slog.New(slog.NewJSONHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r.opts.CreateStore = false
@@ -68,7 +69,7 @@ func TestReplicasSeeDeregistrations(t *testing.T) {
 	if _, err := a.adminClient(adminID).DeregisterWorkload(ctx, &pb.DeregisterWorkloadRequest{SpiffeId: ordersID.String()}); err != nil {
 		t.Fatalf("deregister through A: %v", err)
 	}
-	took := waitFor(t, 5*time.Second, "replica B to refuse the deregistered workload", func() bool { return !b.admitted(onB) })
+	took := brokertest.WaitFor(t, 5*time.Second, "replica B to refuse the deregistered workload", func() bool { return !b.admitted(onB) })
 	t.Logf("deregistered through A → refused by B after %s", took.Round(time.Millisecond))
 	_, err := onB.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
 	wantCode(t, err, codes.PermissionDenied)
@@ -83,7 +84,7 @@ func TestReplicasSeeDeregistrations(t *testing.T) {
 	if _, err := a.adminClient(adminID).RegisterWorkload(ctx, &pb.RegisterWorkloadRequest{SpiffeId: ordersID.String()}); err != nil {
 		t.Fatalf("register through A: %v", err)
 	}
-	took = waitFor(t, 5*time.Second, "replica B to admit the workload registered again", func() bool { return b.admitted(onB) })
+	took = brokertest.WaitFor(t, 5*time.Second, "replica B to admit the workload registered again", func() bool { return b.admitted(onB) })
 	t.Logf("registered through A → admitted by B after %s", took.Round(time.Millisecond))
 	resp, err := onB.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
 	if err != nil {
@@ -101,7 +102,7 @@ func TestReplicasSeeDeregistrations(t *testing.T) {
 	if _, err := a.adminClient(adminID).RegisterWorkload(ctx, &pb.RegisterWorkloadRequest{SpiffeId: ordersID.String()}); err != nil {
 		t.Fatalf("register through A: %v", err)
 	}
-	waitFor(t, 5*time.Second, "both replicas to admit the workload", func() bool { return a.admitted(a.creds(ordersID)) && b.admitted(onB) })
+	brokertest.WaitFor(t, 5*time.Second, "both replicas to admit the workload", func() bool { return a.admitted(a.creds(ordersID)) && b.admitted(onB) })
 }
 
 // leads reports whether e's log says it took the leadership of singleton
@@ -138,14 +139,14 @@ func TestReplicasReconcilerSingleton(t *testing.T) {
 	storeYAML, _, _ := pgLeaseStore(t)
 	a := newEnvWith(t, envExtra{leaseStore: storeYAML, top: "reconciler: {enabled: true, interval: 1s}"})
 	b := a.replica()
-	waitFor(t, 10*time.Second, "a replica to lead the reconciler", func() bool { return a.leads("reconciler")+b.leads("reconciler") > 0 })
+	brokertest.WaitFor(t, 10*time.Second, "a replica to lead the reconciler", func() bool { return a.leads("reconciler")+b.leads("reconciler") > 0 })
 	leader, other := a, b
 	if b.leads("reconciler") > 0 {
 		leader, other = b, a
 	}
 	for i, s := range []string{"one", "two", "three"} {
 		user := leader.orphan(s)
-		waitFor(t, 10*time.Second, "orphan "+s+" to be dropped", func() bool { return !leader.userExists(user) })
+		brokertest.WaitFor(t, 10*time.Second, "orphan "+s+" to be dropped", func() bool { return !leader.userExists(user) })
 		if !leader.droppedBy(user) || other.droppedBy(user) {
 			t.Fatalf("orphan %d: dropped by the leader %t, by the other %t; want the leader only", i, leader.droppedBy(user), other.droppedBy(user))
 		}
@@ -160,10 +161,10 @@ func TestReplicasReconcilerSingleton(t *testing.T) {
 
 	leader.stop()
 	leader.stop = nil
-	took := waitFor(t, 10*time.Second, "the other replica to take the reconciler over", func() bool { return other.leads("reconciler") == 1 })
+	took := brokertest.WaitFor(t, 10*time.Second, "the other replica to take the reconciler over", func() bool { return other.leads("reconciler") == 1 })
 	t.Logf("leader stopped → reconciler led by the other after %s (retry %s)", took.Round(time.Millisecond), 2*time.Second)
 	user := other.orphan("four")
-	waitFor(t, 10*time.Second, "orphan four to be dropped by the new leader", func() bool { return !other.userExists(user) })
+	brokertest.WaitFor(t, 10*time.Second, "orphan four to be dropped by the new leader", func() bool { return !other.userExists(user) })
 	if !other.droppedBy(user) {
 		t.Fatal("orphan four was not dropped by the new leader's reconciler")
 	}
@@ -186,7 +187,7 @@ registry:
   poll_interval: %s
 `, sp.ServerAddr(), sp.ServerID(), poll)}, func(o *broker.AppOptions) { o.Source = sp.brokerSrc })
 	b := a.replica()
-	waitFor(t, 10*time.Second, "a replica to lead the SPIRE sweep", func() bool { return a.leads("spire-sweep")+b.leads("spire-sweep") > 0 })
+	brokertest.WaitFor(t, 10*time.Second, "a replica to lead the SPIRE sweep", func() bool { return a.leads("spire-sweep")+b.leads("spire-sweep") > 0 })
 	leader, other := a, b
 	if b.leads("spire-sweep") > 0 {
 		leader, other = b, a
@@ -204,10 +205,10 @@ registry:
 	}
 
 	sp.DeleteEntry(t, sp.clientEntry)
-	waitFor(t, 3*poll+5*time.Second, "the leader to revoke the deleted workload's lease", func() bool {
+	brokertest.WaitFor(t, 3*poll+5*time.Second, "the leader to revoke the deleted workload's lease", func() bool {
 		return !leader.userExists(resp.GetCredential().GetUsername())
 	})
-	waitFor(t, 3*poll+5*time.Second, "the other replica to refuse the deleted workload", func() bool { return !other.admitted(onOther) })
+	brokertest.WaitFor(t, 3*poll+5*time.Second, "the other replica to refuse the deleted workload", func() bool { return !other.admitted(onOther) })
 	if strings.Contains(other.log.String(), "SPIRE entry gone") {
 		t.Error("the replica that does not lead revoked leases")
 	}
@@ -217,7 +218,7 @@ registry:
 
 	leader.stop()
 	leader.stop = nil
-	took := waitFor(t, 10*time.Second, "the other replica to take the SPIRE sweep over", func() bool { return other.leads("spire-sweep") == 1 })
+	took := brokertest.WaitFor(t, 10*time.Second, "the other replica to take the SPIRE sweep over", func() bool { return other.leads("spire-sweep") == 1 })
 	t.Logf("leader stopped → SPIRE sweep led by the other after %s", took.Round(time.Millisecond))
 }
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/audit"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/testenv"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -81,10 +82,10 @@ func (e *env) rotate(db string) error {
 // rotates a password_file older than its interval at start.
 func TestRotateAdminPostgres(t *testing.T) {
 	ctx := context.Background()
-	su, cfgPG := pgSuperuser(t)
-	sfx := randHex(t, 4)
+	cfgPG, su := brokertest.Postgres(t)
+	sfx := brokertest.RandHex(t, 4)
 	rot, sched := "cbrot_"+sfx, "cbsched_"+sfx
-	pw0, schedPW := randHex(t, 16), randHex(t, 16)
+	pw0, schedPW := brokertest.RandHex(t, 16), brokertest.RandHex(t, 16)
 	t.Cleanup(func() {
 		for _, r := range []string{rot, sched} {
 			_, _ = su.Exec(context.Background(), "DROP ROLE IF EXISTS "+r)
@@ -162,7 +163,7 @@ func TestRotateAdminPostgres(t *testing.T) {
 		wantStatus(t, status.Convert(e.rotate("nosuch")), codes.NotFound, "no such database")
 		wantStatus(t, status.Convert(e.rotate("")), codes.InvalidArgument, "database is required")
 		// A side file of an unfinished rotation: no new one starts.
-		side := writePasswordFile(t, dir, "rot.password.next", randHex(t, 20))
+		side := writePasswordFile(t, dir, "rot.password.next", brokertest.RandHex(t, 20))
 		wantStatus(t, status.Convert(e.rotate("rot")), codes.FailedPrecondition, `database "rot"`, "outcome is unknown")
 		if err := os.Remove(side); err != nil {
 			t.Fatal(err)
@@ -199,7 +200,7 @@ func TestRotateAdminPostgres(t *testing.T) {
 		if _, err := su.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", rot); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, "issuance after the admin sessions ended", func() bool {
+		brokertest.WaitFor(t, 10*time.Second, "issuance after the admin sessions ended", func() bool {
 			r, err := e.creds(ordersID).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "rot-role"})
 			if err != nil {
 				return false
@@ -215,7 +216,7 @@ func TestRotateAdminPostgres(t *testing.T) {
 
 	var schedNew string
 	t.Run("schedule", func(t *testing.T) {
-		waitFor(t, 15*time.Second, "the overdue scheduled rotation", func() bool { return readPasswordFile(t, schedFile) != schedPW })
+		brokertest.WaitFor(t, 15*time.Second, "the overdue scheduled rotation", func() bool { return readPasswordFile(t, schedFile) != schedPW })
 		schedNew = readPasswordFile(t, schedFile)
 		if err := login(sched, schedPW); err == nil {
 			t.Error("the scheduled rotation left the old password working")
@@ -230,7 +231,7 @@ func TestRotateAdminPostgres(t *testing.T) {
 		e.stop = nil
 		// A crash after the ALTER, before the rename: the server has the
 		// side file's password.
-		pwSet := randHex(t, 20)
+		pwSet := brokertest.RandHex(t, 20)
 		if _, err := su.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD '%s'", rot, pwSet)); err != nil {
 			t.Fatal(err)
 		}
@@ -247,7 +248,7 @@ func TestRotateAdminPostgres(t *testing.T) {
 		// A crash before the ALTER: the side file's password was never set.
 		e.stop()
 		e.stop = nil
-		writePasswordFile(t, dir, "rot.password.next", randHex(t, 20))
+		writePasswordFile(t, dir, "rot.password.next", brokertest.RandHex(t, 20))
 		e.start()
 		if got := readPasswordFile(t, file); got != pwSet {
 			t.Error("a side file whose password was never set replaced password_file")
@@ -301,9 +302,9 @@ func TestRotateAdminPostgres(t *testing.T) {
 // server's general log (the hash form, IDENTIFIED BY PASSWORD, is sent).
 func TestRotateAdminMariaDB(t *testing.T) {
 	root, host, port := mariaRoot(t)
-	sfx := randHex(t, 4)
+	sfx := brokertest.RandHex(t, 4)
 	schema, admin := "cbr_"+sfx, "cbrot_"+sfx
-	pw0 := randHex(t, 16)
+	pw0 := brokertest.RandHex(t, 16)
 	instance := "r" + sfx
 	prefix := "q" + sfx[:6]
 	t.Cleanup(func() {
@@ -377,7 +378,7 @@ func TestRotateAdminMariaDB(t *testing.T) {
 	e.issueAndRevoke("rshop-role")
 	// Every admin connection ended: the pool logs in again with the new one.
 	killSessions(t, root, admin)
-	waitFor(t, 10*time.Second, "issuance after the admin's connections were killed", func() bool {
+	brokertest.WaitFor(t, 10*time.Second, "issuance after the admin's connections were killed", func() bool {
 		ctx := context.Background()
 		r, err := e.creds(ordersID).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "rshop-role"})
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/spiretest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -90,9 +91,9 @@ registry:
 	defer session.Close(ctx)
 
 	sp.DeleteEntry(t, sp.clientEntry)
-	took := waitFor(t, 3*poll+5*time.Second, "the deregistered workload's user to be dropped", func() bool { return !e.userExists(username) })
+	took := brokertest.WaitFor(t, 3*poll+5*time.Second, "the deregistered workload's user to be dropped", func() bool { return !e.userExists(username) })
 	t.Logf("entry deleted → user dropped in %s (poll interval %s)", took.Round(time.Millisecond), poll)
-	waitFor(t, 5*time.Second, "the SPIRE revocation in the metrics", func() bool {
+	brokertest.WaitFor(t, 5*time.Second, "the SPIRE revocation in the metrics", func() bool {
 		text := e.scrape()
 		return sample(text, `credbroker_leases_revoked_total{database="main",reason="spire",role="reader"}`) == 1 &&
 			sample(text, "credbroker_registry_healthy") == 1 && sample(text, "credbroker_registry_sync_age_seconds") >= 0
@@ -108,7 +109,7 @@ registry:
 	// lists the new entry (an unknown caller triggers a re-listing).
 	sp.CreateEntry(t, ordersID.String(), sp.clientSelectors, false, nil)
 	var again *pb.IssueCredentialResponse
-	took = waitFor(t, 3*poll+5*time.Second, "issuance after registering again", func() bool {
+	took = brokertest.WaitFor(t, 3*poll+5*time.Second, "issuance after registering again", func() bool {
 		again, err = pb.NewCredentialServiceClient(client).IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "reader"})
 		if err != nil && statusCode(err) != codes.PermissionDenied {
 			t.Fatalf("issue after registering again: %v", err)
@@ -120,7 +121,7 @@ registry:
 	// An outage is not a deregistration.
 	health := healthpb.NewHealthClient(client)
 	sp.StopServer(t)
-	waitFor(t, 5*poll+5*time.Second, "the registry watch to report NOT_SERVING", func() bool {
+	brokertest.WaitFor(t, 5*poll+5*time.Second, "the registry watch to report NOT_SERVING", func() bool {
 		h, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: broker.RegistryHealthService})
 		return err == nil && h.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING
 	})
@@ -132,7 +133,7 @@ registry:
 		t.Fatalf("broker health during the SPIRE outage: %v %v", h, err)
 	}
 	sp.StartServer(t)
-	waitFor(t, 5*poll+10*time.Second, "the registry watch to recover", func() bool {
+	brokertest.WaitFor(t, 5*poll+10*time.Second, "the registry watch to recover", func() bool {
 		h, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: broker.RegistryHealthService})
 		return err == nil && h.GetStatus() == healthpb.HealthCheckResponse_SERVING
 	})

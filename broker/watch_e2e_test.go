@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/audit"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -144,7 +145,7 @@ func TestWatchCredentialRenewsRotatesAndRevokesAfterGrace(t *testing.T) {
 			t.Fatalf("rotation %d: login with the previous credential during the overlap: %v", rotation, err)
 		}
 		old := cur.GetCredential().GetUsername()
-		waitFor(t, 15*time.Second, "the previous user dropped after the overlap", func() bool { return !e.userExists(old) })
+		brokertest.WaitFor(t, 15*time.Second, "the previous user dropped after the overlap", func() bool { return !e.userExists(old) })
 		if d := time.Until(prev.GetExpireTime().AsTime()); d > 500*time.Millisecond {
 			t.Errorf("previous user gone %s before the announced end of the overlap", d)
 		}
@@ -153,7 +154,7 @@ func TestWatchCredentialRenewsRotatesAndRevokesAfterGrace(t *testing.T) {
 		cur = m
 	}
 	cancel() // the client goes away
-	waitFor(t, 15*time.Second, "the stream's users dropped after the grace period", func() bool { return e.countUsers() == 0 })
+	brokertest.WaitFor(t, 15*time.Second, "the stream's users dropped after the grace period", func() bool { return e.countUsers() == 0 })
 	leases, err := e.adminClient(adminID).ListLeases(context.Background(), &pb.AdminListLeasesRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +227,7 @@ func TestWatchCredentialDisconnectGrace(t *testing.T) {
 	if !e.userExists(user) {
 		t.Fatal("user dropped before the grace period")
 	}
-	waitFor(t, 15*time.Second, "the user dropped after the grace period", func() bool { return !e.userExists(user) })
+	brokertest.WaitFor(t, 15*time.Second, "the user dropped after the grace period", func() bool { return !e.userExists(user) })
 	if d := time.Since(gone); d < 900*time.Millisecond || d > 20*time.Second {
 		t.Fatalf("user dropped %s after the client went away, want about 1s", d)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credbroker/credbroker/client"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -137,9 +138,9 @@ func TestPgxQueryLoopAcrossRotations(t *testing.T) {
 		}
 		return user, err
 	})
-	waitFor(t, 30*time.Second, "two rotations", func() bool { return evs.count(client.Rotated) >= 2 })
+	brokertest.WaitFor(t, 30*time.Second, "two rotations", func() bool { return evs.count(client.Rotated) >= 2 })
 	prev := evs.last(client.Rotated).Previous
-	waitFor(t, 15*time.Second, "the second rotation's previous user dropped", func() bool { return !e.pgUserExists(prev.Username) })
+	brokertest.WaitFor(t, 15*time.Second, "the second rotation's previous user dropped", func() bool { return !e.pgUserExists(prev.Username) })
 	time.Sleep(300 * time.Millisecond) // queries after the drop
 	l.finish(t, 3)
 	pool.Close()
@@ -181,9 +182,9 @@ func TestMySQLConnectorAcrossRotation(t *testing.T) {
 		user, _, _ = strings.Cut(user, "@")
 		return user, err
 	})
-	waitFor(t, 30*time.Second, "a rotation", func() bool { return evs.count(client.Rotated) >= 1 })
+	brokertest.WaitFor(t, 30*time.Second, "a rotation", func() bool { return evs.count(client.Rotated) >= 1 })
 	prev := evs.last(client.Rotated).Previous
-	waitFor(t, 15*time.Second, "the previous account dropped", func() bool { return !e.myUserExists(prev.Username) })
+	brokertest.WaitFor(t, 15*time.Second, "the previous account dropped", func() bool { return !e.myUserExists(prev.Username) })
 	time.Sleep(300 * time.Millisecond)
 	l.finish(t, 2)
 	db.Close()
@@ -268,7 +269,7 @@ func TestWatcherReconnects(t *testing.T) {
 	first, _ := w.Current()
 	e.stop()
 	e.start()
-	waitFor(t, 20*time.Second, "a new credential after the restart", func() bool { return evs.count(client.Issued) >= 2 })
+	brokertest.WaitFor(t, 20*time.Second, "a new credential after the restart", func() bool { return evs.count(client.Issued) >= 2 })
 	if evs.count(client.Disconnected) == 0 {
 		t.Error("no Disconnected event")
 	}

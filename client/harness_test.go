@@ -2,34 +2,29 @@ package client_test
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/client"
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/testenv"
 	"github.com/credbroker/credbroker/plugins/builtin"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 var (
-	td       = spiffeid.RequireTrustDomainFromString("example.org")
-	serverID = spiffeid.RequireFromPath(td, "/credbroker")
-	ordersID = spiffeid.RequireFromPath(td, "/orders/api")
-	otherID  = spiffeid.RequireFromPath(td, "/orders/worker")
-	adminID  = spiffeid.RequireFromPath(td, "/ops/admin")
+	serverID = brokertest.ServerID
+	ordersID = brokertest.OrdersID
+	otherID  = brokertest.OtherID
+	adminID  = brokertest.AdminID
 )
 
 // env is a real broker (in process, real mTLS) on the throwaway PostgreSQL
@@ -50,33 +45,18 @@ type env struct {
 	prefix string // username prefix of both databases
 	table  string
 	mydb   string
-	certs  string // client.pem, client-key.pem, bundle.pem
-}
-
-func randHex(t testing.TB, n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
+	svid   brokertest.SVIDFiles // the workload's
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	suffix := randHex(t, 4)
+	suffix := brokertest.RandHex(t, 4)
 	e := &env{t: t, prefix: "w" + suffix[:6], table: "orders_" + suffix, mydb: "cbw_" + suffix}
 	reader := "reader_" + suffix
 
-	pgCfg, err := pgx.ParseConfig(testenv.PostgresDSN(t))
-	if err != nil {
-		t.Fatal("parse the test PostgreSQL DSN") // the error may quote the password
-	}
-	e.pg, err = pgx.ConnectConfig(ctx, pgCfg)
-	if err != nil {
-		t.Fatalf("connect to PostgreSQL: %v", err)
-	}
-	t.Cleanup(func() { e.pg.Close(context.Background()) })
+	var pgCfg *pgx.ConnConfig
+	pgCfg, e.pg = brokertest.Postgres(t)
 	for _, q := range []string{
 		"CREATE TABLE " + e.table + " (id int)",
 		"INSERT INTO " + e.table + " VALUES (1), (2), (3)",
@@ -93,15 +73,8 @@ func newEnv(t *testing.T) *env {
 		}
 	})
 
-	myCfg, err := mysql.ParseDSN(testenv.MySQLDSN(t))
-	if err != nil {
-		t.Fatal("parse the test MariaDB DSN")
-	}
-	e.my, err = sql.Open("mysql", myCfg.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.my.Close() })
+	my := brokertest.OpenMySQL(t, testenv.MySQLDSN(t))
+	e.my = my.DB
 	for _, q := range []string{
 		"CREATE DATABASE " + e.mydb,
 		"CREATE TABLE " + e.mydb + ".orders (id int)",
@@ -112,21 +85,11 @@ func newEnv(t *testing.T) *env {
 		}
 	}
 	t.Cleanup(func() { _, _ = e.my.Exec("DROP DATABASE " + e.mydb) })
-	myHost, myPort, err := net.SplitHostPort(myCfg.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 
-	e.ca, err = identity.NewDevCA(td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.certs = t.TempDir()
-	if err := e.ca.WriteFiles(e.certs, map[string]spiffeid.ID{"client": ordersID}, identity.SVIDOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.ca = brokertest.NewCA(t)
+	e.svid = brokertest.WriteSVID(t, e.ca, t.TempDir(), "client", ordersID, identity.SVIDOptions{})
 	t.Setenv("CREDBROKER_TEST_ADMIN_PW", pgCfg.Password)
-	t.Setenv("CREDBROKER_TEST_MYSQL_ADMIN_PW", myCfg.Passwd)
+	t.Setenv("CREDBROKER_TEST_MYSQL_ADMIN_PW", my.Config.Passwd)
 	yaml := fmt.Sprintf(`
 listen: 127.0.0.1:0
 trust_domain: example.org
@@ -172,7 +135,8 @@ roles:
       - CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}}
       - GRANT SELECT ON %[9]s.orders TO {{name}}
 `, filepath.Join(t.TempDir(), "leases.db"), pgCfg.Host, pgCfg.Port, pgCfg.Database, pgCfg.User, e.prefix,
-		myHost, myPort, e.mydb, myCfg.User, reader)
+		my.Host, my.Port, e.mydb, my.Config.User, reader)
+	var err error
 	e.cfg, err = broker.ParseConfig([]byte(yaml), builtin.Catalog())
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -197,30 +161,15 @@ roles:
 // start runs a broker on e.cfg at e.addr (the same address after a restart).
 func (e *env) start() {
 	e.t.Helper()
-	lis, err := net.Listen("tcp", e.addr)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.addr = lis.Addr().String()
 	src, err := e.ca.Source(serverID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	app, err := broker.NewApp(context.Background(), e.cfg, broker.AppOptions{Source: src, CreateStore: true, Listener: lis, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		lis.Close()
-		e.t.Fatalf("new app: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
-	e.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("broker: %v", err)
-		}
-		e.stop = nil
-	}
+	var stop func()
+	e.addr, stop = brokertest.Serve(e.t, e.addr, func(lis net.Listener) (brokertest.Runner, error) {
+		return broker.NewApp(context.Background(), e.cfg, broker.AppOptions{Source: src, CreateStore: true, Listener: lis, Logger: slog.New(slog.DiscardHandler)})
+	})
+	e.stop = func() { stop(); e.stop = nil }
 }
 
 // client connects as the workload, with its SVID from files.
@@ -228,7 +177,7 @@ func (e *env) client() *client.Client {
 	e.t.Helper()
 	c, err := client.New(context.Background(), e.addr,
 		client.WithServerID(serverID.String()),
-		client.WithFiles(filepath.Join(e.certs, "client.pem"), filepath.Join(e.certs, "client-key.pem"), filepath.Join(e.certs, "bundle.pem")))
+		client.WithFiles(e.svid.Cert, e.svid.Key, e.svid.Bundle))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -251,46 +200,13 @@ func (e *env) admin() pb.AdminServiceClient {
 	return pb.NewAdminServiceClient(c.Conn())
 }
 
-func (e *env) pgUsers() int {
-	var n int
-	if err := e.pg.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", e.prefix+"\\_%").Scan(&n); err != nil {
-		e.t.Fatalf("count users: %v", err)
-	}
-	return n
-}
+func (e *env) pgUsers() int { return len(brokertest.PostgresUsers(e.t, e.pg, e.prefix)) }
 
-func (e *env) pgUserExists(name string) bool {
-	var n int
-	if err := e.pg.QueryRow(context.Background(), "SELECT count(*) FROM pg_roles WHERE rolname = $1", name).Scan(&n); err != nil {
-		e.t.Fatalf("user exists: %v", err)
-	}
-	return n == 1
-}
+func (e *env) pgUserExists(name string) bool { return brokertest.PostgresUserExists(e.t, e.pg, name) }
 
-func (e *env) myUsers() int {
-	var n int
-	if err := e.my.QueryRow("SELECT count(*) FROM mysql.user WHERE LEFT(User, ?) = ?", len(e.prefix)+1, e.prefix+"_").Scan(&n); err != nil {
-		e.t.Fatalf("count users: %v", err)
-	}
-	return n
-}
+func (e *env) myUsers() int { return len(brokertest.MySQLUsers(e.t, e.my, e.prefix)) }
 
 func (e *env) myUserExists(name string) bool {
-	var n int
-	if err := e.my.QueryRow("SELECT count(*) FROM mysql.user WHERE User = ?", name).Scan(&n); err != nil {
-		e.t.Fatalf("user exists: %v", err)
-	}
-	return n > 0
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	_, ok := brokertest.MySQLUserHost(e.t, e.my, name)
+	return ok
 }

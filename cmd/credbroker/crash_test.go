@@ -2,9 +2,7 @@ package main_test
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -15,10 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -26,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/testenv"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -52,7 +49,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var td = spiffeid.RequireTrustDomainFromString("example.org")
+var td = brokertest.TrustDomain
 
 // proc is one broker subprocess sharing a config, certs and lease store
 // with the runs before and after it.
@@ -88,20 +85,8 @@ func newFixtureBoth(t *testing.T) *fixture {
 // newFixtureBothDSN is newFixtureBoth on the given servers.
 func newFixtureBothDSN(t *testing.T, pgDSN, myDSN string) *fixture {
 	t.Helper()
-	mc, err := mysql.ParseDSN(myDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("mysql", mc.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	host, port, err := net.SplitHostPort(mc.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("CRASH_TEST_MYSQL_PASSWORD", mc.Passwd)
+	my := brokertest.OpenMySQL(t, myDSN)
+	t.Setenv("CRASH_TEST_MYSQL_PASSWORD", my.Config.Passwd)
 	extra := fmt.Sprintf(`
   shop:
     plugin: mysql
@@ -113,7 +98,7 @@ func newFixtureBothDSN(t *testing.T, pgDSN, myDSN string) *fixture {
     sslmode: disable
     username_prefix: PREFIX
     user_host: 127.0.0.1
-`, host, port, mc.User)
+`, my.Host, my.Port, my.Config.User)
 	role := `
   shop:
     database: shop
@@ -124,7 +109,7 @@ func newFixtureBothDSN(t *testing.T, pgDSN, myDSN string) *fixture {
       - CREATE USER {{name}} IDENTIFIED BY PASSWORD {{password}}
 `
 	f := newFixtureExtra(t, pgDSN, extra, role)
-	f.my = db
+	f.my = my.DB
 	return f
 }
 
@@ -152,27 +137,16 @@ func newFixtureStore(t *testing.T, dsn, extraDatabases, extraRoles, leaseStore s
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	f := &fixture{t: t, dir: t.TempDir(), admin: admin, prefix: "k" + hex.EncodeToString(b)}
+	f := &fixture{t: t, dir: t.TempDir(), admin: admin, prefix: "k" + brokertest.RandHex(t, 3)}
 	// f.admin, not admin: an outage test reconnects and replaces it.
 	t.Cleanup(func() { f.admin.Close(context.Background()) })
 
-	ca, err := identity.NewDevCA(td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.WriteFiles(f.dir, map[string]spiffeid.ID{"server": spiffeid.RequireFromPath(td, "/credbroker")},
-		identity.SVIDOptions{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.WriteFiles(f.dir, map[string]spiffeid.ID{
-		"client": spiffeid.RequireFromPath(td, "/orders/api"),
-		"admin":  spiffeid.RequireFromPath(td, "/ops/admin"),
-	}, identity.SVIDOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	f.addr = freeAddr(t)
+	ca := brokertest.NewCA(t)
+	brokertest.WriteSVID(t, ca, f.dir, "server", brokertest.ServerID,
+		identity.SVIDOptions{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	brokertest.WriteSVID(t, ca, f.dir, "client", brokertest.OrdersID, identity.SVIDOptions{})
+	brokertest.WriteSVID(t, ca, f.dir, "admin", brokertest.AdminID, identity.SVIDOptions{})
+	f.addr = brokertest.FreeAddr(t)
 	if leaseStore == "" {
 		leaseStore = fmt.Sprintf("lease_store: {path: %s/leases.db}", f.dir)
 	}
@@ -211,17 +185,6 @@ roles:
 		f.dropLeftovers()
 	})
 	return f
-}
-
-// freeAddr is a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // writeConfig writes the broker's config file: f.body with f.addr to
@@ -377,7 +340,7 @@ func (f *fixture) conn(name string) *grpc.ClientConn {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromPath(td, "/credbroker")))
+	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(brokertest.ServerID))
 	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		f.t.Fatal(err)
@@ -390,38 +353,14 @@ func (f *fixture) conn(name string) *grpc.ClientConn {
 // one, MariaDB.
 func (f *fixture) users() []string {
 	f.t.Helper()
-	rows, err := f.admin.Query(context.Background(), "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1", f.prefix+"\\_%")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return append(names, f.mysqlUsers()...)
+	return append(brokertest.PostgresUsers(f.t, f.admin, f.prefix), f.mysqlUsers()...)
 }
 
 func (f *fixture) mysqlUsers() []string {
 	if f.my == nil {
 		return nil
 	}
-	rows, err := f.my.Query("SELECT DISTINCT User FROM mysql.user WHERE User LIKE ? ORDER BY 1", f.prefix+"\\_%")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			f.t.Fatal(err)
-		}
-		out = append(out, u)
-	}
-	if err := rows.Err(); err != nil {
-		f.t.Fatal(err)
-	}
-	return out
+	return brokertest.MySQLUsers(f.t, f.my, f.prefix)
 }
 
 func (f *fixture) activeLeaseUsers() map[string]bool {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/tcpproxy"
 	"github.com/credbroker/credbroker/internal/testenv"
 	"github.com/credbroker/credbroker/lease"
@@ -105,7 +106,7 @@ func newCluster(t *testing.T, n int, storeDSN string) *cluster {
 	first.writeConfig(section(0))
 	c.replicas = append(c.replicas, first)
 	for i := 1; i < n; i++ {
-		r := &fixture{t: t, dir: first.dir, addr: freeAddr(t), prefix: first.prefix, admin: first.admin,
+		r := &fixture{t: t, dir: first.dir, addr: brokertest.FreeAddr(t), prefix: first.prefix, admin: first.admin,
 			name: replicaName(i), body: first.body}
 		r.writeConfig(section(i))
 		t.Cleanup(r.stop) // before first's cleanup drops the leftover users
@@ -159,20 +160,6 @@ func (c *cluster) validUntil(u string) time.Time {
 		c.t.Fatalf("user %s has no VALID UNTIL", u)
 	}
 	return *at
-}
-
-// waitUntil polls cond every 50 ms until it holds and returns how long
-// that took, or fails the test after within.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 // haWorkload is the SPIFFE ID of the fixture's client certificate.
@@ -249,7 +236,7 @@ func TestHACrossReplica(t *testing.T) {
 	if _, err := pb.NewAdminServiceClient(a.conn("admin")).DeregisterWorkload(ctx, &pb.DeregisterWorkloadRequest{SpiffeId: haWorkload}); err != nil {
 		t.Fatalf("deregister through a: %v", err)
 	}
-	denied := waitUntil(t, time.Second, "b refuses the workload deregistered through a", func() bool { return !admitted(t, b) })
+	denied := brokertest.WaitFor(t, time.Second, "b refuses the workload deregistered through a", func() bool { return !admitted(t, b) })
 	if admitted(t, cr) {
 		t.Fatal("c still admits the workload deregistered through a")
 	}
@@ -260,7 +247,7 @@ func TestHACrossReplica(t *testing.T) {
 	if err != nil || !resp.GetWasDeregistered() {
 		t.Fatalf("register through c: %v, %v", resp, err)
 	}
-	allowed := waitUntil(t, time.Second, "b admits the workload registered again through c", func() bool { return admitted(t, b) })
+	allowed := brokertest.WaitFor(t, time.Second, "b admits the workload registered again through c", func() bool { return admitted(t, b) })
 	again, err := b.issue(time.Minute)
 	if err != nil {
 		t.Fatalf("issue through b after registering again: %v", err)
@@ -354,7 +341,7 @@ func TestHAKillAtFailpoints(t *testing.T) {
 			// record but the acknowledged ones (and an issuance activated
 			// before the kill), every user backed.
 			var activated string
-			took := waitUntil(t, 20*time.Second, point+": the others finish the dead replica's work", func() bool {
+			took := brokertest.WaitFor(t, 20*time.Second, point+": the others finish the dead replica's work", func() bool {
 				now := b.allLeases()
 				for id, l := range now {
 					switch {
@@ -462,7 +449,7 @@ func TestHAExpiryExactlyOnce(t *testing.T) {
 	// When each user is seen gone, against its lease's expiry.
 	late := time.Duration(0)
 	gone := map[string]bool{}
-	waitUntil(t, time.Until(last)+10*time.Second, "every expired lease's user dropped", func() bool {
+	brokertest.WaitFor(t, time.Until(last)+10*time.Second, "every expired lease's user dropped", func() bool {
 		users := c.replicas[0].userSet()
 		now := time.Now()
 		for u, e := range expiry {
@@ -473,7 +460,7 @@ func TestHAExpiryExactlyOnce(t *testing.T) {
 		}
 		return len(gone) == len(expiry)
 	})
-	waitUntil(t, 5*time.Second, "every expired lease's record deleted", func() bool { return len(c.replicas[1].allLeases()) == 0 })
+	brokertest.WaitFor(t, 5*time.Second, "every expired lease's record deleted", func() bool { return len(c.replicas[1].allLeases()) == 0 })
 
 	drops := dropsPerUser(t, pgLog, logStart, expiry)
 	bad := 0
@@ -586,7 +573,7 @@ func TestHAStoreOutage(t *testing.T) {
 	for _, e := range expiring {
 		expired[e.username] = true
 	}
-	took := waitUntil(t, 10*time.Second, "the leases expired during the outage revoked", func() bool {
+	took := brokertest.WaitFor(t, 10*time.Second, "the leases expired during the outage revoked", func() bool {
 		for _, u := range a.users() {
 			if expired[u] {
 				return false
@@ -686,7 +673,7 @@ func TestHAPartitionedReplica(t *testing.T) {
 		}
 		a.assertEveryUserBacked()
 		time.Sleep(time.Until(newExp))
-		took := waitUntil(t, 5*time.Second, "the renewed lease revoked at its new expiry", func() bool {
+		took := brokertest.WaitFor(t, 5*time.Second, "the renewed lease revoked at its new expiry", func() bool {
 			return !cr.userSet()[l.GetUsername()] && b.allLeases()[l.GetId()] == nil
 		})
 		t.Logf("round %d (a %s, claimed by %q when cut off): the lease renewed through b survived; revoked %s after its new expiry",

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/credbroker/credbroker/internal/spiretest"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
@@ -38,7 +39,7 @@ func TestWatchRealSPIRE(t *testing.T) {
 		t.Fatalf("broker SVID = %v, %v; want %s", svid, err, brokerID)
 	}
 
-	var logs syncBuffer
+	var logs brokertest.SyncBuffer
 	const interval = 200 * time.Millisecond
 	w, err := New(Config{
 		Address:  spire.ServerAddr(),
@@ -115,7 +116,7 @@ func TestWatchRealSPIRE(t *testing.T) {
 	// Run is sequential: once it has recorded a failure of its own, any
 	// snapshot of a listing that ran before the stop has been delivered.
 	failures := w.Status().Failures
-	waitFor(t, "Run to see the outage", func() bool { return w.Status().Failures > failures })
+	brokertest.WaitFor(t, 30*time.Second, "Run to see the outage", func() bool { return w.Status().Failures > failures })
 	for len(snaps) > 0 {
 		<-snaps
 	}
@@ -127,10 +128,10 @@ func TestWatchRealSPIRE(t *testing.T) {
 	if st.Healthy || st.LastError == "" || st.LastSuccess.After(stopped) || st.Failures < 5 {
 		t.Errorf("Status during outage = %+v; want unhealthy, with an error, several failures", st)
 	}
-	if n := logs.count("cannot list spire entries"); n < 1 || n >= st.Failures {
+	if n := logs.Count("cannot list spire entries"); n < 1 || n >= st.Failures {
 		t.Errorf("%d failure lines for %d failures; want logged but rate-limited:\n%s", n, st.Failures, logs.String())
 	}
-	t.Logf("during outage: %d failures, %d log lines, last error: %s", st.Failures, logs.count("cannot list spire entries"), st.LastError)
+	t.Logf("during outage: %d failures, %d log lines, last error: %s", st.Failures, logs.Count("cannot list spire entries"), st.LastError)
 
 	// The server comes back with its data; so do the snapshots.
 	spire.StartServer(t)
@@ -148,7 +149,7 @@ func TestWatchRealSPIRE(t *testing.T) {
 	if st := w.Status(); !st.Healthy || st.LastError != "" || st.Failures != 0 {
 		t.Errorf("Status after restart = %+v, want healthy", st)
 	}
-	if logs.count("listing succeeds again") != 1 {
+	if logs.Count("listing succeeds again") != 1 {
 		t.Errorf("recovery not logged once:\n%s", logs.String())
 	}
 }

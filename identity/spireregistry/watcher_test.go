@@ -1,7 +1,6 @@
 package spireregistry
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/identity"
+	"github.com/credbroker/credbroker/internal/brokertest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
@@ -28,22 +28,17 @@ import (
 // same watcher against real SPIRE.
 
 var (
-	td         = spiffeid.RequireTrustDomainFromString("example.org")
+	td         = brokertest.TrustDomain
 	serverID   = spiffeid.RequireFromPath(td, "/spire/server")
-	brokerID   = spiffeid.RequireFromPath(td, "/credbroker")
+	brokerID   = brokertest.ServerID
 	testCAOnce sync.Once
 	testCA     *identity.DevCA
 )
 
+// devCA is one CA for all the tests of the package.
 func devCA(t *testing.T) *identity.DevCA {
 	t.Helper()
-	testCAOnce.Do(func() {
-		ca, err := identity.NewDevCA(td)
-		if err != nil {
-			panic(err)
-		}
-		testCA = ca
-	})
+	testCAOnce.Do(func() { testCA = brokertest.NewCA(t) })
 	return testCA
 }
 
@@ -231,41 +226,11 @@ func TestPollRefusesImpostorServer(t *testing.T) {
 	}
 }
 
-// syncBuffer collects log output written from Run's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) count(sub string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Count(s.b.String(), sub)
-}
-
 func TestRunDuringOutage(t *testing.T) {
-	// A port nothing listens on.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := brokertest.FreeAddr(t) // nothing listens on it
 
-	var logs syncBuffer
-	var clock atomic.Int64 // seconds; the test moves it
+	var logs brokertest.SyncBuffer // written from Run's goroutine
+	var clock atomic.Int64         // seconds; the test moves it
 	w := newWatcher(t, Config{
 		Address:  addr,
 		Interval: 10 * time.Millisecond,
@@ -280,14 +245,14 @@ func TestRunDuringOutage(t *testing.T) {
 	}()
 
 	const msg = "cannot list spire entries"
-	waitFor(t, "5 failures", func() bool { return w.Status().Failures >= 5 })
-	if n := logs.count(msg); n != 1 {
+	brokertest.WaitFor(t, 30*time.Second, "5 failures", func() bool { return w.Status().Failures >= 5 })
+	if n := logs.Count(msg); n != 1 {
 		t.Errorf("%d failure lines after %d failures of the same error, want 1:\n%s", n, w.Status().Failures, logs.String())
 	}
 	clock.Add(61) // a minute later the outage is logged again
 	failures := w.Status().Failures
-	waitFor(t, "more failures", func() bool { return w.Status().Failures >= failures+3 })
-	if n := logs.count(msg); n != 2 {
+	brokertest.WaitFor(t, 30*time.Second, "more failures", func() bool { return w.Status().Failures >= failures+3 })
+	if n := logs.Count(msg); n != 2 {
 		t.Errorf("%d failure lines a minute into the outage, want 2", n)
 	}
 
@@ -301,16 +266,5 @@ func TestRunDuringOutage(t *testing.T) {
 	st := w.Status()
 	if st.Healthy || !st.LastSuccess.IsZero() || !strings.Contains(st.LastError, addr) {
 		t.Errorf("Status = %+v, want unhealthy, never successful, error naming %s", st, addr)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
