@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.5
 PROTOC_GEN_GO_GRPC_VER   := v1.5.1
 GRPCURL_VERSION          := v1.9.2
 
-.PHONY: all build test test-faults demo demo-agent proto lint vet fmt tools clean
+.PHONY: all build test test-faults demo demo-ha demo-agent proto lint vet fmt tools clean
 
 all: build
 
@@ -33,9 +33,19 @@ bench:
 
 ## demo: throwaway database, dev certs, broker, issue → login → revoke
 ## (DB=postgres, the default, or DB=mysql for a throwaway MariaDB)
+## (HA=1: three replicas on one PostgreSQL lease store, as make demo-ha)
 DB ?= postgres
 demo: $(TOOLS)/grpcurl
+ifeq ($(HA),1)
+	scripts/demo-ha.sh
+else
 	DB=$(DB) scripts/demo.sh
+endif
+
+## demo-ha: three replicas on one PostgreSQL lease store: issue through a, list
+## through b, renew through c, kill -9 a, and b or c revokes on time
+demo-ha: $(TOOLS)/grpcurl
+	scripts/demo-ha.sh
 
 ## demo-agent: an app under `credbroker agent` (exec mode and a file) on a throwaway
 ## PostgreSQL, through one rotation and a revoke (about a minute)

@@ -75,4 +75,10 @@ go test -race -count=1 -timeout 10m -tags failpoints ./lease/... ./internal/fail
 echo "== deploy/kubernetes: the manifests, decoded strictly with the Kubernetes API types (a module of its own)"
 (cd deploy/kubernetes && go vet ./... && go test -count=1 ./...)
 
+echo "== make demo-ha: the README's three-replica demo end to end (issue, list, renew on three replicas; kill -9 one; expiry revoked by another)"
+if ! out=$(make --no-print-directory demo-ha 2>&1); then
+	echo "$out"; exit 1
+fi
+grep -E 'dropped .* after its expiry|revoked by replica|^Demo finished' <<<"$out"
+
 echo "== all tests passed in $(( $(date +%s) - start ))s"
