@@ -21,7 +21,7 @@ const (
 	defaultPollInterval   = 500 * time.Millisecond
 	defaultIssueTimeout   = 3 * time.Second
 	defaultSharedBackend  = 10 * time.Second
-	claimSlack            = 5 * time.Second
+	claimSlack            = 2 * time.Second
 	holdSlack             = 2 * time.Second
 	maxClaimBackoff       = 5 * time.Second
 	statsMaxAge           = 2 * time.Second

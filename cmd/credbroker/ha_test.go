@@ -615,8 +615,8 @@ func TestHAPartitionedReplica(t *testing.T) {
 	const (
 		ttl = 4 * time.Second
 		// claimTTL is the Shared manager's: lookahead, one claim
-		// interval, and 5 s of slack.
-		claimTTL = haClaimLookahead + haClaimInterval + 5*time.Second
+		// interval, and 2 s of slack.
+		claimTTL = haClaimLookahead + haClaimInterval + 2*time.Second
 	)
 	c := newCluster(t, 3, "")
 	c.start()
