@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -94,6 +95,9 @@ type runningBroker struct {
 	cancel context.CancelFunc
 	done   chan error
 	conns  []*grpc.ClientConn
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 func (e *pgEnv) brokerConfig(o brokerOptions) (*broker.Config, error) {
@@ -171,11 +175,22 @@ func (e *pgEnv) newBroker(ctx context.Context, o brokerOptions) (*runningBroker,
 
 // newBrokerCA is newBroker with a given CA.
 func (e *pgEnv) newBrokerCA(ctx context.Context, o brokerOptions, ca *identity.DevCA) (*runningBroker, error) {
-	cfg, err := e.brokerConfig(o)
+	src, err := ca.Source(serverID)
 	if err != nil {
 		return nil, err
 	}
-	src, err := ca.Source(serverID)
+	b, err := e.newBrokerSource(ctx, o, src)
+	if err != nil {
+		return nil, err
+	}
+	b.ca = ca
+	return b, nil
+}
+
+// newBrokerSource is newBroker with the server's SVID from src (no CA to
+// mint client SVIDs with).
+func (e *pgEnv) newBrokerSource(ctx context.Context, o brokerOptions, src identity.Source) (*runningBroker, error) {
+	cfg, err := e.brokerConfig(o)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +205,7 @@ func (e *pgEnv) newBrokerCA(ctx context.Context, o brokerOptions, ca *identity.D
 		lis.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	return &runningBroker{app: app, ca: ca, addr: lis.Addr().String()}, nil
+	return &runningBroker{app: app, addr: lis.Addr().String()}, nil
 }
 
 func (b *runningBroker) serve(ctx context.Context) {
@@ -208,13 +223,16 @@ func (e *pgEnv) startBroker(ctx context.Context, o brokerOptions) (*runningBroke
 	return b, nil
 }
 
-// stop ends the broker and waits for it.
+// stop ends the broker and waits for it; later calls return the same.
 func (b *runningBroker) stop() error {
-	for _, c := range b.conns {
-		c.Close()
-	}
-	b.cancel()
-	return <-b.done
+	b.stopOnce.Do(func() {
+		for _, c := range b.conns {
+			c.Close()
+		}
+		b.cancel()
+		b.stopErr = <-b.done
+	})
+	return b.stopErr
 }
 
 // dial opens one mTLS connection as id.

@@ -113,7 +113,14 @@ func (r *runner) ha(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	// The throughput replicas stop (their deferred stops find them
+	// stopped), so that only the fault rows' brokers run.
+	for _, g := range groups {
+		for _, b := range g.brokers {
+			_ = b.stop()
+		}
+	}
+	return r.haFaults(ctx)
 }
 
 // haMode measures every group at one concurrency, in ABC CBA rounds with

@@ -41,6 +41,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == haReplicaCmd {
+		if err := haReplicaChild(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "credbroker-bench replica child:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "credbroker-bench:", err)
