@@ -134,10 +134,10 @@ func (r *runner) tmpDir() string {
 	return d
 }
 
-var allScenarios = []string{"issue", "observe", "ha", "restore", "storm", "live", "breakdown"}
+var allScenarios = []string{"issue", "observe", "ha", "ha-faults", "restore", "storm", "live", "breakdown"}
 
 // defaultScenarios are what a plain run (make bench) does; breakdown is a
-// diagnostic.
+// diagnostic, and ha-faults the fault rows of ha alone.
 var defaultScenarios = []string{"issue", "observe", "ha", "restore", "storm", "live"}
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -279,6 +279,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		},
 		"observe":   r.observe,
 		"ha":        r.ha,
+		"ha-faults": func(ctx context.Context) error {
+			if r.store == nil {
+				return errors.New("ha-faults needs -store-dsn")
+			}
+			return r.haFaults(ctx)
+		},
 		"restore":   r.restore,
 		"storm":     r.storm,
 		"live":      r.live,
