@@ -277,8 +277,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 			return nil
 		},
-		"observe":   r.observe,
-		"ha":        r.ha,
+		"observe": r.observe,
+		"ha":      r.ha,
 		"ha-faults": func(ctx context.Context) error {
 			if r.store == nil {
 				return errors.New("ha-faults needs -store-dsn")
