@@ -505,10 +505,17 @@ func (m *Shared) Run(ctx context.Context) error {
 	var nextClaim time.Time
 	failures := 0
 	var lastLogged time.Time
+	// backlog: the last claim was a full batch, so more may be due. The
+	// next claim is then made as soon as half the queue has room (a
+	// finishing revocation wakes the loop), not a poll interval later: in
+	// an expiry storm a replica works through its share at its
+	// revocation rate, not at BatchSize per poll.
+	backlog := false
 	for {
 		now := m.now()
-		if !now.Before(nextClaim) {
-			n, err := m.claim(ctx)
+		room := m.room()
+		if room > 0 && !now.Before(nextClaim) && (!backlog || room >= max(1, m.cfg.BatchSize/2)) {
+			n, full, err := m.claim(ctx)
 			switch {
 			case err != nil && ctx.Err() == nil:
 				failures++
@@ -517,20 +524,27 @@ func (m *Shared) Run(ctx context.Context) error {
 						slog.Int("failures", failures), slog.String("error", err.Error()))
 					lastLogged = now
 				}
+				backlog = false
 				nextClaim = now.Add(min(m.cfg.PollInterval<<min(failures, 8), maxClaimBackoff))
-			case n > 0 && m.room() > 0:
+			case n > 0 && full:
 				failures = 0
-				nextClaim = now // more may be due: ask again at once
+				backlog = true
+				nextClaim = now
 			default:
 				if failures > 0 {
 					m.log.LogAttrs(ctx, slog.LevelInfo, "lease: claiming due leases again", slog.Int("failures", failures))
 				}
 				failures = 0
+				backlog = false
 				nextClaim = now.Add(m.cfg.PollInterval)
 			}
 		}
 		m.ProcessDue(ctx)
-		timer.Reset(max(min(nextClaim.Sub(m.now()), m.nextDue(), sharedMaxSleep), 0))
+		wait := min(m.nextDue(), sharedMaxSleep)
+		if !backlog && m.room() > 0 {
+			wait = min(wait, nextClaim.Sub(m.now()))
+		}
+		timer.Reset(max(wait, 0))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -549,11 +563,11 @@ func (m *Shared) room() int {
 
 // claim takes a batch of due leases from the store into the queue: no
 // more than this replica can start within the lookahead, so that the
-// others get the rest.
-func (m *Shared) claim(ctx context.Context) (int, error) {
+// others get the rest. full says the store had at least as many as asked.
+func (m *Shared) claim(ctx context.Context) (n int, full bool, err error) {
 	room := m.room()
 	if room <= 0 || ctx.Err() != nil {
-		return 0, nil
+		return 0, false, nil
 	}
 	window := (m.cfg.Lookahead + m.cfg.PollInterval).Seconds()
 	limit := max(1, min(room, int(math.Ceil(m.cfg.RevokeRate*window))))
@@ -561,10 +575,10 @@ func (m *Shared) claim(ctx context.Context) (int, error) {
 	defer cancel()
 	c, err := m.store.ClaimDue(sctx, ClaimRequest{Lookahead: m.cfg.Lookahead, Limit: limit, TTL: m.claimTTL()})
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if len(c.Leases) == 0 {
-		return 0, nil
+		return 0, false, nil
 	}
 	local := m.now()
 	m.mu.Lock()
@@ -579,7 +593,7 @@ func (m *Shared) claim(ctx context.Context) (int, error) {
 	}
 	slices.SortFunc(m.queue, func(a, b claimed) int { return a.due.Compare(b.due) })
 	m.mu.Unlock()
-	return len(c.Leases), nil
+	return len(c.Leases), len(c.Leases) >= limit, nil
 }
 
 // nextDue is how long until the first queued claim is due.

@@ -55,7 +55,7 @@ func (env *sharedEnv) issue(t *testing.T, r int, ttl, maxTTL time.Duration) Leas
 // tick makes replica r claim and start what is due, and waits for it.
 func (env *sharedEnv) tick(t *testing.T, r int) int {
 	t.Helper()
-	if _, err := env.rs[r].claim(bg); err != nil {
+	if _, _, err := env.rs[r].claim(bg); err != nil {
 		t.Fatalf("claim: %v", err)
 	}
 	n := env.rs[r].ProcessDue(bg)
@@ -138,7 +138,7 @@ func TestSharedRenewFencesClaimer(t *testing.T) {
 	env := newSharedEnv(t, 2, nil)
 	l := env.issue(t, 0, time.Minute, time.Hour)
 	env.clock.Advance(time.Minute - 500*time.Millisecond) // within the lookahead
-	if n, err := env.rs[0].claim(bg); err != nil || n != 1 {
+	if n, _, err := env.rs[0].claim(bg); err != nil || n != 1 {
 		t.Fatalf("claim = %d, %v; want the lease", n, err)
 	}
 	if _, err := env.rs[1].Renew(bg, l.ID, time.Hour); err != nil {
@@ -164,7 +164,7 @@ func TestSharedStoreLossDropsNothing(t *testing.T) {
 	env := newSharedEnv(t, 2, nil)
 	l := env.issue(t, 0, time.Minute, time.Hour)
 	env.clock.Advance(time.Minute)
-	if n, err := env.rs[0].claim(bg); err != nil || n != 1 {
+	if n, _, err := env.rs[0].claim(bg); err != nil || n != 1 {
 		t.Fatalf("claim = %d, %v", n, err)
 	}
 	env.store.SetFailPut(func(Lease) error { return errors.New("network cut") })
@@ -345,6 +345,47 @@ func TestSharedRunRealClock(t *testing.T) {
 	if store.Len() != 0 {
 		t.Fatalf("%d leases left", store.Len())
 	}
+	for _, id := range ids {
+		if n := backend.Drops(id); n != 1 {
+			t.Errorf("%s dropped %d times", id, n)
+		}
+	}
+}
+
+// A replica whose claim came back full claims again as soon as its queue
+// has room, not a poll interval later: 100 due leases with BatchSize 8 and
+// a 10 s poll interval are all revoked within seconds (a poll-paced loop
+// would take two minutes), each once.
+func TestSharedRunWorksThroughBacklog(t *testing.T) {
+	store := NewMemStore()
+	backend := newFakeBackend()
+	m, err := NewShared(Config{Store: store.Shared("a"), Backend: backend, BatchSize: 8, PollInterval: 10 * time.Second,
+		Lookahead: 100 * time.Millisecond, RevokeConcurrency: 4, RevokeRate: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var ids []string
+	for range 100 {
+		l, err := m.Issue(bg, makeLease(t, now, 300*time.Millisecond, time.Hour), waitIntent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, l.ID)
+	}
+	time.Sleep(time.Until(now.Add(300 * time.Millisecond)))
+	ctx, cancel := context.WithCancel(bg)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = m.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	start := time.Now()
+	for store.Len() > 0 && time.Since(start) < 9*time.Second {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := store.Len(); n != 0 {
+		t.Fatalf("%d of 100 due leases left after %s: claims wait for the poll interval", n, time.Since(start).Round(time.Millisecond))
+	}
+	t.Logf("100 due leases revoked in %s with BatchSize 8 and a 10s poll interval", time.Since(start).Round(time.Millisecond))
 	for _, id := range ids {
 		if n := backend.Drops(id); n != 1 {
 			t.Errorf("%s dropped %d times", id, n)
