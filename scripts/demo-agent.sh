@@ -11,17 +11,10 @@ BIN="$ROOT/bin/credbroker"
 TD=demo.example
 BROKER_PID="" AGENT_PID=""
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-say() { printf '    %s\n' "$*"; }
-fail() { printf '    UNEXPECTED: %s\n' "$*"; exit 1; }
+. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids, wait_for
 
 cleanup() {
-	for pid in "$AGENT_PID" "$BROKER_PID"; do
-		if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-			kill -TERM "$pid" 2>/dev/null || true
-			wait "$pid" 2>/dev/null || true
-		fi
-	done
+	stop_pids "$AGENT_PID" "$BROKER_PID"
 	scripts/pg-throwaway.sh stop "$DEMO/pg" >/dev/null 2>&1 || true
 	rm -rf "$DEMO"
 }
@@ -30,25 +23,6 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO/creds"
 chmod 700 "$DEMO/creds"
 
-free_port() {
-	local p
-	for _ in $(seq 1 50); do
-		p=$(( 20000 + RANDOM % 20000 ))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"; return 0
-		fi
-	done
-	echo "no free port found" >&2; return 1
-}
-# wait_for <seconds> <what> <command...>: poll until the command succeeds.
-wait_for() {
-	local secs=$1 what=$2; shift 2
-	for _ in $(seq 1 $(( secs * 10 ))); do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		sleep 0.1
-	done
-	fail "no $what after ${secs}s"
-}
 
 step "Building credbroker"
 go build -o "$BIN" ./cmd/credbroker

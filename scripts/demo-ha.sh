@@ -15,27 +15,16 @@ TD=demo.example
 REPLICAS=(a b c)
 declare -A PID PORT
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-say() { printf '    %s\n' "$*"; }
-fail() { echo "    UNEXPECTED: $*"; exit 1; }
+. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids, random_password
 
 cleanup() {
-	local r
-	for r in "${REPLICAS[@]}"; do
-		if [[ -n ${PID[$r]:-} ]] && kill -0 "${PID[$r]}" 2>/dev/null; then
-			kill -TERM "${PID[$r]}" 2>/dev/null || true
-			wait "${PID[$r]}" 2>/dev/null || true
-		fi
-	done
+	stop_pids "${PID[@]}"
 	scripts/pg-throwaway.sh stop "$PGDIR" >/dev/null 2>&1 || true
 	rm -rf "$DEMO"
 }
 trap cleanup EXIT
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
-
-THROWAWAY_NAME=demo-ha
-. scripts/lib/throwaway.sh # pick_port, random_password
 
 step "Building credbroker"
 go build -o "$BIN" ./cmd/credbroker
@@ -76,7 +65,7 @@ step "Minting a dev trust bundle and X.509-SVIDs (trust domain $TD)"
 # One config per replica, the same but for listen and replica (on separate
 # machines it would be one file, the replica named after the host).
 for r in "${REPLICAS[@]}"; do
-	PORT[$r]=$(pick_port)
+	PORT[$r]=$(free_port)
 	cat >"$DEMO/replica-$r.yaml" <<YAML
 listen: 127.0.0.1:${PORT[$r]}
 instance_id: demo

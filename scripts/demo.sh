@@ -18,14 +18,10 @@ GRPCURL="$ROOT/.cache/tools/bin/grpcurl"
 TD=demo.example
 BROKER_PID=""
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-say() { printf '    %s\n' "$*"; }
+. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids
 
 cleanup() {
-	if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID" 2>/dev/null || true
-		wait "$BROKER_PID" 2>/dev/null || true
-	fi
+	stop_pids "$BROKER_PID"
 	scripts/pg-throwaway.sh stop "$PGDIR" >/dev/null 2>&1 || true
 	scripts/mariadb-throwaway.sh stop "$MYDIR" >/dev/null 2>&1 || true
 	rm -rf "$DEMO"
@@ -33,17 +29,6 @@ cleanup() {
 trap cleanup EXIT
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
-
-free_port() {
-	local p
-	for _ in $(seq 1 50); do
-		p=$(( 20000 + RANDOM % 20000 ))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"; return 0
-		fi
-	done
-	echo "no free port found" >&2; return 1
-}
 
 step "Building credbroker"
 go build -o "$BIN" ./cmd/credbroker

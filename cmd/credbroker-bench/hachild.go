@@ -16,7 +16,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -195,6 +194,7 @@ func haReplicaChild(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer store.Close()
+	// The server's SVID; the health check below presents it too.
 	src, err := identity.NewFileSource(identity.FileSourceConfig{
 		CertFile: filepath.Join(*certs, "server.pem"), KeyFile: filepath.Join(*certs, "server-key.pem"),
 		BundleFile: filepath.Join(*certs, "bundle.pem"), TrustDomain: benchTD,
@@ -214,30 +214,13 @@ func haReplicaChild(args []string, stdout io.Writer) error {
 
 	// Serving: the first health check over mTLS that answers SERVING, as
 	// a load balancer's would.
-	csrc, err := identity.NewFileSource(identity.FileSourceConfig{
-		CertFile: filepath.Join(*certs, "server.pem"), KeyFile: filepath.Join(*certs, "server-key.pem"),
-		BundleFile: filepath.Join(*certs, "bundle.pem"), TrustDomain: benchTD,
-	})
-	if err != nil {
-		return err
-	}
-	cc, err := grpc.NewClient(b.addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(csrc, serverID))))
+	cc, err := grpc.NewClient(b.addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, serverID))))
 	if err != nil {
 		return err
 	}
 	defer cc.Close()
-	hc := healthpb.NewHealthClient(cc)
-	for {
-		cctx, ccancel := context.WithTimeout(ctx, time.Second)
-		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
-		ccancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			break
-		}
-		if time.Since(start) > time.Minute {
-			return fmt.Errorf("not serving after a minute: %v", err)
-		}
-		time.Sleep(2 * time.Millisecond)
+	if err := waitServing(ctx, cc, start.Add(time.Minute)); err != nil {
+		return err
 	}
 	if err := json.NewEncoder(stdout).Encode(haChildReady{Addr: b.addr, ServingMs: ms2(time.Since(start))}); err != nil {
 		return err

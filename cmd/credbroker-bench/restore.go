@@ -248,18 +248,8 @@ func restoreChild(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer cc.Close()
-	hc := healthpb.NewHealthClient(cc)
-	for {
-		cctx, ccancel := context.WithTimeout(ctx, time.Second)
-		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
-		ccancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			break
-		}
-		if time.Since(start) > 2*time.Minute {
-			return fmt.Errorf("not serving after 2 minutes: %v", err)
-		}
-		time.Sleep(2 * time.Millisecond)
+	if err := waitServing(ctx, cc, start.Add(2*time.Minute)); err != nil {
+		return err
 	}
 	res.ServingMs = ms2(time.Since(start))
 	// A new credential can be issued at once, whatever the restore is doing.
@@ -277,6 +267,24 @@ func restoreChild(args []string, stdout io.Writer) error {
 	// the plugin (cleanup, not measured).
 	_ = pg.dropUsers(ctx, brokerPrefix)
 	return json.NewEncoder(stdout).Encode(res)
+}
+
+// waitServing polls the health service over cc every 2 ms until it
+// answers SERVING, or fails at deadline.
+func waitServing(ctx context.Context, cc *grpc.ClientConn, deadline time.Time) error {
+	hc := healthpb.NewHealthClient(cc)
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, time.Second)
+		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
+		ccancel()
+		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not serving by %s: %v", deadline.Format(time.TimeOnly), err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 type childBroker struct {
