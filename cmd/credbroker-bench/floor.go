@@ -127,24 +127,19 @@ func (f *floor) create(ctx context.Context, name string, exp time.Time, template
 		_, err := pg.Exec(qctx, strings.Join(stmts, ";\n")).ReadAll()
 		return err
 	}
-	lock := fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", floorGrantLockKey)
-	switch {
-	case busy && len(tail) == 0:
-		err = q(append(append([]string{"BEGIN"}, head...), "COMMIT")...)
-	case busy:
-		err = q(append(append(append(append([]string{"BEGIN"}, head...), lock), tail...), "COMMIT")...)
-	case len(head) > 0 && len(tail) == 0:
-		err = q(append([]string{"BEGIN"}, head...)...)
-		if err == nil {
-			err = q("COMMIT")
+	first := append([]string{"BEGIN"}, head...)
+	var second []string
+	if len(tail) > 0 {
+		second = []string{fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", floorGrantLockKey)}
+		second = append(second, tail...)
+	}
+	second = append(second, "COMMIT")
+	if !busy && len(head) > 0 {
+		if err = q(first...); err == nil {
+			err = q(second...)
 		}
-	case len(head) > 0:
-		err = q(append([]string{"BEGIN"}, head...)...)
-		if err == nil {
-			err = q(append(append([]string{lock}, tail...), "COMMIT")...)
-		}
-	default:
-		err = q(append(append([]string{"BEGIN", lock}, tail...), "COMMIT")...)
+	} else {
+		err = q(append(first, second...)...)
 	}
 	if err != nil && pg.TxStatus() != 'I' && !pg.IsClosed() {
 		_ = pg.Exec(context.WithoutCancel(ctx), "ROLLBACK").Close()

@@ -108,42 +108,38 @@ func (db *DB) createPipelined(ctx context.Context, stmts []string, firstGrant in
 	// flight the server's CPU is the limit, and a transaction left open
 	// across that wait costs it a second wake-up and a longer-lived
 	// backend state per credential (~0.7 ms of server time at c8,
-	// docs/performance.md §8): then the intent is awaited first and the
-	// whole transaction goes in one round trip.
-	if busy {
-		if err := awaitIntent(); err != nil {
-			return err
-		}
-		q := make([]string, 0, len(stmts)+3)
-		q = append(q, "BEGIN")
-		if firstGrant >= 0 {
-			q = append(append(append(q, stmts[:firstGrant]...), aclLockSQL), stmts[firstGrant:]...)
-		} else {
-			q = append(q, stmts...)
-		}
-		return simpleQuery(qctx, pg, append(q, "COMMIT"), true)
-	}
-	head, tail := stmts, []string(nil)
-	if firstGrant >= 0 {
-		head, tail = stmts[:firstGrant], stmts[firstGrant:]
-	}
-	if len(head) > 0 {
-		if err := simpleQuery(qctx, pg, append([]string{"BEGIN"}, head...), false); err != nil {
+	// docs/performance.md §8): then, or when nothing may run before the
+	// intent, the intent is awaited first and the whole transaction goes
+	// in one round trip.
+	first, second := pipelineQueries(stmts, firstGrant)
+	if !busy && len(first) > 1 {
+		if err := simpleQuery(qctx, pg, first, false); err != nil {
 			return err
 		}
 		if err := awaitIntent(); err != nil {
 			return err
 		}
-		if len(tail) == 0 {
-			return simpleQuery(qctx, pg, []string{"COMMIT"}, true)
-		}
-		return simpleQuery(qctx, pg, append(append([]string{aclLockSQL}, tail...), "COMMIT"), true)
+		return simpleQuery(qctx, pg, second, true)
 	}
 	if err := awaitIntent(); err != nil {
 		return err
 	}
-	q := append([]string{"BEGIN", aclLockSQL}, tail...)
-	return simpleQuery(qctx, pg, append(q, "COMMIT"), true)
+	return simpleQuery(qctx, pg, append(first, second...), true)
+}
+
+// pipelineQueries splits a creation into what may run before the intent
+// is durable, "BEGIN; <statements before the first object grant>", and
+// the rest, "[<ACL lock>; <statements from it>;] COMMIT".
+func pipelineQueries(stmts []string, firstGrant int) (first, second []string) {
+	head, tail := stmts, []string(nil)
+	if firstGrant >= 0 {
+		head, tail = stmts[:firstGrant], stmts[firstGrant:]
+	}
+	first = append([]string{"BEGIN"}, head...)
+	if len(tail) > 0 {
+		second = append([]string{aclLockSQL}, tail...)
+	}
+	return first, append(second, "COMMIT")
 }
 
 // aclLockSQL is aclLock.take as a literal, for a simple query.
