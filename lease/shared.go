@@ -515,7 +515,7 @@ func (m *Shared) Run(ctx context.Context) error {
 		now := m.now()
 		room := m.room()
 		if room > 0 && !now.Before(nextClaim) && (!backlog || room >= max(1, m.cfg.BatchSize/2)) {
-			n, full, err := m.claim(ctx)
+			_, full, err := m.claim(ctx)
 			switch {
 			case err != nil && ctx.Err() == nil:
 				failures++
@@ -526,7 +526,7 @@ func (m *Shared) Run(ctx context.Context) error {
 				}
 				backlog = false
 				nextClaim = now.Add(min(m.cfg.PollInterval<<min(failures, 8), maxClaimBackoff))
-			case n > 0 && full:
+			case full:
 				failures = 0
 				backlog = true
 				nextClaim = now
