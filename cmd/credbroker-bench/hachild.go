@@ -32,7 +32,7 @@ const haReplicaCmd = "__ha-replica"
 type haChildOptions struct {
 	Schema, Replica, Prefix string
 	// Certs holds server.pem, server-key.pem and bundle.pem of the parent's
-	// CA (haCerts).
+	// CA (haCA).
 	Certs string
 	// RevokeConcurrency and RevokeRate: the broker's defaults when 0.
 	RevokeConcurrency int
@@ -54,11 +54,15 @@ type haChild struct {
 	stop  func() // kills it if still running and waits
 }
 
-// haCerts writes the server SVID and bundle of ca into a new directory for
-// replica children.
-func (r *runner) haCerts(ca *identity.DevCA) (string, error) {
+// haCA makes a CA for replica children and writes its server SVID and
+// bundle into a new directory for them.
+func (r *runner) haCA() (*identity.DevCA, string, error) {
+	ca, err := identity.NewDevCA(benchTD)
+	if err != nil {
+		return nil, "", err
+	}
 	dir := r.tmpDir()
-	return dir, ca.WriteFiles(dir, map[string]spiffeid.ID{"server": serverID}, identity.SVIDOptions{})
+	return ca, dir, ca.WriteFiles(dir, map[string]spiffeid.ID{"server": serverID}, identity.SVIDOptions{})
 }
 
 // startHAChild starts a replica child and waits until it serves.

@@ -57,8 +57,9 @@ func (r *runner) haFaults(ctx context.Context) error {
 	return nil
 }
 
-// initSchema creates a store schema as `credbroker init-store` would,
-// dropped again when the bench ends.
+// initSchema creates a store schema as `credbroker init-store` would. Its
+// cleanup drops the users of brokers with prefix on the data server (a
+// bench cut short leaves some), then the schema.
 func (r *runner) initSchema(ctx context.Context, schema, prefix string) (func(), error) {
 	if err := r.store.dropSchema(ctx, schema); err != nil {
 		return nil, err
@@ -70,7 +71,11 @@ func (r *runner) initSchema(ctx context.Context, schema, prefix string) (func(),
 	if _, err := broker.InitStore(ctx, cfg); err != nil {
 		return nil, err
 	}
-	return func() { _ = r.store.dropSchema(context.WithoutCancel(ctx), schema) }, nil
+	return func() {
+		ctx := context.WithoutCancel(ctx)
+		_ = r.pg.dropUsers(ctx, prefix)
+		_ = r.store.dropSchema(ctx, schema)
+	}, nil
 }
 
 // openStore opens a schema of the store server as a broker would.
@@ -127,12 +132,7 @@ func (r *runner) haFailover(ctx context.Context) error {
 		return err
 	}
 	defer cleanup()
-	defer func() { _ = r.pg.dropUsers(context.WithoutCancel(ctx), haFailoverPrefix) }()
-	ca, err := identity.NewDevCA(benchTD)
-	if err != nil {
-		return err
-	}
-	certs, err := r.haCerts(ca)
+	ca, certs, err := r.haCA()
 	if err != nil {
 		return err
 	}
@@ -313,11 +313,7 @@ func (r *runner) haFailover(ctx context.Context) error {
 // listing of a workload's leases.
 func (r *runner) haStart(ctx context.Context) error {
 	n := max(1, int(float64(haStartN)*r.sizes.scale))
-	ca, err := identity.NewDevCA(benchTD)
-	if err != nil {
-		return err
-	}
-	certs, err := r.haCerts(ca)
+	ca, certs, err := r.haCA()
 	if err != nil {
 		return err
 	}
@@ -358,7 +354,6 @@ func (r *runner) haStart(ctx context.Context) error {
 		rss, err := c.rss()
 		return result{c.ready.ServingMs, rss}, err
 	}
-	defer func() { _ = r.pg.dropUsers(context.WithoutCancel(ctx), haFailoverPrefix) }()
 	empty, err := measure(haStartEmpty, 0)
 	if err != nil {
 		return err
@@ -421,7 +416,6 @@ func (r *runner) haStorm(ctx context.Context) error {
 		return err
 	}
 	defer cleanup()
-	defer func() { _ = r.pg.dropUsers(context.WithoutCancel(ctx), haStormPrefix) }()
 	ca, err := identity.NewDevCA(benchTD)
 	if err != nil {
 		return err
