@@ -11,7 +11,7 @@ BIN="$ROOT/bin/credbroker"
 TD=demo.example
 BROKER_PID="" AGENT_PID=""
 
-. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids, wait_for
+. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids, wait_for, start_shop_pg, admin_psql
 
 cleanup() {
 	stop_pids "$AGENT_PID" "$BROKER_PID"
@@ -29,18 +29,7 @@ go build -o "$BIN" ./cmd/credbroker
 say "built $BIN"
 
 step "Starting a throwaway PostgreSQL under .cache/demo-agent"
-eval "$(scripts/pg-throwaway.sh start "$DEMO/pg")"
-PGHOST=$CREDBROKER_TEST_PG_HOST PGPORT=$CREDBROKER_TEST_PG_PORT
-ADMIN_PW=$(sed -n 's|^postgres://postgres:\([^@]*\)@.*|\1|p' <<<"$CREDBROKER_TEST_PG_DSN")
-(umask 077 && printf '%s\n' "$ADMIN_PW" >"$DEMO/pg-admin.password")
-admin_psql() { PGPASSWORD="$ADMIN_PW" psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" -U postgres "$@"; }
-admin_psql -d postgres -c "CREATE DATABASE shop"
-admin_psql -d shop <<'SQL'
-CREATE TABLE orders (id int PRIMARY KEY, item text);
-INSERT INTO orders VALUES (1, 'coffee'), (2, 'tea'), (3, 'cake');
-CREATE ROLE orders_reader NOLOGIN;
-GRANT SELECT ON orders TO orders_reader;
-SQL
+start_shop_pg "$DEMO/pg"
 say "database shop, table orders (3 rows), group role orders_reader may read it"
 # The broker's users are named demo_orders_readonly_<random>.
 users() { admin_psql -d shop -At -c "SELECT coalesce(string_agg(rolname, ' ' ORDER BY rolname), '(none)') FROM pg_roles WHERE rolname LIKE 'demo\_%'"; }

@@ -15,7 +15,7 @@ TD=demo.example
 REPLICAS=(a b c)
 declare -A PID PORT
 
-. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids, random_password
+. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids, start_shop_pg, admin_psql, random_password
 
 cleanup() {
 	stop_pids "${PID[@]}"
@@ -31,22 +31,9 @@ go build -o "$BIN" ./cmd/credbroker
 say "built $BIN"
 
 step "Starting a throwaway PostgreSQL (scram-sha-256 password auth) under .cache/demo-ha"
-eval "$(scripts/pg-throwaway.sh start "$PGDIR")"
-PGHOST=$CREDBROKER_TEST_PG_HOST PGPORT=$CREDBROKER_TEST_PG_PORT
-ADMIN_PW=$(sed -n 's|^postgres://postgres:\([^@]*\)@.*|\1|p' <<<"$CREDBROKER_TEST_PG_DSN")
+start_shop_pg "$PGDIR"
 STORE_PW=$(random_password)
-umask 077
-printf '%s\n' "$ADMIN_PW" >"$DEMO/pg-admin.password"
-printf '%s\n' "$STORE_PW" >"$DEMO/store.password"
-umask 022
-admin_psql() { PGPASSWORD="$ADMIN_PW" psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" -U postgres "$@"; }
-admin_psql -d postgres -c "CREATE DATABASE shop"
-admin_psql -d shop <<'SQL'
-CREATE TABLE orders (id int PRIMARY KEY, item text);
-INSERT INTO orders VALUES (1, 'coffee'), (2, 'tea'), (3, 'cake');
-CREATE ROLE orders_reader NOLOGIN;
-GRANT SELECT ON orders TO orders_reader;
-SQL
+(umask 077 && printf '%s\n' "$STORE_PW" >"$DEMO/store.password")
 # The lease store: its own database and login. In production this is a
 # PostgreSQL you run highly available (Patroni, a managed service), apart
 # from the databases the broker issues users for; here one server holds both.

@@ -18,7 +18,7 @@ GRPCURL="$ROOT/.cache/tools/bin/grpcurl"
 TD=demo.example
 BROKER_PID=""
 
-. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids
+. scripts/lib/demo.sh # step, say, fail, free_port, stop_pids, start_shop_pg, admin_psql
 
 cleanup() {
 	stop_pids "$BROKER_PID"
@@ -40,26 +40,13 @@ say "built $BIN"
 # reads), SERVER/SERVER_LOG/LOG_WHAT (the statement log).
 if [[ $DB == postgres ]]; then
 	step "Starting a throwaway PostgreSQL (scram-sha-256 password auth) under .cache/demo"
-	eval "$(scripts/pg-throwaway.sh start "$PGDIR")"
-	PGHOST=$CREDBROKER_TEST_PG_HOST PGPORT=$CREDBROKER_TEST_PG_PORT
-	# The admin password goes to a file the broker reads (never inline in config).
-	ADMIN_PW=$(sed -n 's|^postgres://postgres:\([^@]*\)@.*|\1|p' <<<"$CREDBROKER_TEST_PG_DSN")
-	umask 077
-	printf '%s\n' "$ADMIN_PW" >"$DEMO/pg-admin.password"
-	umask 022
+	start_shop_pg "$PGDIR"
 	say "PostgreSQL is listening on $PGHOST:$PGPORT"
 
-	admin_psql() { PGPASSWORD="$ADMIN_PW" psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" -U postgres "$@"; }
-
 	step "Creating database 'shop' with tables 'orders' (readable by the role) and 'payments' (not)"
-	admin_psql -d postgres -c "CREATE DATABASE shop"
 	admin_psql -d shop <<'SQL'
-CREATE TABLE orders (id int PRIMARY KEY, item text);
-INSERT INTO orders VALUES (1, 'coffee'), (2, 'tea'), (3, 'cake');
 CREATE TABLE payments (id int PRIMARY KEY, card text);
 INSERT INTO payments VALUES (1, '4111-xxxx');
-CREATE ROLE orders_reader NOLOGIN;
-GRANT SELECT ON orders TO orders_reader;
 SQL
 	say "group role 'orders_reader' holds SELECT on orders; nobody is granted payments"
 

@@ -35,3 +35,25 @@ wait_for() {
 	done
 	fail "no $what after ${secs}s"
 }
+
+# admin_psql runs psql as the throwaway server's admin (start_shop_pg).
+admin_psql() { PGPASSWORD="$ADMIN_PW" psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" -U postgres "$@"; }
+
+# start_shop_pg DIR starts a throwaway PostgreSQL in DIR (its CREDBROKER_TEST_PG_*
+# exported, PGHOST, PGPORT and ADMIN_PW set), writes the admin password to
+# $DEMO/pg-admin.password for the broker (never inline in config), and
+# creates database shop with table orders and group role orders_reader,
+# which may read it.
+start_shop_pg() {
+	eval "$(scripts/pg-throwaway.sh start "$1")"
+	PGHOST=$CREDBROKER_TEST_PG_HOST PGPORT=$CREDBROKER_TEST_PG_PORT
+	ADMIN_PW=$(sed -n 's|^postgres://postgres:\([^@]*\)@.*|\1|p' <<<"$CREDBROKER_TEST_PG_DSN")
+	(umask 077 && printf '%s\n' "$ADMIN_PW" >"$DEMO/pg-admin.password")
+	admin_psql -d postgres -c "CREATE DATABASE shop"
+	admin_psql -d shop <<'SQL'
+CREATE TABLE orders (id int PRIMARY KEY, item text);
+INSERT INTO orders VALUES (1, 'coffee'), (2, 'tea'), (3, 'cake');
+CREATE ROLE orders_reader NOLOGIN;
+GRANT SELECT ON orders TO orders_reader;
+SQL
+}
