@@ -36,6 +36,22 @@ func newWatchEnv(t *testing.T, grace string, more string) *env {
 	})
 }
 
+// streamEnd reads a stream until it ends, each message within timeout,
+// and returns the status it ended with. Renewals may come first; a second
+// ISSUED fails the test.
+func streamEnd(t *testing.T, s pb.CredentialService_WatchCredentialClient, timeout time.Duration) error {
+	t.Helper()
+	for {
+		m, err := recv(t, s, timeout)
+		if err != nil {
+			return err
+		}
+		if m.GetEvent() == pb.WatchCredentialResponse_ISSUED {
+			t.Fatal("a second ISSUED")
+		}
+	}
+}
+
 // recv receives the next message of a stream within timeout.
 func recv(t *testing.T, s pb.CredentialService_WatchCredentialClient, timeout time.Duration) (*pb.WatchCredentialResponse, error) {
 	t.Helper()
@@ -253,18 +269,8 @@ func TestWatchCredentialEndings(t *testing.T) {
 	}
 	endsWith := func(s pb.CredentialService_WatchCredentialClient, want codes.Code) {
 		t.Helper()
-		for {
-			m, err := recv(t, s, 20*time.Second)
-			if err == nil {
-				if m.GetEvent() == pb.WatchCredentialResponse_ISSUED {
-					t.Fatal("a second ISSUED")
-				}
-				continue // a renewal may come first
-			}
-			if statusCode(err) != want {
-				t.Fatalf("stream ended with %v, want %s", err, want)
-			}
-			return
+		if err := streamEnd(t, s, 20*time.Second); statusCode(err) != want {
+			t.Fatalf("stream ended with %v, want %s", err, want)
 		}
 	}
 
