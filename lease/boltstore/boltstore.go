@@ -38,13 +38,16 @@ var (
 	deniedName = []byte("deregistered")
 )
 
-// Store is the embedded lease.Store, one bbolt file. Every write is
-// fsynced before it returns; concurrent writes share a transaction and its
-// fsync (group commit, see commit.go).
+// Store is the embedded lease.Store: one bbolt file and its write-ahead
+// log. Every write is in the log and fdatasynced before it returns;
+// concurrent writes share a frame and its sync (group commit, see
+// commit.go), and reach the bbolt file in batches (wal.go).
 type Store struct {
-	db     *bolt.DB
-	writes *groupCommit
-	opened int // records found when opened: Load's size hint
+	db        *bolt.DB
+	writes    *groupCommit
+	closeOnce sync.Once
+	closeErr  error
+	opened    int // records found when opened: Load's size hint
 	// invalid is why a record found when opened would not load (nil: all
 	// would). Open still succeeds, and Scan reports the record; Verified
 	// tells Manager.DeferLoad.
@@ -120,11 +123,11 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err := createIfMissing(path, cfg.lockTimeout); err != nil {
 		return nil, err
 	}
-	db, n, invalid, err := openVerified(path, cfg)
+	db, segs, seq, n, invalid, err := openVerified(path, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, writes: newGroupCommit(db, cfg.batchDelay, cfg.observe), opened: n, invalid: invalid}, nil
+	return &Store{db: db, writes: newGroupCommit(db, segs, seq, cfg.batchDelay, cfg.observe), opened: n, invalid: invalid}, nil
 }
 
 // SizeHint is how many leases the store held when it was opened, so Load
@@ -210,19 +213,28 @@ func openError(path string, lockTimeout time.Duration, err error) error {
 	return fmt.Errorf("boltstore: open %s: %w: %w", path, errCorrupt, err)
 }
 
-// openVerified opens path with bbolt and refuses it unless every page of
-// the leases bucket can be read. bbolt panics on some corrupt pages, and a
-// page missing from a truncated file faults when read; both happen in this
-// goroutine, where they become errors. (A panic inside bolt.Open leaves the
-// file locked by this process, which is about to exit anyway.)
-func openVerified(path string, cfg boltConfig) (db *bolt.DB, records int, invalid, err error) {
+// openVerified opens path with bbolt, replays its write-ahead log into it
+// (wal.go), and refuses it unless every page of the leases bucket can then
+// be read. bbolt panics on some corrupt pages, and a page missing from a
+// truncated file faults when read; both happen in this goroutine, where
+// they become errors. (A panic inside bolt.Open leaves the file locked by
+// this process, which is about to exit anyway.)
+func openVerified(path string, cfg boltConfig) (db *bolt.DB, segs [2]*os.File, seq uint64, records int, invalid, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	fail := func(e error) (*bolt.DB, [2]*os.File, uint64, int, error, error) {
+		for _, f := range segs {
+			if f != nil {
+				_ = f.Close()
+			}
+		}
+		if db != nil {
+			_ = db.Close()
+		}
+		return nil, [2]*os.File{}, 0, 0, nil, e
+	}
 	defer func() {
 		if r := recover(); r != nil {
-			if db != nil {
-				_ = db.Close()
-			}
-			db, records, invalid, err = nil, 0, nil, fmt.Errorf("boltstore: open %s: %w: bbolt: %v", path, errCorrupt, r)
+			db, segs, seq, records, invalid, err = fail(fmt.Errorf("boltstore: open %s: %w: bbolt: %v", path, errCorrupt, r))
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
@@ -230,17 +242,19 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, records int, invali
 		FreelistType: bolt.FreelistMapType,
 	})
 	if err != nil {
-		return nil, 0, nil, openError(path, cfg.lockTimeout, err)
+		return nil, segs, 0, 0, nil, openError(path, cfg.lockTimeout, err)
+	}
+	if segs, seq, err = replay(db, path); err != nil {
+		return fail(err)
 	}
 	if records, invalid, err = verify(db, path); err != nil {
-		_ = db.Close()
-		return nil, 0, nil, err
+		return fail(err)
 	}
 	_ = db.View(func(tx *bolt.Tx) error { // fails only on a closed db
 		dropMapped(tx)
 		return nil
 	})
-	return db, records, invalid, nil
+	return db, segs, seq, records, invalid, nil
 }
 
 // dropMapped gives back the resident pages of the store's memory map.
@@ -349,16 +363,14 @@ func (s *Store) Put(ctx context.Context, l lease.Lease) error {
 	if err != nil {
 		return err
 	}
-	k := []byte(l.ID)
-	// The function may run more than once; a Put is idempotent.
-	err = s.writes.write(ctx, func(tx *bolt.Tx) error { return leases(tx).Put(k, v) })
+	err = s.writes.write(ctx, reqWrite, op{kind: opPut, key: []byte(l.ID), val: v})
 	if err != nil {
 		return fmt.Errorf("boltstore: put %s: %w: %w", l.ID, errUnavailable, err)
 	}
 	return nil
 }
 
-// PutAll stores every lease of ls durably in one transaction, replacing
+// PutAll stores every lease of ls durably in one bbolt transaction, replacing
 // leases with the same IDs: a bulk import (and how the benchmarks build a
 // store of a million leases in seconds). Sorted IDs make it faster still
 // (lease.BulkPutter).
@@ -366,8 +378,7 @@ func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("boltstore: put all: %w: %w", errUnavailable, err)
 	}
-	keys := make([][]byte, len(ls))
-	vals := make([][]byte, len(ls))
+	ops := make([]op, len(ls))
 	for i, l := range ls {
 		if l.ID == "" {
 			return fmt.Errorf("boltstore: put all: empty id: %w", lease.ErrInvalid)
@@ -376,20 +387,11 @@ func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 		if err != nil {
 			return err
 		}
-		keys[i], vals[i] = []byte(l.ID), v
+		ops[i] = op{kind: opPut, key: []byte(l.ID), val: v}
 	}
-	err := s.writes.write(ctx, func(tx *bolt.Tx) error {
-		b := leases(tx)
-		// Filling pages to 90% instead of half suits appends in key order;
-		// random writes later split pages as usual.
-		b.FillPercent = 0.9
-		for i := range keys {
-			if err := b.Put(keys[i], vals[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	// Straight into the bbolt file, in one transaction: a million leases
+	// do not go through the log.
+	err := s.writes.write(ctx, reqBulk, ops...)
 	if err != nil {
 		return fmt.Errorf("boltstore: put all: %w: %w", errUnavailable, err)
 	}
@@ -399,6 +401,9 @@ func (s *Store) PutAll(ctx context.Context, ls []lease.Lease) error {
 // Get returns the lease with id, or an error wrapping lease.ErrNotFound.
 func (s *Store) Get(ctx context.Context, id string) (l lease.Lease, err error) {
 	if err := ctx.Err(); err != nil {
+		return lease.Lease{}, fmt.Errorf("boltstore: get %s: %w: %w", id, errUnavailable, err)
+	}
+	if err := s.writes.flush(ctx); err != nil {
 		return lease.Lease{}, fmt.Errorf("boltstore: get %s: %w: %w", id, errUnavailable, err)
 	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -438,8 +443,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("boltstore: delete %s: %w: %w", id, errUnavailable, err)
 	}
-	k := []byte(id)
-	err := s.writes.write(ctx, func(tx *bolt.Tx) error { return leases(tx).Delete(k) })
+	err := s.writes.write(ctx, reqWrite, op{kind: opDelete, key: []byte(id)})
 	if err != nil {
 		return fmt.Errorf("boltstore: delete %s: %w: %w", id, errUnavailable, err)
 	}
@@ -463,6 +467,9 @@ var scanDropEvery = 32 << 20
 // error wrapping lease.ErrStoreCorrupt. The filter is applied to decoded
 // leases: a filtered scan reads the whole file as a full one does.
 func (s *Store) Scan(ctx context.Context, f lease.Filter, fn func(lease.Lease) error) (err error) {
+	if err := s.writes.flush(ctx); err != nil {
+		return fmt.Errorf("boltstore: scan: %w: %w", errUnavailable, err)
+	}
 	var fnErr error // returned as is: it is the caller's, not the store's
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
@@ -509,10 +516,17 @@ func (s *Store) Scan(ctx context.Context, f lease.Filter, fn func(lease.Lease) e
 	return err
 }
 
-// Close releases the file and its lock.
+// Close applies what the log holds to the bbolt file, marks the store
+// clean and releases the files and the lock. Later calls of the store's
+// methods fail with lease.ErrStoreUnavailable; a second Close returns the
+// first's error.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("boltstore: close: %w", err)
-	}
-	return nil
+	s.closeOnce.Do(func() {
+		err := s.writes.close()
+		err = cmp.Or(err, s.db.Close())
+		if err != nil {
+			s.closeErr = fmt.Errorf("boltstore: close: %w", err)
+		}
+	})
+	return s.closeErr
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -182,8 +183,8 @@ func TestBoltCreatesNoLeftovers(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if len(names) != 1 || names[0] != "leases.db" {
-		t.Errorf("directory holds %v, want only leases.db", names)
+	if want := []string{"leases.db", "leases.db.wal0", "leases.db.wal1"}; !slices.Equal(names, want) {
+		t.Errorf("directory holds %v, want only %v (the store and its log)", names, want)
 	}
 }
 

@@ -12,8 +12,8 @@ import (
 )
 
 // The deregistrations live in their own bucket (deniedName) of the same
-// file, written through the same group commit as the leases: as durable as
-// they are.
+// file, written through the same log and group commit as the leases: as
+// durable as they are.
 
 // Deny records durably that the workload id was deregistered at at, unless
 // it is already.
@@ -24,14 +24,7 @@ func (s *Store) Deny(ctx context.Context, id string, at time.Time) error {
 	if id == "" {
 		return fmt.Errorf("boltstore: deny: empty id: %w", lease.ErrInvalid)
 	}
-	k, v := []byte(id), putTime([]byte{codecV2}, utc(at))
-	err := s.writes.write(ctx, func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(deniedName)
-		if err != nil || b.Get(k) != nil {
-			return err
-		}
-		return b.Put(k, v)
-	})
+	err := s.writes.write(ctx, reqWrite, op{kind: opDeny, key: []byte(id), val: putTime([]byte{codecV2}, utc(at))})
 	if err != nil {
 		return fmt.Errorf("boltstore: deny %s: %w: %w", id, errUnavailable, err)
 	}
@@ -43,13 +36,10 @@ func (s *Store) Allow(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("boltstore: allow %s: %w: %w", id, errUnavailable, err)
 	}
-	k := []byte(id)
-	err := s.writes.write(ctx, func(tx *bolt.Tx) error {
-		if b := tx.Bucket(deniedName); b != nil {
-			return b.Delete(k)
-		}
-		return nil
-	})
+	if id == "" {
+		return nil // never denied
+	}
+	err := s.writes.write(ctx, reqWrite, op{kind: opAllow, key: []byte(id)})
 	if err != nil {
 		return fmt.Errorf("boltstore: allow %s: %w: %w", id, errUnavailable, err)
 	}
@@ -61,6 +51,9 @@ func (s *Store) Allow(ctx context.Context, id string) error {
 // deregistered workload.
 func (s *Store) Denied(ctx context.Context) (out map[string]time.Time, err error) {
 	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("boltstore: denied: %w: %w", errUnavailable, err)
+	}
+	if err := s.writes.flush(ctx); err != nil {
 		return nil, fmt.Errorf("boltstore: denied: %w: %w", errUnavailable, err)
 	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))

@@ -1,0 +1,8 @@
+//go:build !linux
+
+package boltstore
+
+import "os"
+
+// datasync makes f's data durable.
+func datasync(f *os.File) error { return f.Sync() }
