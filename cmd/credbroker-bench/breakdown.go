@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"time"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/credbroker/credbroker/lease"
 	"github.com/credbroker/credbroker/lease/boltstore"
 	"github.com/credbroker/credbroker/plugins"
@@ -70,6 +72,16 @@ func (r *runner) breakdown(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The round trip of an RPC that does nothing, on connections like the
+	// clients': what gRPC+mTLS cost on their own.
+	health := make([]healthpb.HealthClient, conc)
+	for i := range health {
+		cc, err := b.dial(clientID)
+		if err != nil {
+			return err
+		}
+		health[i] = healthpb.NewHealthClient(cc)
+	}
 
 	pluginOnly := func(ctx context.Context) error {
 		name, err := db.GenerateUsername(tmpl)
@@ -132,6 +144,10 @@ func (r *runner) breakdown(ctx context.Context) error {
 		{"plugin+lease(bbolt)", func(ctx context.Context, _ int) error { return withManager(ctx) }},
 		{"broker gRPC+mTLS", func(ctx context.Context, w int) error {
 			_, err := clients[w].IssueCredential(ctx, issueReq(tmpl, issueTTL))
+			return err
+		}},
+		{"gRPC+mTLS round trip alone (Health/Check)", func(ctx context.Context, w int) error {
+			_, err := health[w].Check(ctx, &healthpb.HealthCheckRequest{})
 			return err
 		}},
 	}

@@ -55,9 +55,9 @@ func goBenchRows(path string) ([]Row, error) {
 		}
 		switch name {
 		case "BenchmarkBoltPut":
-			note += "; one fsynced bbolt commit with nothing else in flight (twice per credential)"
+			note += "; one frame of the write-ahead log, fdatasynced, with nothing else in flight (twice per credential)"
 		case "BenchmarkBoltPutParallel":
-			note += "; 32 writers sharing commits (group commit)"
+			note += "; 32 writers sharing frames and syncs (group commit)"
 		case "BenchmarkIssueRevokeStore":
 			note += "; Begin+Activate+Revoke on bbolt with a no-op database: the broker's own cost per lease"
 		default:
