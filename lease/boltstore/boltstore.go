@@ -123,11 +123,11 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err := createIfMissing(path, cfg.lockTimeout); err != nil {
 		return nil, err
 	}
-	db, segs, seq, n, invalid, err := openVerified(path, cfg)
+	db, log, n, invalid, err := openVerified(path, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, writes: newGroupCommit(db, segs, seq, cfg.batchDelay, cfg.observe), opened: n, invalid: invalid}, nil
+	return &Store{db: db, writes: newGroupCommit(db, log.segs, log.seq, log.id, cfg.batchDelay, cfg.observe), opened: n, invalid: invalid}, nil
 }
 
 // SizeHint is how many leases the store held when it was opened, so Load
@@ -219,10 +219,10 @@ func openError(path string, lockTimeout time.Duration, err error) error {
 // truncated file faults when read; both happen in this goroutine, where
 // they become errors. (A panic inside bolt.Open leaves the file locked by
 // this process, which is about to exit anyway.)
-func openVerified(path string, cfg boltConfig) (db *bolt.DB, segs [2]*os.File, seq uint64, records int, invalid, err error) {
+func openVerified(path string, cfg boltConfig) (db *bolt.DB, log replayed, records int, invalid, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	fail := func(e error) (*bolt.DB, [2]*os.File, uint64, int, error, error) {
-		for _, f := range segs {
+	fail := func(e error) (*bolt.DB, replayed, int, error, error) {
+		for _, f := range log.segs {
 			if f != nil {
 				_ = f.Close()
 			}
@@ -230,11 +230,11 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, segs [2]*os.File, s
 		if db != nil {
 			_ = db.Close()
 		}
-		return nil, [2]*os.File{}, 0, 0, nil, e
+		return nil, replayed{}, 0, nil, e
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			db, segs, seq, records, invalid, err = fail(fmt.Errorf("boltstore: open %s: %w: bbolt: %v", path, errCorrupt, r))
+			db, log, records, invalid, err = fail(fmt.Errorf("boltstore: open %s: %w: bbolt: %v", path, errCorrupt, r))
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
@@ -242,9 +242,9 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, segs [2]*os.File, s
 		FreelistType: bolt.FreelistMapType,
 	})
 	if err != nil {
-		return nil, segs, 0, 0, nil, openError(path, cfg.lockTimeout, err)
+		return nil, log, 0, nil, openError(path, cfg.lockTimeout, err)
 	}
-	if segs, seq, err = replay(db, path); err != nil {
+	if log.segs, log.seq, log.id, err = replay(db, path); err != nil {
 		return fail(err)
 	}
 	if records, invalid, err = verify(db, path); err != nil {
@@ -254,7 +254,14 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, segs [2]*os.File, s
 		dropMapped(tx)
 		return nil
 	})
-	return db, segs, seq, records, invalid, nil
+	return db, log, records, invalid, nil
+}
+
+// replayed is the log as replay left it.
+type replayed struct {
+	segs [2]*os.File
+	seq  uint64
+	id   []byte
 }
 
 // dropMapped gives back the resident pages of the store's memory map.

@@ -72,6 +72,7 @@ type groupCommit struct {
 	q       *batch.Queue[request, error]
 	observe lease.CommitObserver // nil: none
 
+	id       []byte // the log's (walID)
 	segs     [2]*os.File
 	active   int       // segment frames are appended to
 	off      int64     // where the next frame goes in it
@@ -91,13 +92,13 @@ type groupCommit struct {
 	stop, done  chan struct{}
 }
 
-// newGroupCommit returns the group commit of db, whose log segs replay
-// brought up to seq. delay, if set, is how long a committing writer waits
+// newGroupCommit returns the group commit of db, whose log segs (of id)
+// replay brought up to seq. delay, if set, is how long a committing writer waits
 // for others to join before it commits (WithBatchDelay); observe, if set,
 // is told of every commit.
-func newGroupCommit(db *bolt.DB, segs [2]*os.File, seq uint64, delay time.Duration, observe lease.CommitObserver) *groupCommit {
+func newGroupCommit(db *bolt.DB, segs [2]*os.File, seq uint64, id []byte, delay time.Duration, observe lease.CommitObserver) *groupCommit {
 	g := &groupCommit{
-		db: db, observe: observe, segs: segs, seq: seq,
+		db: db, observe: observe, segs: segs, seq: seq, id: id,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	g.q = batch.New(g.commit, batch.Options{Delay: delay})
@@ -180,7 +181,7 @@ func (g *groupCommit) commit(_ context.Context, reqs []request) []error {
 // failed write or sync leaves off and seq as they were: the next frame
 // overwrites whatever of this one reached the file.
 func (g *groupCommit) log(ops []op) error {
-	g.buf = appendFrame(g.buf[:0], g.seq+1, ops)
+	g.buf = appendFrame(g.buf[:0], g.id, g.seq+1, ops)
 	if g.off+int64(len(g.buf)) > segmentMax {
 		if err := g.waitCheckpoint(); err != nil {
 			return err
@@ -238,7 +239,7 @@ func (g *groupCommit) apply(ops []op, clean bool, fill float64) error {
 		return nil
 	}
 	all := append(g.cur[:len(g.cur):len(g.cur)], ops...)
-	if err := update(g.db, all, g.seq, clean, fill); err != nil {
+	if err := update(g.db, all, g.seq, clean, fill, nil); err != nil {
 		return err
 	}
 	g.cur, g.curBytes, g.off = nil, 0, 0
@@ -284,7 +285,7 @@ func (g *groupCommit) checkpoints() {
 			if done == nil {
 				break
 			}
-			err := update(g.db, ops, seq, false, 0)
+			err := update(g.db, ops, seq, false, 0, nil)
 			g.mu.Lock()
 			g.ckErr = err
 			if err == nil {

@@ -1,6 +1,9 @@
 package boltstore
 
 import (
+	"bytes"
+	"cmp"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,7 +33,7 @@ import (
 // # Frames
 //
 //	length  uint32, little endian: of the payload
-//	crc     uint32: CRC-32C of seq and payload
+//	crc     uint32: CRC-32C of the store's log id (walID), seq and payload
 //	seq     uint64: one more than the previous frame's, across segments
 //	payload uvarint count, then count × (kind byte, uvarint len, key,
 //	        uvarint len, value)
@@ -42,9 +45,12 @@ import (
 // (a crash during its write) or an older frame left from the segment's
 // previous use ends it. The frames of both segments above the applied
 // sequence number must then follow it without a gap; they are applied in
-// one transaction before the store is verified and served. A gap, a frame
-// that does not decode, or a missing log of a store not closed cleanly is
-// lease.ErrStoreCorrupt: an acknowledged write would be lost.
+// one transaction before the store is verified and served, and the log is
+// then emptied. A gap, a frame that does not decode, or a missing log of a
+// store not closed cleanly is lease.ErrStoreCorrupt: an acknowledged write
+// would be lost. The log of a store closed cleanly is not read but emptied
+// (it is older than the bbolt file: a backup put back in place), and a
+// frame of another store's log fails its CRC.
 
 // Operations, as logged and as applied.
 const (
@@ -103,8 +109,10 @@ const frameHeader = 16
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// appendFrame appends the frame of ops with sequence number seq to b.
-func appendFrame(b []byte, seq uint64, ops []op) []byte {
+// appendFrame appends the frame of ops with sequence number seq to b. id
+// is the store's (walID): it seeds the CRC, so that a frame of another
+// store's log never passes for one of this store's.
+func appendFrame(b, id []byte, seq uint64, ops []op) []byte {
 	start := len(b)
 	b = append(b, make([]byte, frameHeader)...)
 	b = binary.AppendUvarint(b, uint64(len(ops)))
@@ -118,7 +126,7 @@ func appendFrame(b []byte, seq uint64, ops []op) []byte {
 	h := b[start : start+frameHeader]
 	binary.LittleEndian.PutUint32(h[0:], uint32(len(b)-start-frameHeader))
 	binary.LittleEndian.PutUint64(h[8:], seq)
-	crc := crc32.Update(0, castagnoli, h[8:16])
+	crc := crc32.Update(crc32.Update(0, castagnoli, id), castagnoli, h[8:16])
 	binary.LittleEndian.PutUint32(h[4:], crc32.Update(crc, castagnoli, b[start+frameHeader:]))
 	return b
 }
@@ -129,10 +137,10 @@ type frame struct {
 	ops []op
 }
 
-// readFrames returns the run of frames at the start of segment data (see
-// Replay above). A frame whose CRC matches but whose payload does not
-// decode is an error: no crash writes that.
-func readFrames(data []byte) ([]frame, error) {
+// readFrames returns the run of frames of the store id at the start of
+// segment data (see Replay above). A frame whose CRC matches but whose
+// payload does not decode is an error: no crash writes that.
+func readFrames(data, id []byte) ([]frame, error) {
 	var out []frame
 	for len(data) >= frameHeader {
 		n := binary.LittleEndian.Uint32(data[0:])
@@ -141,7 +149,7 @@ func readFrames(data []byte) ([]frame, error) {
 		}
 		seq := binary.LittleEndian.Uint64(data[8:])
 		payload := data[frameHeader : frameHeader+int(n)]
-		crc := crc32.Update(crc32.Update(0, castagnoli, data[8:16]), castagnoli, payload)
+		crc := crc32.Update(crc32.Update(crc32.Update(0, castagnoli, id), castagnoli, data[8:16]), castagnoli, payload)
 		if crc != binary.LittleEndian.Uint32(data[4:]) {
 			break
 		}
@@ -197,30 +205,41 @@ func decodeOps(p []byte) ([]op, error) {
 // walBucket holds the log's state in the bbolt file: walApplied, the seq
 // of the last frame a checkpoint applied (8 bytes), and walClean, 1 if the
 // store was closed with every frame applied (then the log files may be
-// missing: a copy of a closed store is just its bbolt file). A store
-// without the bucket predates the log and is clean.
+// missing: a copy of a closed store is just its bbolt file), and walID,
+// 8 random bytes naming the store's log (appendFrame). A store without the
+// bucket predates the log and is clean.
 var (
 	walBucket  = []byte("wal")
 	walApplied = []byte("applied")
 	walClean   = []byte("clean")
+	walID      = []byte("id")
 )
 
-func readWALMeta(tx *bolt.Tx) (applied uint64, clean bool) {
+func readWALMeta(tx *bolt.Tx) (applied uint64, clean bool, id []byte) {
 	b := tx.Bucket(walBucket)
 	if b == nil {
-		return 0, true
+		return 0, true, nil
 	}
 	if v := b.Get(walApplied); len(v) == 8 {
 		applied = binary.LittleEndian.Uint64(v)
 	}
+	if v := b.Get(walID); len(v) == 8 {
+		id = bytes.Clone(v)
+	}
 	v := b.Get(walClean)
-	return applied, len(v) == 1 && v[0] == 1
+	return applied, len(v) == 1 && v[0] == 1, id
 }
 
-func putWALMeta(tx *bolt.Tx, applied uint64, clean bool) error {
+// putWALMeta records applied and clean, and id unless it is nil.
+func putWALMeta(tx *bolt.Tx, applied uint64, clean bool, id []byte) error {
 	b, err := tx.CreateBucketIfNotExists(walBucket)
 	if err != nil {
 		return err
+	}
+	if id != nil {
+		if err := b.Put(walID, id); err != nil {
+			return err
+		}
 	}
 	if err := b.Put(walApplied, binary.LittleEndian.AppendUint64(nil, applied)); err != nil {
 		return err
@@ -238,22 +257,36 @@ func segmentPaths(path string) [2]string {
 }
 
 // replay applies the frames of the log of the store at path that its last
-// checkpoint had not, marks the store as in use (not clean) and returns the
-// open segments and the last seq. db is open and not yet served.
-func replay(db *bolt.DB, path string) (segs [2]*os.File, last uint64, err error) {
+// checkpoint had not, empties the log, marks the store as in use (not
+// clean) and returns the open segments, the last seq and the store's log
+// id. db is open and not yet served.
+//
+// The log of a clean store is not read: Close applied all of it, and what
+// it holds is older than the bbolt file, or belongs to another copy of it
+// (a backup put back in place). It is emptied before the store is marked
+// in use, so that its frames can never be replayed later.
+func replay(db *bolt.DB, path string) (segs [2]*os.File, last uint64, id []byte, err error) {
 	var clean bool
 	if err := db.View(func(tx *bolt.Tx) error {
-		last, clean = readWALMeta(tx)
+		last, clean, id = readWALMeta(tx)
 		return nil
 	}); err != nil {
-		return segs, 0, fmt.Errorf("boltstore: open %s: %w", path, err)
+		return segs, 0, nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	closeAll := func() {
+	newID := id == nil
+	if newID {
+		id = make([]byte, 8)
+		if _, err := rand.Read(id); err != nil {
+			return segs, 0, nil, fmt.Errorf("boltstore: open %s: %w", path, err)
+		}
+	}
+	fail := func(err error) ([2]*os.File, uint64, []byte, error) {
 		for _, f := range segs {
 			if f != nil {
 				_ = f.Close()
 			}
 		}
+		return [2]*os.File{}, 0, nil, err
 	}
 	var pending []frame
 	created := false
@@ -261,26 +294,25 @@ func replay(db *bolt.DB, path string) (segs [2]*os.File, last uint64, err error)
 		f, err := os.OpenFile(p, os.O_RDWR, 0)
 		if errors.Is(err, fs.ErrNotExist) {
 			if !clean {
-				closeAll()
-				return segs, 0, fmt.Errorf("boltstore: open %s: its write-ahead log %s is missing and the store was not closed cleanly; refusing to start without its latest writes: %w", path, p, errCorrupt)
+				return fail(fmt.Errorf("boltstore: open %s: its write-ahead log %s is missing and the store was not closed cleanly; refusing to start without its latest writes: %w", path, p, errCorrupt))
 			}
 			f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 			created = true
 		}
 		if err != nil {
-			closeAll()
-			return segs, 0, fmt.Errorf("boltstore: open %s: %w", p, err)
+			return fail(fmt.Errorf("boltstore: open %s: %w", p, err))
 		}
 		segs[i] = f
+		if clean {
+			continue
+		}
 		data, err := os.ReadFile(p)
 		if err != nil {
-			closeAll()
-			return segs, 0, fmt.Errorf("boltstore: open %s: %w", p, err)
+			return fail(fmt.Errorf("boltstore: open %s: %w", p, err))
 		}
-		frames, err := readFrames(data)
+		frames, err := readFrames(data, id)
 		if err != nil {
-			closeAll()
-			return segs, 0, fmt.Errorf("boltstore: open %s: %w: %w", p, errCorrupt, err)
+			return fail(fmt.Errorf("boltstore: open %s: %w: %w", p, errCorrupt, err))
 		}
 		for _, fr := range frames {
 			if fr.seq > last {
@@ -290,40 +322,58 @@ func replay(db *bolt.DB, path string) (segs [2]*os.File, last uint64, err error)
 	}
 	if created {
 		if err := syncDir(filepath.Dir(path)); err != nil {
-			closeAll()
-			return segs, 0, err
+			return fail(err)
 		}
 	}
-	slices.SortFunc(pending, func(a, b frame) int {
-		switch {
-		case a.seq < b.seq:
-			return -1
-		case a.seq > b.seq:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(pending, func(a, b frame) int { return cmp.Compare(a.seq, b.seq) })
 	var ops []op
 	for _, fr := range pending {
 		if fr.seq != last+1 {
-			closeAll()
-			return segs, 0, fmt.Errorf("boltstore: open %s: write-ahead log has frame %d after %d, the frames between are lost: %w", path, fr.seq, last, errCorrupt)
+			return fail(fmt.Errorf("boltstore: open %s: write-ahead log has frame %d after %d, the frames between are lost: %w", path, fr.seq, last, errCorrupt))
 		}
 		ops = append(ops, fr.ops...)
 		last = fr.seq
 	}
-	if err := update(db, ops, last, false, 0); err != nil {
-		closeAll()
-		return segs, 0, fmt.Errorf("boltstore: open %s: replaying %d writes of the write-ahead log: %w", path, len(ops), err)
+	// Clean: the old log goes before the store is marked in use. Not
+	// clean: only once its frames are durably applied.
+	if clean {
+		if err := truncate(segs); err != nil {
+			return fail(fmt.Errorf("boltstore: open %s: %w", path, err))
+		}
 	}
-	return segs, last, nil
+	idArg := []byte(nil)
+	if newID {
+		idArg = id
+	}
+	if err := update(db, ops, last, false, 0, idArg); err != nil {
+		return fail(fmt.Errorf("boltstore: open %s: replaying %d writes of the write-ahead log: %w", path, len(ops), err))
+	}
+	if !clean {
+		if err := truncate(segs); err != nil {
+			return fail(fmt.Errorf("boltstore: open %s: %w", path, err))
+		}
+	}
+	return segs, last, id, nil
 }
 
-// update applies ops and records applied and clean, in one fsynced bbolt
-// transaction. fill, if not 0, is the leases bucket's FillPercent (a bulk
+// truncate empties the segments durably.
+func truncate(segs [2]*os.File) error {
+	for _, f := range segs {
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("write-ahead log: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("write-ahead log: %w", err)
+		}
+	}
+	return nil
+}
+
+// update applies ops and records applied and clean (and id, unless nil),
+// in one fsynced bbolt transaction. fill, if not 0, is the leases bucket's FillPercent (a bulk
 // import in key order fills pages to 90% instead of half). A panic inside
 // bbolt (a corrupt page) becomes an error.
-func update(db *bolt.DB, ops []op, applied uint64, clean bool, fill float64) (err error) {
+func update(db *bolt.DB, ops []op, applied uint64, clean bool, fill float64, id []byte) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("bbolt: %v: %w", r, errCorrupt)
@@ -341,6 +391,6 @@ func update(db *bolt.DB, ops []op, applied uint64, clean bool, fill float64) (er
 				return err
 			}
 		}
-		return putWALMeta(tx, applied, clean)
+		return putWALMeta(tx, applied, clean, id)
 	})
 }

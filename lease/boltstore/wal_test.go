@@ -1,6 +1,7 @@
 package boltstore
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -275,13 +276,13 @@ func TestLogTornTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	torn := appendFrame(nil, 11, []op{{kind: opPut, key: []byte("ffffffffffffffffffffffffffffffff"), val: v}})
+	torn := appendFrame(nil, s.writes.id, 11, []op{{kind: opPut, key: []byte("ffffffffffffffffffffffffffffffff"), val: v}})
 	for name, tail := range map[string][]byte{
 		"half a frame":  torn[:len(torn)/2],
 		"flipped byte":  append(torn[:len(torn)-1:len(torn)-1], torn[len(torn)-1]^1),
 		"header only":   torn[:frameHeader],
 		"zeroes":        make([]byte, 64),
-		"older frame 3": appendFrame(nil, 3, []op{{kind: opDelete, key: []byte("x")}}),
+		"older frame 3": appendFrame(nil, s.writes.id, 3, []op{{kind: opDelete, key: []byte("x")}}),
 	} {
 		t.Run(name, func(t *testing.T) {
 			crashed := snapshot(t, s, path, false)
@@ -442,4 +443,90 @@ func TestLogCrashAnywhere(t *testing.T) {
 		}
 	}
 	m.check(t, snapshot(t, s, path, false))
+}
+
+// A backup of a closed store put back in place beside a newer log: the log
+// of a clean store is never replayed, and is emptied before the store is
+// used, so none of its frames can come back after a later crash.
+func TestLogOfCleanStoreIgnored(t *testing.T) {
+	tuneLog(t, time.Hour, 1<<30, 1<<30, time.Second)
+	path := filepath.Join(t.TempDir(), "leases.db")
+	s := openTestBolt(t, path)
+	m := newModel()
+	a := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
+	if err := s.Put(bg, a); err != nil {
+		t.Fatal(err)
+	}
+	m.leases[a.ID] = a
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	backup, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s = openTestBolt(t, path)
+	defer s.Close()
+	for range 3 { // only in the log
+		if err := s.Put(bg, makeLease(t, time.Now().UTC(), time.Hour, time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crashed := snapshot(t, s, path, false)
+	writeFile(t, crashed, backup)
+	m.check(t, crashed)
+
+	// In use again, then killed: what it logged comes back, the old log's
+	// frames do not.
+	s2 := openTestBolt(t, crashed)
+	defer s2.Close()
+	e := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
+	if err := s2.Put(bg, e); err != nil {
+		t.Fatal(err)
+	}
+	m.leases[e.ID] = e
+	m.check(t, snapshot(t, s2, crashed, false))
+}
+
+// Another store's log beside a store that crashed: its frames do not pass
+// for this store's (their CRC is seeded with the other store's id).
+func TestLogOfAnotherStoreIgnored(t *testing.T) {
+	tuneLog(t, time.Hour, 1<<30, 1<<30, time.Second)
+	dir := t.TempDir()
+	mine := openTestBolt(t, filepath.Join(dir, "mine.db"))
+	defer mine.Close()
+	other := openTestBolt(t, filepath.Join(dir, "other.db"))
+	defer other.Close()
+	m := newModel()
+	l := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
+	if err := mine.Put(bg, l); err != nil {
+		t.Fatal(err)
+	}
+	m.leases[l.ID] = l
+	if err := mine.Put(bg, makeLease(t, time.Now().UTC(), time.Hour, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// mine has applied nothing yet: read flushes, so copy its files first.
+	crashed := snapshot(t, mine, filepath.Join(dir, "mine.db"), false)
+	for range 3 {
+		if err := other.Put(bg, makeLease(t, time.Now().UTC(), time.Hour, time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	foreign := snapshot(t, other, filepath.Join(dir, "other.db"), false)
+	// mine's frame 1 stays; its frame 2 is replaced by other's frames 2
+	// and 3, which would follow it if only the sequence numbers counted.
+	firstLen := func(b []byte) int { return frameHeader + int(binary.LittleEndian.Uint32(b)) }
+	seg := segmentPaths(crashed)[0]
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.ReadFile(segmentPaths(foreign)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, seg, append(b[:firstLen(b):firstLen(b)], fb[firstLen(fb):]...))
+	m.check(t, crashed)
 }
