@@ -94,8 +94,10 @@ func WithBatchDelay(d time.Duration) Option {
 }
 
 // WithCommitObserver has observe told of every group commit: the writes it
-// carried, the time of the transaction and its fsync (and of the retries one
-// by one if it failed), and the shared transaction's error.
+// carried, the time of its frame's write and fdatasync in the log, and its
+// error; and of every checkpoint of the log into the bbolt file that
+// failed (its writes are safe in the log, but the log fills until one
+// succeeds).
 func WithCommitObserver(observe lease.CommitObserver) Option {
 	return func(c *boltConfig) { c.observe = observe }
 }

@@ -285,7 +285,13 @@ func (g *groupCommit) checkpoints() {
 			if done == nil {
 				break
 			}
+			start := time.Now()
 			err := update(g.db, ops, seq, false, 0, nil)
+			if err != nil && g.observe != nil {
+				// Its writes are safe in the log, but the log fills until
+				// a checkpoint succeeds: an operator must hear of it.
+				g.observe(len(ops), time.Since(start), err)
+			}
 			g.mu.Lock()
 			g.ckErr = err
 			if err == nil {
