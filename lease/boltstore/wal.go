@@ -27,8 +27,9 @@ import (
 // active one while the other's writes are checkpointed in the background;
 // once that checkpoint is durable the other segment is free, and the next
 // rotation makes it active and overwrites it from its start. Overwriting
-// blocks a file already has needs no metadata update, so the fdatasync
-// writes the frame and nothing else.
+// blocks a file already has needs no metadata update, so from a segment's
+// second use after Open (which empties both) the fdatasync writes the
+// frame and nothing else.
 //
 // # Frames
 //
