@@ -76,6 +76,17 @@ func newModel() *model {
 	return &model{leases: map[string]lease.Lease{}, denied: map[string]time.Time{}}
 }
 
+// put stores a new lease in s and records it in m.
+func (m *model) put(t *testing.T, s *Store) lease.Lease {
+	t.Helper()
+	l := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
+	if err := s.Put(bg, l); err != nil {
+		t.Fatal(err)
+	}
+	m.leases[l.ID] = l
+	return l
+}
+
 // check opens the store at path and compares it with m.
 func (m *model) check(t *testing.T, path string) {
 	t.Helper()
@@ -266,11 +277,7 @@ func TestLogTornTail(t *testing.T) {
 	defer s.Close()
 	m := newModel()
 	for range 10 {
-		l := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
-		if err := s.Put(bg, l); err != nil {
-			t.Fatal(err)
-		}
-		m.leases[l.ID] = l
+		m.put(t, s)
 	}
 	v, err := encodeLease(makeLease(t, time.Now(), time.Hour, time.Hour))
 	if err != nil {
@@ -333,11 +340,7 @@ func TestLogMissing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.db")
 	s := openTestBolt(t, path)
 	m := newModel()
-	l := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
-	if err := s.Put(bg, l); err != nil {
-		t.Fatal(err)
-	}
-	m.leases[l.ID] = l
+	m.put(t, s)
 	crashed := snapshot(t, s, path, false)
 	if err := os.Remove(segmentPaths(crashed)[1]); err != nil {
 		t.Fatal(err)
@@ -453,11 +456,7 @@ func TestLogOfCleanStoreIgnored(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.db")
 	s := openTestBolt(t, path)
 	m := newModel()
-	a := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
-	if err := s.Put(bg, a); err != nil {
-		t.Fatal(err)
-	}
-	m.leases[a.ID] = a
+	m.put(t, s)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -481,11 +480,7 @@ func TestLogOfCleanStoreIgnored(t *testing.T) {
 	// frames do not.
 	s2 := openTestBolt(t, crashed)
 	defer s2.Close()
-	e := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
-	if err := s2.Put(bg, e); err != nil {
-		t.Fatal(err)
-	}
-	m.leases[e.ID] = e
+	m.put(t, s2)
 	m.check(t, snapshot(t, s2, crashed, false))
 }
 
@@ -499,11 +494,7 @@ func TestLogOfAnotherStoreIgnored(t *testing.T) {
 	other := openTestBolt(t, filepath.Join(dir, "other.db"))
 	defer other.Close()
 	m := newModel()
-	l := makeLease(t, time.Now().UTC(), time.Hour, time.Hour)
-	if err := mine.Put(bg, l); err != nil {
-		t.Fatal(err)
-	}
-	m.leases[l.ID] = l
+	m.put(t, mine)
 	if err := mine.Put(bg, makeLease(t, time.Now().UTC(), time.Hour, time.Hour)); err != nil {
 		t.Fatal(err)
 	}
