@@ -129,7 +129,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, writes: newGroupCommit(db, log.segs, log.seq, log.id, cfg.batchDelay, cfg.observe), opened: n, invalid: invalid}, nil
+	return &Store{db: db, writes: newGroupCommit(db, log, cfg.batchDelay, cfg.observe), opened: n, invalid: invalid}, nil
 }
 
 // SizeHint is how many leases the store held when it was opened, so Load
@@ -246,7 +246,7 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, log replayed, recor
 	if err != nil {
 		return nil, log, 0, nil, openError(path, cfg.lockTimeout, err)
 	}
-	if log.segs, log.seq, log.id, err = replay(db, path); err != nil {
+	if log, err = replay(db, path); err != nil {
 		return fail(err)
 	}
 	if records, invalid, err = verify(db, path); err != nil {
@@ -257,13 +257,6 @@ func openVerified(path string, cfg boltConfig) (db *bolt.DB, log replayed, recor
 		return nil
 	})
 	return db, log, records, invalid, nil
-}
-
-// replayed is the log as replay left it.
-type replayed struct {
-	segs [2]*os.File
-	seq  uint64
-	id   []byte
 }
 
 // dropMapped gives back the resident pages of the store's memory map.

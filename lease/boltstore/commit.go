@@ -92,13 +92,13 @@ type groupCommit struct {
 	stop, done  chan struct{}
 }
 
-// newGroupCommit returns the group commit of db, whose log segs (of id)
-// replay brought up to seq. delay, if set, is how long a committing writer waits
-// for others to join before it commits (WithBatchDelay); observe, if set,
-// is told of every commit.
-func newGroupCommit(db *bolt.DB, segs [2]*os.File, seq uint64, id []byte, delay time.Duration, observe lease.CommitObserver) *groupCommit {
+// newGroupCommit returns the group commit of db, whose log replay left as
+// log. delay, if set, is how long a committing writer waits for others to
+// join before it commits (WithBatchDelay); observe, if set, is told of
+// every commit.
+func newGroupCommit(db *bolt.DB, log replayed, delay time.Duration, observe lease.CommitObserver) *groupCommit {
 	g := &groupCommit{
-		db: db, observe: observe, segs: segs, seq: seq, id: id,
+		db: db, observe: observe, segs: log.segs, seq: log.seq, id: log.id,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	g.q = batch.New(g.commit, batch.Options{Delay: delay})

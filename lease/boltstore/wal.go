@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -66,9 +67,6 @@ type op struct {
 	kind     byte
 	key, val []byte
 }
-
-// size is about what op takes in a frame.
-func (o op) size() int { return 1 + 2*binary.MaxVarintLen32 + len(o.key) + len(o.val) }
 
 // apply performs o in tx, whose leases bucket exists.
 func (o op) apply(tx *bolt.Tx) error {
@@ -259,35 +257,39 @@ func segmentPaths(path string) [2]string {
 
 // replay applies the frames of the log of the store at path that its last
 // checkpoint had not, empties the log, marks the store as in use (not
-// clean) and returns the open segments, the last seq and the store's log
-// id. db is open and not yet served.
+// clean) and returns the log as it left it. db is open and not yet served.
 //
 // The log of a clean store is not read: Close applied all of it, and what
 // it holds is older than the bbolt file, or belongs to another copy of it
 // (a backup put back in place). It is emptied before the store is marked
 // in use, so that its frames can never be replayed later.
-func replay(db *bolt.DB, path string) (segs [2]*os.File, last uint64, id []byte, err error) {
-	var clean bool
+func replay(db *bolt.DB, path string) (replayed, error) {
+	var (
+		segs  [2]*os.File
+		last  uint64
+		id    []byte
+		clean bool
+	)
 	if err := db.View(func(tx *bolt.Tx) error {
 		last, clean, id = readWALMeta(tx)
 		return nil
 	}); err != nil {
-		return segs, 0, nil, fmt.Errorf("boltstore: open %s: %w", path, err)
+		return replayed{}, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
 	newID := id == nil
 	if newID {
 		id = make([]byte, 8)
 		if _, err := rand.Read(id); err != nil {
-			return segs, 0, nil, fmt.Errorf("boltstore: open %s: %w", path, err)
+			return replayed{}, fmt.Errorf("boltstore: open %s: %w", path, err)
 		}
 	}
-	fail := func(err error) ([2]*os.File, uint64, []byte, error) {
+	fail := func(err error) (replayed, error) {
 		for _, f := range segs {
 			if f != nil {
 				_ = f.Close()
 			}
 		}
-		return [2]*os.File{}, 0, nil, err
+		return replayed{}, err
 	}
 	var pending []frame
 	created := false
@@ -307,7 +309,7 @@ func replay(db *bolt.DB, path string) (segs [2]*os.File, last uint64, id []byte,
 		if clean {
 			continue
 		}
-		data, err := os.ReadFile(p)
+		data, err := io.ReadAll(f) // f was just opened: from its start
 		if err != nil {
 			return fail(fmt.Errorf("boltstore: open %s: %w", p, err))
 		}
@@ -354,7 +356,15 @@ func replay(db *bolt.DB, path string) (segs [2]*os.File, last uint64, id []byte,
 			return fail(fmt.Errorf("boltstore: open %s: %w", path, err))
 		}
 	}
-	return segs, last, id, nil
+	return replayed{segs: segs, seq: last, id: id}, nil
+}
+
+// replayed is the log as replay left it: its open segments, the seq of its
+// last frame (all applied) and the store's log id.
+type replayed struct {
+	segs [2]*os.File
+	seq  uint64
+	id   []byte
 }
 
 // truncate empties the segments durably.
