@@ -24,11 +24,19 @@ random_password() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# pick_port prints a free 127.0.0.1 port between 20000 and 59999.
+# pick_port prints a free 127.0.0.1 port from 20000 up to the start of the
+# kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 by default).
+# A port inside that range can be taken, between this check and the server's
+# bind, by any outgoing connection's local end: a broker's own connection to
+# its store did that to a replica in a CI run.
 pick_port() {
-	local p i
+	local p i low=32768
+	if [[ -r /proc/sys/net/ipv4/ip_local_port_range ]]; then
+		read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+	fi
+	((low > 21000)) || low=60000
 	for i in $(seq 1 50); do
-		p=$((20000 + RANDOM % 40000))
+		p=$((20000 + RANDOM % (low - 20000)))
 		if ! port_in_use "$p"; then
 			echo "$p"
 			return 0
