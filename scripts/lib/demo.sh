@@ -10,8 +10,22 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 say() { printf '    %s\n' "$*"; }
 fail() { printf '    UNEXPECTED: %s\n' "$*"; exit 1; }
 
-# free_port prints a free 127.0.0.1 port.
-free_port() { pick_port || { echo "no free port found" >&2; return 1; }; }
+# free_port prints a free 127.0.0.1 port, never one it printed before in
+# this demo (two picks made before either server binds could otherwise be
+# the same port): the ports printed are kept in $DEMO/.ports.
+free_port() {
+	local p i
+	for i in 1 2 3 4 5 6 7 8 9 10; do
+		p=$(pick_port) || break
+		if ! grep -qx "$p" "$DEMO/.ports" 2>/dev/null; then
+			echo "$p" >>"$DEMO/.ports"
+			echo "$p"
+			return 0
+		fi
+	done
+	echo "no free port found" >&2
+	return 1
+}
 
 # stop_pids sends SIGTERM to each of its arguments that is a running pid
 # and waits for it.
