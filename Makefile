@@ -17,6 +17,12 @@ build:
 	go build -o bin/credbroker ./cmd/credbroker
 	go build -o bin/credbroker-agent ./cmd/credbroker-agent
 
+## image: the container image deploy/kubernetes runs (Dockerfile; needs docker)
+IMAGE ?= registry.example.org/credbroker:v0.1.0
+.PHONY: image
+image:
+	docker build -t $(IMAGE) .
+
 ## test: every test, against throwaway databases the script starts and removes
 test:
 	scripts/test.sh
