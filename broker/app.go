@@ -162,6 +162,10 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		lcfg.IssueTimeout = p.IssueTimeout.Duration
 		lcfg.PollInterval = p.ClaimInterval.Duration
 		lcfg.Lookahead = p.ClaimLookahead.Duration
+		// The roles' live-lease quotas are checked again by the store,
+		// with the CREATING record, where every replica's issuances
+		// count (quota.go counts only this replica's in flight).
+		lcfg.Limits = roleLimits(roles)
 		if a.manager, err = lease.NewShared(lcfg); err != nil {
 			return nil, err
 		}

@@ -169,6 +169,9 @@ func (s *Issuer) issueNew(ctx context.Context, caller spiffeid.ID, roleName stri
 		if recorded != nil && <-recorded == nil {
 			s.audit.issueUndone(ctx, pending, err)
 		}
+		if qerr := limitQuotaError(roleName, err); qerr != nil {
+			return lease.Lease{}, nil, qerr
+		}
 		return lease.Lease{}, nil, inDatabase(role.Database.Name, err)
 	}
 	if recorded != nil {

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -118,7 +119,7 @@ func (q *quotas) reserve(ctx context.Context, role *Role, owner, id string) (rel
 			return nil, err
 		}
 		if n >= qu.MaxLeasesPerRole {
-			return nil, &quotaError{msg: fmt.Sprintf("role %q: max_leases_per_role (%d) reached: revoke a lease of the role or wait for one to end", role.Name, qu.MaxLeasesPerRole)}
+			return nil, roleCapError(role.Name, qu.MaxLeasesPerRole)
 		}
 	}
 	if qu.MaxLeasesPerCaller > 0 {
@@ -127,7 +128,7 @@ func (q *quotas) reserve(ctx context.Context, role *Role, owner, id string) (rel
 			return nil, err
 		}
 		if n >= qu.MaxLeasesPerCaller {
-			return nil, &quotaError{msg: fmt.Sprintf("role %q: max_leases_per_caller (%d) reached for this caller: revoke one of its leases or wait for one to end", role.Name, qu.MaxLeasesPerCaller)}
+			return nil, callerCapError(role.Name, qu.MaxLeasesPerCaller)
 		}
 	}
 	if qu.IssueRatePerCaller > 0 {
@@ -141,6 +142,39 @@ func (q *quotas) reserve(ctx context.Context, role *Role, owner, id string) (rel
 		delete(q.pending, id)
 		q.mu.Unlock()
 	}, nil
+}
+
+func roleCapError(role string, max int) *quotaError {
+	return &quotaError{msg: fmt.Sprintf("role %q: max_leases_per_role (%d) reached: revoke a lease of the role or wait for one to end", role, max)}
+}
+
+func callerCapError(role string, max int) *quotaError {
+	return &quotaError{msg: fmt.Sprintf("role %q: max_leases_per_caller (%d) reached for this caller: revoke one of its leases or wait for one to end", role, max)}
+}
+
+// limitQuotaError is the quota error of a lease store's refusal by a cap
+// of roleLimits, with reserve's message, or nil if err is none.
+func limitQuotaError(role string, err error) error {
+	le, ok := errors.AsType[*lease.LimitError](err)
+	switch {
+	case !ok:
+		return nil
+	case le.Owner:
+		return callerCapError(role, le.Max)
+	}
+	return roleCapError(role, le.Max)
+}
+
+// roleLimits returns the live-lease caps of each role's quota, for the
+// lease store to check (lease.Config.Limits).
+func roleLimits(roles map[string]*Role) func(role string) lease.Limits {
+	return func(name string) lease.Limits {
+		r, ok := roles[name]
+		if !ok {
+			return lease.Limits{}
+		}
+		return lease.Limits{Role: r.Quota.MaxLeasesPerRole, Owner: r.Quota.MaxLeasesPerCaller}
+	}
 }
 
 // countLocked counts the leases sel selects plus the reservations that

@@ -185,3 +185,64 @@ func TestQuotaIssueRate(t *testing.T) {
 		t.Errorf("reader quota = %v, want none", q)
 	}
 }
+
+// TestQuotaAcrossReplicas: three replicas on one PostgreSQL lease store,
+// 24 concurrent issuances of the role with max_leases_per_role 3 and
+// max_leases_per_caller 2 (two callers, four calls each on each replica):
+// exactly 3 users are created, at most 2 per caller, as on one broker. Each
+// replica counts only its own issuances in flight; the store's check
+// with the CREATING record (lease.SharedStore.CreateWithin) counts all.
+func TestQuotaAcrossReplicas(t *testing.T) {
+	storeYAML, _, _ := pgLeaseStore(t)
+	a := newEnvWith(t, envExtra{roles: quotaRoles, leaseStore: storeYAML})
+	defer a.revokeAll()
+	replicas := []*env{a, a.replica(), a.replica()}
+	ctx := context.Background()
+
+	var (
+		mu      sync.Mutex
+		ok      = map[spiffeid.ID]int{}
+		refused []error
+		wg      sync.WaitGroup
+	)
+	start := make(chan struct{})
+	for _, r := range replicas {
+		for _, id := range []spiffeid.ID{ordersID, otherID} {
+			c := r.creds(id)
+			for range 4 {
+				wg.Go(func() {
+					<-start
+					_, err := c.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "limited"})
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil {
+						refused = append(refused, err)
+						return
+					}
+					ok[id]++
+				})
+			}
+		}
+	}
+	close(start)
+	wg.Wait()
+
+	if n := ok[ordersID] + ok[otherID]; n != 3 {
+		t.Errorf("%d issuances succeeded across 3 replicas (%d + %d), want max_leases_per_role 3", n, ok[ordersID], ok[otherID])
+	}
+	for id, n := range ok {
+		if n > 2 {
+			t.Errorf("%s got %d leases across the replicas, max_leases_per_caller is 2", id, n)
+		}
+	}
+	for _, err := range refused {
+		msg := status.Convert(err).Message()
+		if status.Code(err) != codes.ResourceExhausted ||
+			(!strings.Contains(msg, `role "limited": max_leases_per_role (3) reached`) && !strings.Contains(msg, `role "limited": max_leases_per_caller (2) reached`)) {
+			t.Errorf("refusal %v, want RESOURCE_EXHAUSTED naming the limit", err)
+		}
+	}
+	if n := a.countUsers(); n != 3 {
+		t.Errorf("%d users on PostgreSQL, want 3", n)
+	}
+}

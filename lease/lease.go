@@ -71,6 +71,53 @@ type Lease struct {
 	RequestID string `json:"request_id,omitempty"`
 }
 
+// Limits caps the live (CREATING or ACTIVE) leases an issuance may join:
+// those of its role (Role) and those of its role held by its owner
+// (Owner). Zero is no cap. A REVOKING lease does not count: its user can
+// no longer log in.
+type Limits struct{ Role, Owner int }
+
+// Check returns an error wrapping ErrInvalid if a cap is negative.
+func (l Limits) Check() error {
+	if l.Role < 0 || l.Owner < 0 {
+		return fmt.Errorf("limits %+v: want caps of 0 (none) or more: %w", l, ErrInvalid)
+	}
+	return nil
+}
+
+// IsZero reports whether l caps nothing.
+func (l Limits) IsZero() bool { return l == Limits{} }
+
+// LimitError is an issuance refused by a cap of Limits. It wraps ErrLimit.
+type LimitError struct {
+	// Owner is true when the per-owner cap was reached, false for the
+	// per-role one.
+	Owner bool
+	// Max is the cap reached.
+	Max int
+}
+
+func (e *LimitError) Error() string {
+	if e.Owner {
+		return fmt.Sprintf("%s: the role's leases of this owner are at their cap of %d", ErrLimit, e.Max)
+	}
+	return fmt.Sprintf("%s: the role's leases are at their cap of %d", ErrLimit, e.Max)
+}
+
+func (e *LimitError) Unwrap() error { return ErrLimit }
+
+// Over returns the cap that n leases of the role, of which own are the
+// owner's, would pass with one more, or nil.
+func (l Limits) Over(n, own int) error {
+	switch {
+	case l.Role > 0 && n >= l.Role:
+		return &LimitError{Max: l.Role}
+	case l.Owner > 0 && own >= l.Owner:
+		return &LimitError{Owner: true, Max: l.Owner}
+	}
+	return nil
+}
+
 // Sentinel errors.
 var (
 	ErrNotFound         = errors.New("lease not found")
@@ -96,6 +143,9 @@ var (
 	// ErrRequestExists: Issue was given a lease whose Owner and RequestID
 	// another lease already has. Errors that wrap it also wrap ErrExists.
 	ErrRequestExists = fmt.Errorf("%w for this request id", ErrExists)
+	// ErrLimit: an issuance would pass a cap on live leases (Limits).
+	// Errors that wrap it are a *LimitError, which says which cap.
+	ErrLimit = errors.New("live lease limit reached")
 	// ErrWrongState: the operation does not apply to the lease's current
 	// state (Revoke on a lease that is still CREATING: its Issue cleans it
 	// up).

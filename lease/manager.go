@@ -69,6 +69,13 @@ type Config struct {
 	// drop the user: an issuance in flight on a replica that died is
 	// cleaned up within 2×IssueTimeout plus one poll.
 	Lookahead, PollInterval, IssueTimeout time.Duration
+	// Limits, if set, returns the caps on live leases of a role
+	// (quotas). The Shared manager has the store check them in the same
+	// atomic step as the CREATING record (SharedStore.CreateWithin), so
+	// that replicas together never pass them. (The broker counts them in
+	// memory before either manager is called; a single Manager's count
+	// is exact, so it has no need of this.)
+	Limits func(role string) Limits
 }
 
 const (

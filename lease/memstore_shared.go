@@ -69,6 +69,10 @@ func (s *MemStore) wroteLocked(replica string, l Lease, hold time.Duration) *mem
 }
 
 func (r *memReplica) Create(ctx context.Context, l Lease, hold time.Duration) (int64, error) {
+	return r.CreateWithin(ctx, l, hold, Limits{})
+}
+
+func (r *memReplica) CreateWithin(ctx context.Context, l Lease, hold time.Duration, lim Limits) (int64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.usable(ctx); err != nil {
@@ -85,6 +89,23 @@ func (r *memReplica) Create(ctx context.Context, l Lease, hold time.Duration) (i
 			if o.Owner == l.Owner && o.RequestID == l.RequestID {
 				return 0, fmt.Errorf("lease: store create %s: lease %s has its request id: %w", l.ID, o.ID, ErrRequestExists)
 			}
+		}
+	}
+	if err := lim.Check(); err != nil {
+		return 0, fmt.Errorf("lease: store create %s: %w", l.ID, err)
+	}
+	if !lim.IsZero() {
+		n, own := 0, 0
+		for _, o := range r.leases {
+			if o.Role == l.Role && (o.State == StateCreating || o.State == StateActive) {
+				n++
+				if o.Owner == l.Owner {
+					own++
+				}
+			}
+		}
+		if err := lim.Over(n, own); err != nil {
+			return 0, fmt.Errorf("lease: store create %s: %w", l.ID, err)
 		}
 	}
 	if r.failPut != nil {

@@ -163,10 +163,14 @@ func (m *Shared) Issue(ctx context.Context, l Lease, create CreateFunc) (Lease, 
 	var version int64
 	go func() {
 		defer close(in.done)
-		version, in.err = m.store.Create(cctx, l, 2*m.cfg.IssueTimeout)
+		var lim Limits
+		if m.cfg.Limits != nil {
+			lim = m.cfg.Limits(l.Role)
+		}
+		version, in.err = m.store.CreateWithin(cctx, l, 2*m.cfg.IssueTimeout, lim)
 		if in.err == nil {
 			failpoint.Hit(FailpointAfterIntent)
-		} else if !errors.Is(in.err, ErrExists) {
+		} else if !errors.Is(in.err, ErrExists) && !errors.Is(in.err, ErrLimit) {
 			in.err = storeErr("begin", l.ID, in.err)
 		}
 	}()

@@ -36,6 +36,13 @@ type SharedStore interface {
 	// the store's now: no replica claims it before then. It returns the
 	// row's version.
 	Create(ctx context.Context, l Lease, hold time.Duration) (int64, error)
+	// CreateWithin is Create that also refuses, with a *LimitError (which
+	// wraps ErrLimit), a lease that would pass lim: more live (CREATING or
+	// ACTIVE) leases of l.Role than lim.Role, or of l.Role and l.Owner
+	// than lim.Owner. The count and the write are one atomic step for all
+	// replicas: concurrent creators never pass a cap together. With a zero
+	// lim it is Create.
+	CreateWithin(ctx context.Context, l Lease, hold time.Duration, lim Limits) (int64, error)
 	// GetVersion is Get with the row's version.
 	GetVersion(ctx context.Context, id string) (Versioned, error)
 	// PutIfVersion stores l only if its row is still at version, and

@@ -63,6 +63,8 @@ func RunShared(t *testing.T, h SharedHarness) {
 		fn   func(t *testing.T, h SharedHarness)
 	}{
 		{"Create", testSharedCreate},
+		{"CreateWithin", testSharedCreateWithin},
+		{"ConcurrentCreateWithin", testSharedConcurrentCreateWithin},
 		{"Versions", testSharedVersions},
 		{"PutIfVersionConflict", testSharedPutConflict},
 		{"DeleteIfVersionConflict", testSharedDeleteConflict},
@@ -218,6 +220,116 @@ func testSharedCreate(t *testing.T, h SharedHarness) {
 	}
 	mustBeGone(t, a, active.ID)
 	mustGet(t, a, l)
+}
+
+// wantLimit checks that err is a refusal by the cap max, per owner or per
+// role.
+func wantLimit(t *testing.T, what string, err error, owner bool, max int) {
+	t.Helper()
+	le, ok := errors.AsType[*lease.LimitError](err)
+	if !ok || !errors.Is(err, lease.ErrLimit) || le.Owner != owner || le.Max != max {
+		t.Errorf("%s = %v, want a *LimitError (ErrLimit) with Owner %v, Max %d", what, err, owner, max)
+	}
+}
+
+// CreateWithin counts the role's CREATING and ACTIVE leases, and the
+// owner's among them; REVOKING ones and other roles' do not count; a
+// refusal writes nothing; zero limits are Create.
+func testSharedCreateWithin(t *testing.T, h SharedHarness) {
+	ss := replicas(t, h, "a", "b")
+	a, b := ss[0], ss[1]
+	x, y, z := "spiffe://example.org/x", "spiffe://example.org/y", "spiffe://example.org/z"
+	later := h.Now().Add(time.Hour)
+	held := sharedLease(t, h, lease.StateActive, x, later)
+	revoking := sharedLease(t, h, lease.StateRevoking, x, later)
+	otherRole := sharedLease(t, h, lease.StateActive, x, later)
+	otherRole.Role = "writer"
+	if err := lease.PutAll(bg, a, []lease.Lease{held, revoking, otherRole}); err != nil {
+		t.Fatal(err)
+	}
+	lim := lease.Limits{Role: 3, Owner: 2}
+	create := func(s lease.SharedStore, owner string) (lease.Lease, error) {
+		l := sharedLease(t, h, lease.StateCreating, owner, later)
+		_, err := s.CreateWithin(bg, l, long, lim)
+		return l, err
+	}
+	if _, err := create(a, x); err != nil { // role 2, x 2
+		t.Fatalf("CreateWithin under both caps: %v", err)
+	}
+	l, err := create(b, x)
+	wantLimit(t, "CreateWithin past the owner's cap", err, true, 2)
+	mustBeGone(t, a, l.ID)
+	if _, err := create(b, y); err != nil { // role 3
+		t.Fatalf("CreateWithin of another owner under the role's cap: %v", err)
+	}
+	l, err = create(a, z)
+	wantLimit(t, "CreateWithin past the role's cap", err, false, 3)
+	mustBeGone(t, b, l.ID)
+
+	// A lease that leaves the live states frees its place.
+	v := mustVersion(t, a, held.ID)
+	gone := held
+	gone.State = lease.StateRevoking
+	mustPutIf(t, a, gone, v.Version, 0)
+	if _, err := create(a, z); err != nil {
+		t.Fatalf("CreateWithin after a lease of the role went REVOKING: %v", err)
+	}
+
+	// Within the caps, the id and request id checks are Create's.
+	dup := sharedLease(t, h, lease.StateCreating, y, later)
+	dup.ID = held.ID
+	if _, err := b.CreateWithin(bg, dup, long, lease.Limits{Role: 100}); !errors.Is(err, lease.ErrExists) {
+		t.Errorf("CreateWithin of an existing id = %v, want ErrExists", err)
+	}
+	// Zero limits cap nothing.
+	for range 3 {
+		l := sharedLease(t, h, lease.StateCreating, x, later)
+		if _, err := a.CreateWithin(bg, l, long, lease.Limits{}); err != nil {
+			t.Fatalf("CreateWithin with no limits: %v", err)
+		}
+	}
+	if _, err := a.CreateWithin(bg, sharedLease(t, h, lease.StateCreating, x, later), long, lease.Limits{Role: -1}); err == nil {
+		t.Error("CreateWithin with a negative cap succeeded, want an error")
+	}
+}
+
+// Replicas creating at once never pass a cap together.
+func testSharedConcurrentCreateWithin(t *testing.T, h SharedHarness) {
+	ss := replicas(t, h, "a", "b", "c")
+	const max, tries = 5, 10
+	later := h.Now().Add(time.Hour)
+	var (
+		mu      sync.Mutex
+		created []string
+		wg      sync.WaitGroup
+	)
+	for i, s := range ss {
+		for j := range tries {
+			wg.Go(func() {
+				l := sharedLease(t, h, lease.StateCreating, fmt.Sprintf("spiffe://example.org/w%d-%d", i, j), later)
+				_, err := s.CreateWithin(bg, l, long, lease.Limits{Role: max})
+				switch {
+				case err == nil:
+					mu.Lock()
+					created = append(created, l.ID)
+					mu.Unlock()
+				case !errors.Is(err, lease.ErrLimit):
+					t.Errorf("CreateWithin: %v, want nil or ErrLimit", err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if len(created) != max {
+		t.Errorf("%d of %d concurrent creations under a cap of %d succeeded, want exactly %d", len(created), len(ss)*tries, max, max)
+	}
+	ls, err := ss[0].Query(bg, lease.Query{Role: "readonly", States: []lease.State{lease.StateCreating}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != len(created) {
+		t.Errorf("the store holds %d CREATING leases of the role, want the %d created", len(ls), len(created))
+	}
 }
 
 // Every write and every claim bumps the version; GetVersion reads it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"time"
 
@@ -42,14 +43,103 @@ func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (
 	case r.wrote:
 		return r.version, nil
 	}
+	return 0, s.createConflict(ctx, op, l)
+}
+
+// createConflict is the error of a create that wrote nothing because l's
+// id, or its owner's request id, is taken.
+func (s *Store) createConflict(ctx context.Context, op string, l lease.Lease) error {
 	var idTaken bool
 	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+s.schema+`.leases WHERE id = $1)`, l.ID).Scan(&idTaken); err != nil {
-		return 0, s.fail(op, err)
+		return s.fail(op, err)
 	}
 	if idTaken || l.RequestID == "" {
-		return 0, fmt.Errorf("pgstore: %s: %w", op, lease.ErrExists)
+		return fmt.Errorf("pgstore: %s: %w", op, lease.ErrExists)
 	}
-	return 0, fmt.Errorf("pgstore: %s: owner %s has a lease for request id %q: %w", op, l.Owner, l.RequestID, lease.ErrRequestExists)
+	return fmt.Errorf("pgstore: %s: owner %s has a lease for request id %q: %w", op, l.Owner, l.RequestID, lease.ErrRequestExists)
+}
+
+// limitKey1 is the first key of the advisory locks that serialize capped
+// creations per role: "cbqt".
+const limitKey1 int32 = 0x63627174
+
+// limitKey2 derives the second key from the schema and the role. Two roles
+// whose keys collide share a lock: their capped creations queue behind each
+// other, which costs time, never a wrong count.
+func limitKey2(schema, role string) int32 {
+	h := fnv.New32a()
+	h.Write([]byte("credbroker-limit:" + schema + ":" + role))
+	return int32(h.Sum32() & 0x7fffffff)
+}
+
+// CreateWithin is Create under lim (lease.SharedStore): in one transaction
+// it takes a transaction-scoped advisory lock on the role, counts the
+// role's CREATING and ACTIVE rows (and the owner's among them), and inserts
+// only below the caps. The lock is taken by its own statement, so the count
+// that follows, on a snapshot taken after it, sees every creation committed
+// by the replica that held it before. Capped creations run outside the
+// group commit: their transaction waits for that lock, which must not hold
+// up other callers' writes.
+func (s *Store) CreateWithin(ctx context.Context, l lease.Lease, hold time.Duration, lim lease.Limits) (int64, error) {
+	op := "create " + l.ID
+	if err := lim.Check(); err != nil {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	if lim.IsZero() {
+		return s.Create(ctx, l, hold)
+	}
+	if err := s.writable(ctx); err != nil {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	if l.State != lease.StateCreating || hold <= 0 {
+		return 0, fmt.Errorf("pgstore: %s: state %s, hold %s: need CREATING and a positive hold: %w", op, l.State, hold, lease.ErrInvalid)
+	}
+	args, err := leaseArgs(l)
+	if err != nil {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	args = append(args, s.replica, hold.Microseconds())
+	var (
+		version int64
+		wrote   bool
+		over    error
+	)
+	start := time.Now()
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, limitKey1, limitKey2(s.rawSchema, l.Role)); err != nil {
+			return err
+		}
+		var n, own int
+		if err := tx.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE owner = $2) FROM `+s.schema+`.leases
+			WHERE role = $1 AND state IN ('CREATING', 'ACTIVE')`, l.Role, l.Owner).Scan(&n, &own); err != nil {
+			return err
+		}
+		if over = lim.Over(n, own); over != nil {
+			return nil
+		}
+		err := tx.QueryRow(ctx, s.createSQL, args...).Scan(&version)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return nil
+		case err != nil:
+			return err
+		}
+		wrote = true
+		return nil
+	})
+	if over != nil {
+		return 0, fmt.Errorf("pgstore: %s: %w", op, over)
+	}
+	if wrote || err != nil {
+		s.observed(1, start, err)
+	}
+	switch {
+	case err != nil:
+		return 0, s.fail(op, err)
+	case wrote:
+		return version, nil
+	}
+	return 0, s.createConflict(ctx, op, l)
 }
 
 // createSQL is Create's statement on the leases table (quoted): the lease's
