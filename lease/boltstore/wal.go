@@ -27,10 +27,10 @@ import (
 // The log is two files, segments, used in turn: frames are appended to the
 // active one while the other's writes are checkpointed in the background;
 // once that checkpoint is durable the other segment is free, and the next
-// rotation makes it active and overwrites it from its start. Overwriting
-// blocks a file already has needs no metadata update, so from a segment's
-// second use after Open (which empties both) the fdatasync writes the
-// frame and nothing else.
+// rotation makes it active and overwrites it from its start. Open empties
+// both and preallocates rotateBytes of blocks to each (fallocate: they read
+// as zeros), so a frame overwrites blocks the file already has, which needs
+// no metadata update: the fdatasync writes the frame and nothing else.
 //
 // # Frames
 //
@@ -42,7 +42,8 @@ import (
 //
 // # Replay (Open)
 //
-// Each segment is read from its start while the frames are whole, their
+// Each segment is read from its start while the frames are whole (a zero
+// length, the preallocated blocks past the last frame, is none), their
 // CRC matches and each seq is one more than the one before: a torn frame
 // (a crash during its write) or an older frame left from the segment's
 // previous use ends it. The frames of both segments above the applied
@@ -143,8 +144,8 @@ func readFrames(data, id []byte) ([]frame, error) {
 	var out []frame
 	for len(data) >= frameHeader {
 		n := binary.LittleEndian.Uint32(data[0:])
-		if uint64(n) > uint64(len(data)-frameHeader) {
-			break
+		if n == 0 || uint64(n) > uint64(len(data)-frameHeader) {
+			break // every payload holds at least its count: zeros end the run
 		}
 		seq := binary.LittleEndian.Uint64(data[8:])
 		payload := data[frameHeader : frameHeader+int(n)]
@@ -367,12 +368,18 @@ type replayed struct {
 	id   []byte
 }
 
-// truncate empties the segments durably.
+// maxPrealloc caps the blocks preallocated to a segment: rotateBytes, its
+// expected use, unless tuned larger.
+const maxPrealloc int64 = 4 << 20
+
+// truncate empties the segments durably, and preallocates each one's
+// blocks for its frames.
 func truncate(segs [2]*os.File) error {
 	for _, f := range segs {
 		if err := f.Truncate(0); err != nil {
 			return fmt.Errorf("write-ahead log: %w", err)
 		}
+		preallocate(f, min(int64(rotateBytes), maxPrealloc))
 		if err := f.Sync(); err != nil {
 			return fmt.Errorf("write-ahead log: %w", err)
 		}
