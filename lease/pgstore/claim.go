@@ -25,17 +25,10 @@ const codeUniqueViolation = "23505"
 // wrapping lease.ErrRequestExists.
 func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (int64, error) {
 	op := "create " + l.ID
-	if err := s.writable(ctx); err != nil {
-		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
-	}
-	if l.State != lease.StateCreating || hold <= 0 {
-		return 0, fmt.Errorf("pgstore: %s: state %s, hold %s: need CREATING and a positive hold: %w", op, l.State, hold, lease.ErrInvalid)
-	}
-	args, err := leaseArgs(l)
+	args, err := s.createArgs(ctx, op, l, hold)
 	if err != nil {
-		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+		return 0, err
 	}
-	args = append(args, s.replica, hold.Microseconds())
 	r, err := s.condWrite(ctx, condWrite{sql: s.createSQL, args: args})
 	switch {
 	case err != nil:
@@ -44,6 +37,22 @@ func (s *Store) Create(ctx context.Context, l lease.Lease, hold time.Duration) (
 		return r.version, nil
 	}
 	return 0, s.createConflict(ctx, op, l)
+}
+
+// createArgs checks a create of l (operation op) and returns createSQL's
+// arguments.
+func (s *Store) createArgs(ctx context.Context, op string, l lease.Lease, hold time.Duration) ([]any, error) {
+	if err := s.writable(ctx); err != nil {
+		return nil, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	if l.State != lease.StateCreating || hold <= 0 {
+		return nil, fmt.Errorf("pgstore: %s: state %s, hold %s: need CREATING and a positive hold: %w", op, l.State, hold, lease.ErrInvalid)
+	}
+	args, err := leaseArgs(l)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: %s: %w", op, err)
+	}
+	return append(args, s.replica, hold.Microseconds()), nil
 }
 
 // createConflict is the error of a create that wrote nothing because l's
@@ -88,17 +97,10 @@ func (s *Store) CreateWithin(ctx context.Context, l lease.Lease, hold time.Durat
 	if lim.IsZero() {
 		return s.Create(ctx, l, hold)
 	}
-	if err := s.writable(ctx); err != nil {
-		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
-	}
-	if l.State != lease.StateCreating || hold <= 0 {
-		return 0, fmt.Errorf("pgstore: %s: state %s, hold %s: need CREATING and a positive hold: %w", op, l.State, hold, lease.ErrInvalid)
-	}
-	args, err := leaseArgs(l)
+	args, err := s.createArgs(ctx, op, l, hold)
 	if err != nil {
-		return 0, fmt.Errorf("pgstore: %s: %w", op, err)
+		return 0, err
 	}
-	args = append(args, s.replica, hold.Microseconds())
 	var (
 		version int64
 		wrote   bool
