@@ -24,8 +24,13 @@ type image struct {
 
 const binDir = "/usr/local/bin/"
 
-// dockerfileInstruction matches one instruction (continuation lines joined).
-var dockerfileInstruction = regexp.MustCompile(`(?m)^([A-Z]+)\s+(.*)$`)
+var (
+	// dockerfileInstruction matches one instruction (continuation lines
+	// joined).
+	dockerfileInstruction = regexp.MustCompile(`(?m)^([A-Z]+)\s+(.*)$`)
+	// cmdPackage matches a package built from ./cmd/<name>.
+	cmdPackage = regexp.MustCompile(`\./cmd/([a-z0-9-]+)`)
+)
 
 func readDockerfile(t *testing.T) image {
 	t.Helper()
@@ -44,7 +49,7 @@ func readDockerfile(t *testing.T) image {
 			final = !strings.Contains(rest, " AS ")
 		case "RUN":
 			if strings.Contains(rest, "go build") {
-				for _, c := range regexp.MustCompile(`\./cmd/([a-z0-9-]+)`).FindAllStringSubmatch(rest, -1) {
+				for _, c := range cmdPackage.FindAllStringSubmatch(rest, -1) {
 					built = append(built, c[1])
 				}
 			}

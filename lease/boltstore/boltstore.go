@@ -224,11 +224,7 @@ func openError(path string, lockTimeout time.Duration, err error) error {
 func openVerified(path string, cfg boltConfig) (db *bolt.DB, log replayed, records int, invalid, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	fail := func(e error) (*bolt.DB, replayed, int, error, error) {
-		for _, f := range log.segs {
-			if f != nil {
-				_ = f.Close()
-			}
-		}
+		_ = closeSegs(log.segs)
 		if db != nil {
 			_ = db.Close()
 		}

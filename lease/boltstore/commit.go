@@ -132,10 +132,7 @@ func (g *groupCommit) close() error {
 	err := g.write(context.Background(), reqClose)
 	close(g.stop)
 	<-g.done
-	for _, f := range g.segs {
-		err = cmp.Or(err, f.Close())
-	}
-	return err
+	return cmp.Or(err, closeSegs(g.segs))
 }
 
 // commit is one batch of the queue.

@@ -285,11 +285,7 @@ func replay(db *bolt.DB, path string) (replayed, error) {
 		}
 	}
 	fail := func(err error) (replayed, error) {
-		for _, f := range segs {
-			if f != nil {
-				_ = f.Close()
-			}
-		}
+		_ = closeSegs(segs)
 		return replayed{}, err
 	}
 	var pending []frame
@@ -366,6 +362,17 @@ type replayed struct {
 	segs [2]*os.File
 	seq  uint64
 	id   []byte
+}
+
+// closeSegs closes the segments that are open and returns the first error.
+func closeSegs(segs [2]*os.File) error {
+	var err error
+	for _, f := range segs {
+		if f != nil {
+			err = cmp.Or(err, f.Close())
+		}
+	}
+	return err
 }
 
 // maxPrealloc caps the blocks preallocated to a segment: rotateBytes, its
