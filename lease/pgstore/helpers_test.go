@@ -20,7 +20,7 @@ const dsnEnv = "CREDBROKER_TEST_PG_DSN"
 
 // testConfig is the store Config of the test server, in a new schema of
 // its own that is dropped when t ends.
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	c := serverConfig(t)
 	c.Schema = "cbtest_" + randomHex(t)
@@ -30,7 +30,7 @@ func testConfig(t *testing.T) Config {
 
 // serverConfig reads the test server from dsnEnv, field by field, so that
 // nothing prints the DSN and its password.
-func serverConfig(t *testing.T) Config {
+func serverConfig(t testing.TB) Config {
 	t.Helper()
 	dsn := os.Getenv(dsnEnv)
 	if dsn == "" {
@@ -56,7 +56,7 @@ func serverConfig(t *testing.T) Config {
 	}
 }
 
-func randomHex(t *testing.T) string {
+func randomHex(t testing.TB) string {
 	b := make([]byte, 6)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
@@ -65,7 +65,7 @@ func randomHex(t *testing.T) string {
 }
 
 // adminPool is a pool on the test server for the tests' own SQL.
-func adminPool(t *testing.T, c Config) *pgxpool.Pool {
+func adminPool(t testing.TB, c Config) *pgxpool.Pool {
 	t.Helper()
 	c = c.withDefaults()
 	pc, err := c.poolConfig()
@@ -80,21 +80,21 @@ func adminPool(t *testing.T, c Config) *pgxpool.Pool {
 	return pool
 }
 
-func exec(t *testing.T, c Config, sql string, args ...any) {
+func exec(t testing.TB, c Config, sql string, args ...any) {
 	t.Helper()
 	if _, err := adminPool(t, c).Exec(bg, sql, args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
 
-func dropSchema(t *testing.T, c Config) {
+func dropSchema(t testing.TB, c Config) {
 	t.Helper()
 	exec(t, c, `DROP SCHEMA IF EXISTS `+quoteIdent(c.Schema)+` CASCADE`)
 }
 
 // initOpen initializes the store of c and opens it; it is closed when t
 // ends.
-func initOpen(t *testing.T, c Config) *Store {
+func initOpen(t testing.TB, c Config) *Store {
 	t.Helper()
 	if err := Init(bg, c); err != nil {
 		t.Fatalf("Init: %v", err)
@@ -102,7 +102,7 @@ func initOpen(t *testing.T, c Config) *Store {
 	return mustOpen(t, c)
 }
 
-func mustOpen(t *testing.T, c Config) *Store {
+func mustOpen(t testing.TB, c Config) *Store {
 	t.Helper()
 	s, err := Open(bg, c)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 var leaseSeq atomic.Int64
 
 // testLease is a valid lease in state st, expiring an hour from now.
-func testLease(t *testing.T, st lease.State) lease.Lease {
+func testLease(t testing.TB, st lease.State) lease.Lease {
 	t.Helper()
 	id, err := lease.NewID()
 	if err != nil {
