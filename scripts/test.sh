@@ -75,6 +75,14 @@ go test -race -count=1 -timeout 10m -tags failpoints ./lease/... ./internal/fail
 echo "== deploy/kubernetes: the manifests, decoded strictly with the Kubernetes API types (a module of its own)"
 (cd deploy/kubernetes && go vet ./... && go test -count=1 ./...)
 
+for db in postgres mysql; do
+	echo "== make demo DB=$db: the README's first command end to end (issue, log in, refused beyond the grants, revoke, locked out, audited)"
+	if ! out=$(make --no-print-directory demo DB="$db" 2>&1); then
+		echo "$out"; exit 1
+	fi
+	grep -E '^ +checked: |^Demo finished' <<<"$out"
+done
+
 echo "== make demo-ha: the README's three-replica demo end to end (issue, list, renew on three replicas; kill -9 one; expiry revoked by another)"
 if ! out=$(make --no-print-directory demo-ha 2>&1); then
 	echo "$out"; exit 1
