@@ -83,6 +83,12 @@ for db in postgres mysql; do
 	grep -E '^ +checked: |^Demo finished' <<<"$out"
 done
 
+echo "== make demo-agent: the README's agent demo (a credential in the app's environment, a rotation, SIGTERM revokes)"
+if ! out=$(make --no-print-directory demo-agent 2>&1); then
+	echo "$out"; exit 1
+fi
+grep -E '^ +(checked|users in PostgreSQL|agent exit status)|^Demo finished' <<<"$out"
+
 echo "== make demo-ha: the README's three-replica demo end to end (issue, list, renew on three replicas; kill -9 one; expiry revoked by another)"
 if ! out=$(make --no-print-directory demo-ha 2>&1); then
 	echo "$out"; exit 1
