@@ -61,50 +61,15 @@ func TestQuotaConcurrentIssuance(t *testing.T) {
 	ctx := context.Background()
 	clients := map[spiffeid.ID]pb.CredentialServiceClient{ordersID: e.creds(ordersID), otherID: e.creds(otherID)}
 
-	var mu sync.Mutex
-	ok := map[spiffeid.ID][]string{}
-	var refused []error
-	var wg sync.WaitGroup
-	start := make(chan struct{})
+	var calls []caller
 	for id, c := range clients {
 		for range 8 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				resp, err := c.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "limited"})
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					refused = append(refused, err)
-					return
-				}
-				ok[id] = append(ok[id], resp.GetLease().GetId())
-			}()
+			calls = append(calls, caller{id, c})
 		}
 	}
-	close(start)
-	wg.Wait()
-
-	if n := len(ok[ordersID]) + len(ok[otherID]); n != 3 {
-		t.Fatalf("%d issuances succeeded (%d + %d), want max_leases_per_role 3; refusals: %v", n, len(ok[ordersID]), len(ok[otherID]), refused)
-	}
-	for id, ids := range ok {
-		if len(ids) > 2 {
-			t.Errorf("%s got %d leases, max_leases_per_caller is 2", id, len(ids))
-		}
-	}
-	for _, err := range refused {
-		if status.Code(err) != codes.ResourceExhausted {
-			t.Fatalf("refusal %v, want RESOURCE_EXHAUSTED", err)
-		}
-		if msg := status.Convert(err).Message(); !strings.Contains(msg, `role "limited": max_leases_per_role (3) reached`) &&
-			!strings.Contains(msg, `role "limited": max_leases_per_caller (2) reached`) {
-			t.Fatalf("refusal %q does not name the limit", msg)
-		}
-	}
-	if n := e.countUsers(); n != 3 {
-		t.Fatalf("%d users on PostgreSQL, want 3", n)
+	ok, refused := issueAtOnce(calls, "limited")
+	if !checkLimited(t, e, ok, refused) {
+		t.FailNow()
 	}
 	if ls, err := e.app.Manager().List(ctx, lease.Query{Role: "limited"}); err != nil || len(ls) != 3 {
 		t.Fatalf("leases of the role: %d, %v; want 3", len(ls), err)
@@ -197,42 +162,70 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 	a := newEnvWith(t, envExtra{roles: quotaRoles, leaseStore: storeYAML})
 	defer a.revokeAll()
 	replicas := []*env{a, a.replica(), a.replica()}
-	ctx := context.Background()
 
-	var (
-		mu      sync.Mutex
-		ok      = map[spiffeid.ID]int{}
-		refused []error
-		wg      sync.WaitGroup
-	)
-	start := make(chan struct{})
+	var calls []caller
 	for _, r := range replicas {
 		for _, id := range []spiffeid.ID{ordersID, otherID} {
 			c := r.creds(id)
 			for range 4 {
-				wg.Go(func() {
-					<-start
-					_, err := c.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: "limited"})
-					mu.Lock()
-					defer mu.Unlock()
-					if err != nil {
-						refused = append(refused, err)
-						return
-					}
-					ok[id]++
-				})
+				calls = append(calls, caller{id, c})
 			}
 		}
 	}
+	ok, refused := issueAtOnce(calls, "limited")
+	checkLimited(t, a, ok, refused)
+}
+
+// caller is one workload's client.
+type caller struct {
+	id spiffeid.ID
+	c  pb.CredentialServiceClient
+}
+
+// issueAtOnce has every one of calls issue role at the same moment. It
+// returns the leases issued, by caller, and the refusals.
+func issueAtOnce(calls []caller, role string) (map[spiffeid.ID][]string, []error) {
+	ctx := context.Background()
+	var (
+		mu      sync.Mutex
+		ok      = map[spiffeid.ID][]string{}
+		refused []error
+		wg      sync.WaitGroup
+	)
+	start := make(chan struct{})
+	for _, cl := range calls {
+		wg.Go(func() {
+			<-start
+			resp, err := cl.c.IssueCredential(ctx, &pb.IssueCredentialRequest{Role: role})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				refused = append(refused, err)
+				return
+			}
+			ok[cl.id] = append(ok[cl.id], resp.GetLease().GetId())
+		})
+	}
 	close(start)
 	wg.Wait()
+	return ok, refused
+}
 
-	if n := ok[ordersID] + ok[otherID]; n != 3 {
-		t.Errorf("%d issuances succeeded across 3 replicas (%d + %d), want max_leases_per_role 3", n, ok[ordersID], ok[otherID])
+// checkLimited checks what a burst of issuances of the "limited" role
+// (max_leases_per_role 3, max_leases_per_caller 2) left: exactly 3 leases,
+// at most 2 per caller, every other call RESOURCE_EXHAUSTED naming the
+// limit, and 3 users on PostgreSQL. It reports whether all held.
+func checkLimited(t *testing.T, e *env, ok map[spiffeid.ID][]string, refused []error) bool {
+	t.Helper()
+	good := true
+	if n := len(ok[ordersID]) + len(ok[otherID]); n != 3 {
+		t.Errorf("%d issuances succeeded (%d + %d), want max_leases_per_role 3; refusals: %v", n, len(ok[ordersID]), len(ok[otherID]), refused)
+		good = false
 	}
-	for id, n := range ok {
-		if n > 2 {
-			t.Errorf("%s got %d leases across the replicas, max_leases_per_caller is 2", id, n)
+	for id, ids := range ok {
+		if len(ids) > 2 {
+			t.Errorf("%s got %d leases, max_leases_per_caller is 2", id, len(ids))
+			good = false
 		}
 	}
 	for _, err := range refused {
@@ -240,9 +233,12 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 		if status.Code(err) != codes.ResourceExhausted ||
 			(!strings.Contains(msg, `role "limited": max_leases_per_role (3) reached`) && !strings.Contains(msg, `role "limited": max_leases_per_caller (2) reached`)) {
 			t.Errorf("refusal %v, want RESOURCE_EXHAUSTED naming the limit", err)
+			good = false
 		}
 	}
-	if n := a.countUsers(); n != 3 {
+	if n := e.countUsers(); n != 3 {
 		t.Errorf("%d users on PostgreSQL, want 3", n)
+		good = false
 	}
+	return good
 }
