@@ -75,24 +75,27 @@ go test -race -count=1 -timeout 10m -tags failpoints ./lease/... ./internal/fail
 echo "== deploy/kubernetes: the manifests, decoded strictly with the Kubernetes API types (a module of its own)"
 (cd deploy/kubernetes && go vet ./... && go test -count=1 ./...)
 
-for db in postgres mysql; do
-	echo "== make demo DB=$db: the README's first command end to end (issue, log in, refused beyond the grants, revoke, locked out, audited)"
-	if ! out=$(make --no-print-directory demo DB="$db" 2>&1); then
+# demo runs one of the README's demos (make ARGS) and shows the lines of its
+# output that match PATTERN; if it fails, all of its output. The demos never
+# print a password.
+demo() {
+	local pattern=$1 out
+	shift
+	if ! out=$(make --no-print-directory "$@" 2>&1); then
 		echo "$out"; exit 1
 	fi
-	grep -E '^ +checked: |^Demo finished' <<<"$out"
+	grep -E "$pattern" <<<"$out"
+}
+
+for db in postgres mysql; do
+	echo "== make demo DB=$db: the README's first command end to end (issue, log in, refused beyond the grants, revoke, locked out, audited)"
+	demo '^ +checked: |^Demo finished' demo DB="$db"
 done
 
 echo "== make demo-agent: the README's agent demo (a credential in the app's environment, a rotation, SIGTERM revokes)"
-if ! out=$(make --no-print-directory demo-agent 2>&1); then
-	echo "$out"; exit 1
-fi
-grep -E '^ +(checked|users in PostgreSQL|agent exit status)|^Demo finished' <<<"$out"
+demo '^ +(checked|users in PostgreSQL|agent exit status)|^Demo finished' demo-agent
 
 echo "== make demo-ha: the README's three-replica demo end to end (issue, list, renew on three replicas; kill -9 one; expiry revoked by another)"
-if ! out=$(make --no-print-directory demo-ha 2>&1); then
-	echo "$out"; exit 1
-fi
-grep -E 'dropped .* after its expiry|revoked by replica|^Demo finished' <<<"$out"
+demo 'dropped .* after its expiry|revoked by replica|^Demo finished' demo-ha
 
 echo "== all tests passed in $(( $(date +%s) - start ))s"
