@@ -66,7 +66,7 @@ type sizes struct {
 	observeSeq   int
 	restore      int
 	storm        int
-	stormProbe   int // issues of the idle baseline
+	stormProbe   int // issues of the idle baseline (half before the storm, half after)
 	liveGroup    int
 	liveGrantMax int
 	liveBudget   time.Duration // per template, issuing
@@ -84,7 +84,7 @@ func defaultSizes(scale float64) sizes {
 		observeSeq:   s(1000),
 		restore:      s(1_000_000),
 		storm:        s(10_000),
-		stormProbe:   s(400),
+		stormProbe:   s(800),
 		liveGroup:    s(100_000),
 		liveGrantMax: 10_000, // stops at PostgreSQL's wall, whatever the scale
 		liveBudget:   time.Duration(float64(liveBudget) * scale),
