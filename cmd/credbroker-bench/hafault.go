@@ -475,24 +475,11 @@ func (r *runner) haStorm(ctx context.Context) error {
 	}
 	last := first.Add(999 * time.Millisecond)
 	time.Sleep(time.Until(first))
-	var done bool
-	for {
-		done, err = r.pg.atMostUsers(ctx, haStormPrefix+"_"+stormRole, 0)
-		if err != nil || done || time.Since(first) > 3*time.Minute {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	left, err := r.pg.usersLeft(ctx, haStormPrefix+"_"+stormRole, 20*time.Millisecond, 3*time.Minute)
 	if err != nil {
 		return err
 	}
 	took := time.Since(first)
-	var left int
-	if !done {
-		if left, err = r.pg.countUsers(ctx, haStormPrefix+"_"+stormRole); err != nil {
-			return err
-		}
-	}
 	row := Row{Scenario: "ha-storm", Template: bareTemplate, N: n, Concurrency: 3, Errors: left}
 	row.WallS = round2(took.Seconds())
 	row.OpsPerS = round2(float64(n-left) / took.Seconds())

@@ -208,23 +208,41 @@ func (e *pgEnv) queryRoles(ctx context.Context, dst any, q, prefix string, more 
 // waitUsers polls pg_roles every 10ms until at most want roles with prefix
 // are left.
 func (e *pgEnv) waitUsers(ctx context.Context, prefix string, want int, timeout time.Duration) error {
+	done, err := e.untilAtMost(ctx, prefix, want, 10*time.Millisecond, timeout)
+	if err != nil || done {
+		return err
+	}
+	n, err := e.countUsers(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%d users with prefix %s still present after %s, want %d", n, prefix, timeout, want)
+}
+
+// usersLeft polls pg_roles every `every` until no role with prefix is
+// left, for at most timeout, and returns how many are left: 0 if they went
+// in time.
+func (e *pgEnv) usersLeft(ctx context.Context, prefix string, every, timeout time.Duration) (int, error) {
+	done, err := e.untilAtMost(ctx, prefix, 0, every, timeout)
+	if err != nil || done {
+		return 0, err
+	}
+	return e.countUsers(ctx, prefix)
+}
+
+// untilAtMost polls every `every` until at most want roles with prefix are
+// left (true) or timeout has passed (false).
+func (e *pgEnv) untilAtMost(ctx context.Context, prefix string, want int, every, timeout time.Duration) (bool, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		done, err := e.atMostUsers(ctx, prefix, want)
-		if err != nil || done {
-			return err
-		}
-		if time.Now().After(deadline) {
-			n, err := e.countUsers(ctx, prefix)
-			if err != nil {
-				return err
-			}
-			return fmt.Errorf("%d users with prefix %s still present after %s, want %d", n, prefix, timeout, want)
+		if err != nil || done || time.Now().After(deadline) {
+			return done, err
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+			return false, ctx.Err()
+		case <-time.After(every):
 		}
 	}
 }

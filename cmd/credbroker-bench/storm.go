@@ -105,25 +105,12 @@ func (r *runner) storm(ctx context.Context) error {
 			during.merge(runLoad(ctx, 1, 1, issueOne))
 		}
 	})
-	var done bool
-	for {
-		done, err = r.pg.atMostUsers(ctx, brokerPrefix+"_"+stormRole, 0)
-		if err != nil || done || time.Since(start) > 3*time.Minute {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	left, err := r.pg.usersLeft(ctx, brokerPrefix+"_"+stormRole, 20*time.Millisecond, 3*time.Minute)
 	took := time.Since(start)
 	close(stop)
 	wg.Wait()
 	if err != nil {
 		return err
-	}
-	var left int
-	if !done {
-		if left, err = r.pg.countUsers(ctx, brokerPrefix+"_"+stormRole); err != nil {
-			return err
-		}
 	}
 	idle.merge(runLoad(ctx, r.sizes.stormProbe-r.sizes.stormProbe/2, 1, issueOne))
 
