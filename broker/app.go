@@ -162,9 +162,9 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 		lcfg.IssueTimeout = p.IssueTimeout.Duration
 		lcfg.PollInterval = p.ClaimInterval.Duration
 		lcfg.Lookahead = p.ClaimLookahead.Duration
-		// The roles' live-lease quotas are checked again by the store,
-		// with the CREATING record, where every replica's issuances
-		// count (quota.go counts only this replica's in flight).
+		// The roles' live-lease quotas are checked by the store, with
+		// the CREATING record, where every replica's issuances count
+		// (quota.go then enforces only the issuance rate).
 		lcfg.Limits = roleLimits(roles)
 		if a.manager, err = lease.NewShared(lcfg); err != nil {
 			return nil, err
@@ -257,7 +257,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 			a.runners = append(a.runners, r.Run)
 		}
 	}
-	issuer := NewIssuer(IssuerDeps{Admission: admission, Leases: a.manager, Audit: a.audit, Quotas: a.manager, Health: a.dbHealth, Now: opts.Now})
+	issuer := NewIssuer(IssuerDeps{Admission: admission, Leases: a.manager, Audit: a.audit, Quotas: a.manager, CapsInStore: cfg.LeaseStore.Postgres != nil, Health: a.dbHealth, Now: opts.Now})
 	watch := newWatcher(watchDeps{
 		issuer: issuer,
 		admit: func(ctx context.Context, caller spiffeid.ID, role string) error {

@@ -52,8 +52,12 @@ type IssuerDeps struct {
 	Audit     *auditor
 	// Quotas counts live leases for the roles' quotas; nil: none enforced.
 	Quotas quotaLister
-	Health *dbHealth
-	Now    func() time.Time
+	// CapsInStore: the lease store checks the live-lease caps with each
+	// CREATING record (lease.Config.Limits); Quotas then enforces only
+	// the issuance rate.
+	CapsInStore bool
+	Health      *dbHealth
+	Now         func() time.Time
 }
 
 // NewIssuer builds an Issuer from its dependencies, all given here.
@@ -64,7 +68,7 @@ func NewIssuer(d IssuerDeps) *Issuer {
 	}
 	s := &Issuer{admission: d.Admission, leases: d.Leases, audit: d.Audit, health: d.Health, now: now, requests: newRequests(now, replayWindow)}
 	if d.Quotas != nil {
-		s.quotas = newQuotas(d.Quotas, now)
+		s.quotas = newQuotas(d.Quotas, now, d.CapsInStore)
 	}
 	return s
 }

@@ -68,9 +68,18 @@ type quotaLister interface {
 // happen under one mutex, and a reservation (the new lease's ID) counts
 // until the lease manager holds the lease, so that N concurrent issuances
 // never exceed a maximum: each sees the leases held plus those reserved.
+//
+// With capsInStore the lease store checks the live-lease caps itself, in
+// the step that writes each CREATING record, counting every replica's
+// issuances (lease.Config.Limits, SharedStore.CreateWithin); quotas then
+// enforces only the issuance rate. Counting this replica's reservations
+// as well would refuse callers for reservations that the store refuses
+// in turn: a burst spread over replicas could end with fewer leases than
+// the cap and every other caller refused.
 type quotas struct {
-	leases quotaLister
-	now    func() time.Time
+	leases      quotaLister
+	now         func() time.Time
+	capsInStore bool
 
 	mu      sync.Mutex
 	pending map[string]reservation // lease ID → reservation
@@ -99,18 +108,26 @@ func (b *bucket) full(now time.Time) bool {
 // refilled (the same as no bucket) are dropped.
 const maxBuckets = 10000
 
-func newQuotas(leases quotaLister, now func() time.Time) *quotas {
-	return &quotas{leases: leases, now: clock(now), pending: map[string]reservation{}, buckets: map[bucketKey]*bucket{}}
+// newQuotas counts live leases with leases, unless capsInStore (see
+// quotas).
+func newQuotas(leases quotaLister, now func() time.Time, capsInStore bool) *quotas {
+	return &quotas{leases: leases, now: clock(now), capsInStore: capsInStore, pending: map[string]reservation{}, buckets: map[bucketKey]*bucket{}}
 }
 
 // reserve admits lease id of owner under role's quota, or returns a
 // *quotaError. On success the caller must call release once the lease
 // manager's Issue has returned (whatever it returned).
 func (q *quotas) reserve(ctx context.Context, role *Role, owner, id string) (release func(), err error) {
-	if q == nil || role.Quota.IsZero() {
+	if q == nil {
 		return func() {}, nil
 	}
 	qu := role.Quota
+	if q.capsInStore {
+		qu.MaxLeasesPerRole, qu.MaxLeasesPerCaller = 0, 0
+	}
+	if qu.IsZero() {
+		return func() {}, nil
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if qu.MaxLeasesPerRole > 0 {

@@ -154,9 +154,11 @@ func TestQuotaIssueRate(t *testing.T) {
 // TestQuotaAcrossReplicas: three replicas on one PostgreSQL lease store,
 // 24 concurrent issuances of the role with max_leases_per_role 3 and
 // max_leases_per_caller 2 (two callers, four calls each on each replica):
-// exactly 3 users are created, at most 2 per caller, as on one broker. Each
-// replica counts only its own issuances in flight; the store's check
-// with the CREATING record (lease.SharedStore.CreateWithin) counts all.
+// exactly 3 users are created, at most 2 per caller, as on one broker. The
+// store counts the caps with the CREATING record
+// (lease.SharedStore.CreateWithin), where every replica's issuances count;
+// a replica's own count of its issuances in flight would also refuse
+// callers for issuances the store then refused (fewer than 3 users).
 func TestQuotaAcrossReplicas(t *testing.T) {
 	storeYAML, _, _ := pgLeaseStore(t)
 	a := newEnvWith(t, envExtra{roles: quotaRoles, leaseStore: storeYAML})

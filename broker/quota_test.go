@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ func (f *fakeLister) List(_ context.Context, q lease.Query) ([]lease.Lease, erro
 // injected clock, never beyond the burst, and says when to retry.
 func TestQuotaTokenBucket(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
-	q := newQuotas(&fakeLister{}, func() time.Time { return now })
+	q := newQuotas(&fakeLister{}, func() time.Time { return now }, false)
 	role := &Role{Name: "r", Quota: Quota{IssueRatePerCaller: 2, IssueBurst: 3}}
 	take := func() error {
 		release, err := q.reserve(context.Background(), role, "spiffe://example.org/a", "id")
@@ -84,7 +85,7 @@ func TestQuotaCountsReservations(t *testing.T) {
 		{ID: "2", Role: "r", Owner: b, State: lease.StateRevoking}, // not live
 		{ID: "3", Role: "other", Owner: a, State: lease.StateActive},
 	}}
-	q := newQuotas(f, nil)
+	q := newQuotas(f, nil, false)
 	role := &Role{Name: "r", Quota: Quota{MaxLeasesPerRole: 3, MaxLeasesPerCaller: 2}}
 	ctx := context.Background()
 	relA, err := q.reserve(ctx, role, a, "4")
@@ -108,5 +109,40 @@ func TestQuotaCountsReservations(t *testing.T) {
 	relA()
 	if _, err := q.reserve(ctx, role, b, "8"); err != nil {
 		t.Fatalf("after a failed issuance released its place: %v", err)
+	}
+}
+
+// countingLister counts the List calls quotas make.
+type countingLister struct{ calls int }
+
+func (c *countingLister) List(context.Context, lease.Query) ([]lease.Lease, error) {
+	c.calls++
+	return nil, nil
+}
+
+// TestQuotaCapsInStore: when the lease store checks the live-lease caps
+// (a shared store), reserve neither counts nor refuses by them, however
+// many issuances are in flight here; the issuance rate still applies.
+func TestQuotaCapsInStore(t *testing.T) {
+	const a = "spiffe://example.org/a"
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	f := &countingLister{}
+	q := newQuotas(f, func() time.Time { return now }, true)
+	ctx := context.Background()
+	capped := &Role{Name: "r", Quota: Quota{MaxLeasesPerRole: 1, MaxLeasesPerCaller: 1}}
+	for i := range 3 {
+		if _, err := q.reserve(ctx, capped, a, fmt.Sprint(i)); err != nil {
+			t.Fatalf("reservation %d, caps left to the store: %v", i+1, err)
+		}
+	}
+	if f.calls != 0 {
+		t.Errorf("%d List calls, want none: the store counts", f.calls)
+	}
+	throttled := &Role{Name: "t", Quota: Quota{MaxLeasesPerRole: 1, IssueRatePerCaller: 1}}
+	if _, err := q.reserve(ctx, throttled, a, "t1"); err != nil {
+		t.Fatalf("first of the burst: %v", err)
+	}
+	if _, err := q.reserve(ctx, throttled, a, "t2"); err == nil || !strings.Contains(err.Error(), "issue_rate_per_caller (1/s, burst 1) exceeded") {
+		t.Fatalf("over the rate: %v, want refused by issue_rate_per_caller", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 	"time"
 
@@ -81,14 +82,18 @@ func limitKey2(schema, role string) int32 {
 	return int32(h.Sum32() & 0x7fffffff)
 }
 
-// CreateWithin is Create under lim (lease.SharedStore): in one transaction
-// it takes a transaction-scoped advisory lock on the role, counts the
-// role's CREATING and ACTIVE rows (and the owner's among them), and inserts
-// only below the caps. The lock is taken by its own statement, so the count
-// that follows, on a snapshot taken after it, sees every creation committed
-// by the replica that held it before. Capped creations run outside the
-// group commit: their transaction waits for that lock, which must not hold
-// up other callers' writes.
+// CreateWithin is Create under lim (lease.SharedStore), in one round trip
+// and one implicit transaction (a pipeline ended by one Sync): a
+// transaction-scoped advisory lock on the role, then one statement that
+// counts the role's CREATING and ACTIVE rows (and the owner's among them)
+// and inserts only below the caps. The lock is taken by its own
+// statement, so the count, on a snapshot taken after it, sees every
+// creation committed by whoever held it before; the lock is released after
+// the commit is visible. It is held only while the server runs the count,
+// the insert and the commit, never across a round trip to this process,
+// so a burst of capped creations queues for microseconds each rather than
+// for round trips. Capped creations run outside the group commit: they
+// wait for that lock, which must not hold up other callers' writes.
 func (s *Store) CreateWithin(ctx context.Context, l lease.Lease, hold time.Duration, lim lease.Limits) (int64, error) {
 	op := "create " + l.ID
 	if err := lim.Check(); err != nil {
@@ -101,47 +106,55 @@ func (s *Store) CreateWithin(ctx context.Context, l lease.Lease, hold time.Durat
 	if err != nil {
 		return 0, err
 	}
-	var (
-		version int64
-		wrote   bool
-		over    error
-	)
 	start := time.Now()
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, limitKey1, limitKey2(s.rawSchema, l.Role)); err != nil {
-			return err
-		}
-		var n, own int
-		if err := tx.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE owner = $2) FROM `+s.schema+`.leases
-			WHERE role = $1 AND state IN ('CREATING', 'ACTIVE')`, l.Role, l.Owner).Scan(&n, &own); err != nil {
-			return err
-		}
-		if over = lim.Over(n, own); over != nil {
-			return nil
-		}
-		err := tx.QueryRow(ctx, s.createSQL, args...).Scan(&version)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return nil
-		case err != nil:
-			return err
-		}
-		wrote = true
-		return nil
-	})
-	if over != nil {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, limitKey1, limitKey2(s.rawSchema, l.Role))
+	b.Queue(s.createWithinSQL, append(args, lim.Role, lim.Owner)...)
+	br := s.pool.SendBatch(ctx, b)
+	var (
+		n, own  int
+		version *int64
+	)
+	_, err = br.Exec()
+	if err == nil {
+		err = br.QueryRow().Scan(&n, &own, &version)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr // the commit's outcome
+	}
+	if err != nil {
+		s.observed(1, start, err)
+		return 0, s.fail(op, err)
+	}
+	if version != nil {
+		s.observed(1, start, nil)
+		return *version, nil
+	}
+	if over := lim.Over(n, own); over != nil {
 		return 0, fmt.Errorf("pgstore: %s: %w", op, over)
 	}
-	if wrote || err != nil {
-		s.observed(1, start, err)
-	}
-	switch {
-	case err != nil:
-		return 0, s.fail(op, err)
-	case wrote:
-		return version, nil
-	}
 	return 0, s.createConflict(ctx, op, l)
+}
+
+// createWithinSQL is CreateWithin's statement on the leases table
+// (quoted): createSQL's arguments, then the role's cap ($n+3) and the
+// owner's ($n+4), 0 for none. It returns the role's and the owner's live
+// leases before the insert, and the new row's version (NULL if nothing was
+// inserted: a cap reached, or the id or request id taken).
+func createWithinSQL(table string) string {
+	n := len(leaseCols)
+	param := func(col string) string { return fmt.Sprintf("$%d", slices.Index(leaseCols, col)+1) }
+	return `WITH live AS (
+			SELECT count(*) AS n, count(*) FILTER (WHERE owner = ` + param("owner") + `) AS own FROM ` + table + `
+			WHERE role = ` + param("role") + ` AND state IN ('CREATING', 'ACTIVE')
+		), ins AS (
+			INSERT INTO ` + table + ` (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)
+			SELECT ` + placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond'`, n+1, n+2) + ` FROM live
+			WHERE ($` + fmt.Sprint(n+3) + `::int = 0 OR live.n < $` + fmt.Sprint(n+3) + `)
+				AND ($` + fmt.Sprint(n+4) + `::int = 0 OR live.own < $` + fmt.Sprint(n+4) + `)
+			ON CONFLICT DO NOTHING RETURNING version
+		)
+		SELECT live.n, live.own, (SELECT version FROM ins) FROM live`
 }
 
 // createSQL is Create's statement on the leases table (quoted): the lease's

@@ -33,7 +33,7 @@ type Store struct {
 	// SQL built once for the schema.
 	putSQL, getSQL, deleteSQL string
 	// The conditional writes of issuance (claim.go).
-	createSQL, putIfVersionSQL string
+	createSQL, createWithinSQL, putIfVersionSQL string
 	// denyChannel is the NOTIFY channel of the denylist (WatchDenied).
 	denyChannel string
 	// connConfig opens the connections of WatchDenied.
@@ -122,6 +122,7 @@ func newStore(pool *pgxpool.Pool, c Config) *Store {
 		deleteSQL: `DELETE FROM ` + schema + `.leases WHERE id = $1`,
 
 		createSQL:       createSQL(schema + ".leases"),
+		createWithinSQL: createWithinSQL(schema + ".leases"),
 		putIfVersionSQL: putIfVersionSQL(schema + ".leases"),
 
 		rawSchema:   c.Schema,
