@@ -2,6 +2,9 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -221,7 +224,7 @@ func checkLimited(t *testing.T, e *env, ok map[spiffeid.ID][]string, refused []e
 	t.Helper()
 	good := true
 	if n := len(ok[ordersID]) + len(ok[otherID]); n != 3 {
-		t.Errorf("%d issuances succeeded (%d + %d), want max_leases_per_role 3; refusals: %v", n, len(ok[ordersID]), len(ok[otherID]), refused)
+		t.Errorf("%d issuances succeeded (%d + %d), want max_leases_per_role 3; refusals: %s", n, len(ok[ordersID]), len(ok[otherID]), tally(refused))
 		good = false
 	}
 	for id, ids := range ok {
@@ -243,4 +246,19 @@ func checkLimited(t *testing.T, e *env, ok map[spiffeid.ID][]string, refused []e
 		good = false
 	}
 	return good
+}
+
+// tally summarizes errs as "N × code: message" lines, one per distinct
+// error, so a failure's refusals stay readable.
+func tally(errs []error) string {
+	counts := map[string]int{}
+	for _, err := range errs {
+		st := status.Convert(err)
+		counts[st.Code().String()+": "+st.Message()]++
+	}
+	var lines []string
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		lines = append(lines, fmt.Sprintf("%d × %s", counts[k], k))
+	}
+	return strings.Join(lines, "; ")
 }
