@@ -257,7 +257,7 @@ func NewApp(ctx context.Context, cfg *Config, opts AppOptions) (_ *App, err erro
 			a.runners = append(a.runners, r.Run)
 		}
 	}
-	issuer := NewIssuer(IssuerDeps{Admission: admission, Leases: a.manager, Audit: a.audit, Quotas: a.manager, CapsInStore: cfg.LeaseStore.Postgres != nil, Health: a.dbHealth, Now: opts.Now})
+	issuer := NewIssuer(IssuerDeps{Admission: admission, Leases: a.manager, Audit: a.audit, Quotas: a.manager, CapsInStore: lcfg.Limits != nil, Health: a.dbHealth, Now: opts.Now})
 	watch := newWatcher(watchDeps{
 		issuer: issuer,
 		admit: func(ctx context.Context, caller spiffeid.ID, role string) error {

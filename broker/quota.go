@@ -153,6 +153,9 @@ func (q *quotas) reserve(ctx context.Context, role *Role, owner, id string) (rel
 			return nil, &quotaError{msg: fmt.Sprintf("role %q: issue_rate_per_caller (%g/s, burst %d) exceeded for this caller: retry in %s", role.Name, qu.IssueRatePerCaller, burst(qu), wait.Round(time.Millisecond))}
 		}
 	}
+	if qu.MaxLeasesPerRole == 0 && qu.MaxLeasesPerCaller == 0 {
+		return func() {}, nil // a reservation counts only against caps
+	}
 	q.pending[id] = reservation{role: role.Name, owner: owner}
 	return func() {
 		q.mu.Lock()

@@ -148,8 +148,8 @@ func createWithinSQL(table string) string {
 			SELECT count(*) AS n, count(*) FILTER (WHERE owner = ` + param("owner") + `) AS own FROM ` + table + `
 			WHERE role = ` + param("role") + ` AND state IN ('CREATING', 'ACTIVE')
 		), ins AS (
-			INSERT INTO ` + table + ` (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)
-			SELECT ` + placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond'`, n+1, n+2) + ` FROM live
+			` + createInto(table) + `
+			SELECT ` + createValues() + ` FROM live
 			WHERE ($` + fmt.Sprint(n+3) + `::int = 0 OR live.n < $` + fmt.Sprint(n+3) + `)
 				AND ($` + fmt.Sprint(n+4) + `::int = 0 OR live.own < $` + fmt.Sprint(n+4) + `)
 			ON CONFLICT DO NOTHING RETURNING version
@@ -163,10 +163,20 @@ func createWithinSQL(table string) string {
 // taken one fails no other write of the group commit; Create reads which
 // one it was after.
 func createSQL(table string) string {
-	n := len(leaseCols)
-	return `INSERT INTO ` + table + ` (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)
-		VALUES (` + placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond')`, n+1, n+2) + `
+	return createInto(table) + ` VALUES (` + createValues() + `)
 		ON CONFLICT DO NOTHING RETURNING version`
+}
+
+// createInto and createValues are the parts of a new row's insert that
+// createSQL and createWithinSQL share: the columns, then their values
+// (the lease's, then the claim: $n+1 the replica, $n+2 the hold in µs).
+func createInto(table string) string {
+	return `INSERT INTO ` + table + ` (` + strings.Join(leaseCols, ", ") + `, claimed_by, claim_deadline)`
+}
+
+func createValues() string {
+	n := len(leaseCols)
+	return placeholders(n) + fmt.Sprintf(`, $%d, now() + $%d * interval '1 microsecond'`, n+1, n+2)
 }
 
 // putIfVersionSQL is PutIfVersion's statement on the leases table
